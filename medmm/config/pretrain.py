@@ -1,0 +1,130 @@
+"""Config of ``python -m medmm.pipelines.pretrain`` (defaults = configs/pretrain/default.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from medmm.config.core import StrictModel
+
+MODALITIES = ("xray", "ecg", "report")
+
+
+class XrayEncoderConfig(StrictModel):
+    name: Literal["cnn", "vit"] = Field("cnn", description="registry name of the X-ray encoder")
+    widths: list[int] = Field([32, 64, 128, 192], description="CNN stage widths")
+    patch_size: int = Field(16, description="ViT patch size")
+    vit_dim: int = Field(192, description="ViT width")
+    vit_depth: int = Field(4, description="ViT depth")
+    vit_heads: int = Field(3, description="ViT attention heads")
+    dropkey: float = Field(0.1, description="ViT DropKey rate (MoRE), training only")
+
+
+class ECGEncoderConfig(StrictModel):
+    name: Literal["conv_transformer"] = "conv_transformer"
+    dim: int = Field(128, description="token width")
+    depth: int = Field(2, description="transformer layers")
+    heads: int = Field(4, description="attention heads")
+
+
+class TextEncoderConfig(StrictModel):
+    name: Literal["minilm_lora"] = "minilm_lora"
+    model_path: str | None = Field(None, description="local HF model folder; default: the packaged all-MiniLM-L6-v2")
+    lora_r: int = Field(8, description="LoRA rank")
+    lora_alpha: int = Field(16, description="LoRA alpha")
+    lora_dropout: float = 0.1
+    lora_targets: list[str] = Field(["query", "value"], description="attention projections adapted by LoRA")
+    lora_layers: list[int] | None = Field(
+        [4, 5], description="transformer layers that get LoRA (None = all); layers below stay frozen"
+    )
+    cache_frozen_prefix: bool = Field(
+        True, description="cache hidden states of the frozen layers below the first LoRA layer"
+    )
+    max_tokens: int = Field(96, description="report truncation length in tokens")
+
+
+class ModelConfig(StrictModel):
+    name: Literal["more"] = Field("more", description="registry name of the pretraining model")
+    embed_dim: int = Field(128, description="shared embedding size")
+    proj_hidden: int = Field(256, description="projection head hidden size")
+    init_temperature: float = Field(0.07, description="initial softmax temperature (learned)")
+    xray: XrayEncoderConfig = XrayEncoderConfig()
+    ecg: ECGEncoderConfig = ECGEncoderConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+
+
+class DataConfig(StrictModel):
+    root: Path = Field(Path("data/demo"), description="cohort folder holding manifest.parquet")
+    image_size: int = Field(128, description="X-ray side length fed to the model")
+    ecg_fs: int = Field(100, description="ECG rate fed to the model (Hz)")
+    batch_size: int = 64
+    num_workers: int = Field(0, description="DataLoader workers (the decoded cohort is cached in memory)")
+    cache_dir: Path | None = Field(None, description="where to persist the decoded cache (default: <root>/.cache)")
+    augment: bool = True
+    strict: bool = Field(False, description="raise on the first bad file instead of skipping and counting it")
+    limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
+
+
+class LossConfig(StrictModel):
+    name: Literal["clip"] = "clip"
+    pairs: list[tuple[str, str]] = Field(
+        [("xray", "report"), ("ecg", "report"), ("xray", "ecg")], description="modality pairs contrasted by InfoNCE"
+    )
+
+    @field_validator("pairs")
+    @classmethod
+    def _known(cls, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for a, b in pairs:
+            for m in (a, b):
+                if m not in MODALITIES:
+                    raise ValueError(f"unknown modality {m!r} (known: {', '.join(MODALITIES)})")
+            if a == b:
+                raise ValueError(f"pair ({a}, {b}) contrasts a modality with itself")
+        return pairs
+
+
+class OptimConfig(StrictModel):
+    lr: float = 2e-3
+    text_lr: float = Field(5e-4, description="learning rate of the LoRA text adapter")
+    weight_decay: float = 0.05
+    warmup_fraction: float = Field(0.05, description="linear warm-up, as a fraction of all steps")
+    min_lr_ratio: float = Field(0.02, description="cosine decay floor relative to lr")
+
+
+class TrainerConfig(StrictModel):
+    max_epochs: int = 14
+    accelerator: str = Field("auto", description="cpu | gpu | auto")
+    devices: int | str = "auto"
+    precision: str | None = Field(None, description="None = 16-mixed on GPU, 32 on CPU")
+    log_every_n_steps: int = 10
+    limit_train_batches: int | float | None = None
+    gradient_clip_val: float | None = 1.0
+    threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
+
+
+class TrackingConfig(StrictModel):
+    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+    experiment: str = "medmm-pretrain"
+    run_name: str | None = None
+    register_model: bool = Field(True, description="register the final model in the MLflow model registry")
+    registered_name: str = "medmm-more"
+
+
+class EvalConfig(StrictModel):
+    retrieval_ks: list[int] = [1, 5, 10]
+    label_ks: list[int] = [1, 5]
+    examples_figure: bool = Field(True, description="log a figure of retrieval examples (query X-ray, top-3 reports)")
+
+
+class PretrainConfig(StrictModel):
+    seed: int = 0
+    output_dir: Path = Field(Path("runs/pretrain"), description="checkpoints and local artifacts")
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    eval: EvalConfig = EvalConfig()

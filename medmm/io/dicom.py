@@ -1,0 +1,515 @@
+"""DICOM images: read one file into a float array, write a chest radiograph.
+
+This module knows nothing of torch. It reads single-image (and multi-frame) files;
+assembling a series of slices into a volume comes later.
+
+Pixel convention (the rule every medmm reader keeps): **higher always means more
+attenuation, i.e. brighter on a standard display**.
+
+* The Modality LUT (Rescale Slope / Intercept, or a Modality LUT Sequence) is applied
+  with pydicom's :func:`pydicom.pixels.apply_modality_lut`, so CT pixels are in HU.
+* ``MONOCHROME1`` images (minimum value displayed white, common for CR) are inverted
+  about the *possible* range of the data, not the observed one: with ``lo`` and
+  ``hi`` the smallest and largest values any stored pixel can take given
+  ``BitsStored`` and ``PixelRepresentation``, each mapped through the Modality LUT,
+  ``pixels = lo' + hi' - modality_lut(stored)`` where ``lo'``/``hi'`` are the minimum
+  and maximum of the mapped ``lo``/``hi``. The inversion is an exact reflection of
+  that range onto itself, so an unsigned 12-bit MONOCHROME1 file with identity
+  rescale reads as ``4095 - stored``: exactly the values a MONOCHROME2 file holding
+  the same picture would read as. Any window stored in the file is reflected the same
+  way (see :attr:`DicomImage.voi_window`).
+
+Write side: :func:`write_cxr_dicom` writes a valid Part-10 CR or DX image (explicit VR
+little endian, 16 bits allocated) from an image in ``[0, 1]`` (1 = most attenuation)
+and checks the file by reading it back.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
+
+__all__ = [
+    "CR_SOP_CLASS_UID",
+    "DX_SOP_CLASS_UID",
+    "METADATA_KEYS",
+    "DicomImage",
+    "read_dicom",
+    "write_cxr_dicom",
+]
+
+CR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
+DX_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+_SOP_CLASS_BY_MODALITY = {"CR": CR_SOP_CLASS_UID, "DX": DX_SOP_CLASS_UID}
+
+METADATA_KEYS: tuple[str, ...] = (
+    "Modality",
+    "SOPClassUID",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "BitsStored",
+    "PixelRepresentation",
+    "PhotometricInterpretation",
+    "TransferSyntaxUID",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "WindowCenter",
+    "WindowWidth",
+    "VOILUTFunction",
+    "ViewPosition",
+    "BodyPartExamined",
+)
+"""The technical, non-identifying fields kept in :attr:`DicomImage.metadata`. Never
+names, IDs, UIDs of the study / series / instance, dates or free text."""
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420", "PALETTE COLOR")
+
+
+@dataclass(frozen=True, eq=False)
+class DicomImage:
+    """One DICOM image, decoded.
+
+    Attributes:
+        pixels: float32. ``[rows, cols]``; multi-frame ``[frames, rows, cols]``;
+            colour ``[..., 3]`` (RGB, palette applied). Monochrome: Modality LUT
+            applied, MONOCHROME1 inverted (module docstring) so higher = brighter.
+        spacing_mm: ``(row spacing, column spacing)`` in mm from PixelSpacing, else
+            ImagerPixelSpacing (also looked up in the shared functional groups of
+            enhanced multi-frame files); ``None`` when absent or not positive.
+        photometric: PhotometricInterpretation as stored in the file.
+        modality: Modality as stored (``""`` if absent).
+        metadata: the technical fields of :data:`METADATA_KEYS` (``None`` when absent);
+            plain Python values, nothing that identifies a person or a study.
+        voi_window: ``(center, width)`` of the file's first VOI window, expressed in the
+            units of :attr:`pixels` (so reflected for MONOCHROME1); ``None`` if the
+            file has none.
+    """
+
+    pixels: np.ndarray
+    spacing_mm: tuple[float, ...] | None
+    photometric: str
+    modality: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    voi_window: tuple[float, float] | None = None
+
+    def window(self, center: float | None = None, width: float | None = None) -> np.ndarray:
+        """Map :attr:`pixels` to ``[0, 1]`` (float32) through a VOI window.
+
+        The window used is, in order: the ``center`` / ``width`` given here (both must
+        be given; an explicit request always wins), else the file's own window
+        (:attr:`voi_window`, with the file's VOILUTFunction: LINEAR, LINEAR_EXACT or
+        SIGMOID), else the min-max of the pixels. A constant image maps to zeros.
+        The LINEAR formula is DICOM PS3.3 C.11.2.1.2.1.
+        """
+        x = self.pixels.astype(np.float64, copy=False)
+        if (center is None) != (width is None):
+            raise ValueError("window(): give both center and width, or neither")
+        function = "LINEAR"
+        if center is None:
+            if self.voi_window is None:
+                lo, hi = float(np.min(x)), float(np.max(x))
+                if hi <= lo:
+                    return np.zeros(x.shape, dtype=np.float32)
+                return ((x - lo) / (hi - lo)).astype(np.float32)
+            center, width = self.voi_window
+            function = str(self.metadata.get("VOILUTFunction") or "LINEAR").upper()
+        c, w = float(center), float(width)
+        if function == "SIGMOID":
+            if w <= 0:
+                raise ValueError(f"window(): SIGMOID width must be > 0, got {w}")
+            y = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        elif function == "LINEAR_EXACT":
+            if w <= 0:
+                raise ValueError(f"window(): LINEAR_EXACT width must be > 0, got {w}")
+            y = (x - c) / w + 0.5
+        else:
+            if w < 1:
+                raise ValueError(f"window(): LINEAR width must be >= 1, got {w}")
+            if w == 1:  # a hard threshold
+                y = (x > c - 0.5).astype(np.float64)
+            else:
+                y = (x - (c - 0.5)) / (w - 1) + 0.5
+        return np.clip(y, 0.0, 1.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _plain(value: Any) -> Any:
+    """pydicom value -> plain Python (str / int / float / tuple)."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import DSdecimal
+
+    if value is None:
+        return None
+    if isinstance(value, (MultiValue, list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, int):  # includes pydicom's IS
+        return int(value)
+    if isinstance(value, (float, DSdecimal)):  # includes DSfloat
+        return float(value)
+    return str(value)
+
+
+def _first_float(value: Any) -> float | None:
+    v = _plain(value)
+    if isinstance(v, tuple):
+        v = v[0] if v else None
+    try:
+        return None if v is None or v == "" else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _spacing(ds: Any) -> tuple[float, ...] | None:
+    candidates = [ds.get("PixelSpacing"), ds.get("ImagerPixelSpacing")]
+    try:  # enhanced multi-frame: shared functional groups
+        measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+        candidates.insert(1, measures.get("PixelSpacing"))
+    except (AttributeError, IndexError, KeyError):
+        pass
+    for value in candidates:
+        if value is None:
+            continue
+        try:
+            sp = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            continue
+        if len(sp) == 2 and all(np.isfinite(s) and s > 0 for s in sp):
+            return sp
+    return None
+
+
+def _frames(ds: Any) -> int:
+    try:
+        n = int(ds.get("NumberOfFrames") or 1)
+    except (TypeError, ValueError):
+        return 1
+    return max(n, 1)
+
+
+def _check_pixel_length(ds: Any, path: str, keyword: str, transfer_syntax: Any) -> None:
+    """Native (uncompressed) pixel data must hold exactly Rows*Columns*frames*samples
+    *bits (rounded up to whole bytes). A surplus is tolerated only as the single byte
+    that pads an odd length to even, or when it is all zero bytes (trailing padding,
+    which pydicom also accepts); anything else means the header is wrong."""
+    if keyword == "PixelData" and transfer_syntax is not None and transfer_syntax.is_encapsulated:
+        return  # compressed: the decoder checks the frames
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+        bits = {"PixelData": int(ds.BitsAllocated), "FloatPixelData": 32, "DoubleFloatPixelData": 64}[keyword]
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise CorruptFileError(path, f"image pixel header incomplete or invalid ({exc})") from exc
+    if rows <= 0 or cols <= 0:
+        raise InconsistentDataError(path, f"Rows x Columns is {rows} x {cols}")
+    frames = _frames(ds)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
+        samples = 2  # chroma sub-sampled: 2 values per pixel on average
+    n_bits = rows * cols * frames * samples * bits
+    expected = (n_bits + 7) // 8
+    data = ds[keyword].value
+    actual = len(data) if data is not None else 0
+    surplus = data[expected:] if actual > expected else b""
+    odd_pad = expected % 2 == 1 and actual == expected + 1  # DICOM's even-length padding
+    if actual < expected or (surplus and not odd_pad and any(surplus)):
+        raise InconsistentDataError(
+            path,
+            f"{keyword} holds {actual} bytes but Rows*Columns*frames*samples*bits "
+            f"({rows}*{cols}*{frames}*{samples}*{bits}) needs {expected}",
+        )
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored") or ds.get("BitsAllocated") or 16)
+    if int(ds.get("PixelRepresentation") or 0) == 1:
+        return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    return 0.0, float(2**bits - 1)
+
+
+def _monochrome1_reflection(ds: Any, apply_modality_lut: Any) -> float:
+    """lo' + hi' for the reflection of a MONOCHROME1 image (module docstring)."""
+    if "PixelData" not in ds:  # float pixel data has no BitsStored range
+        return float("nan")
+    lo, hi = _stored_range(ds)
+    if hi - lo <= 65535:  # evaluate the Modality LUT on every possible value
+        probe = np.arange(lo, hi + 1, dtype=np.int64 if lo < 0 else np.uint32)
+    else:
+        probe = np.array([lo, hi], dtype=np.int64)
+    mapped = np.asarray(apply_modality_lut(probe, ds), dtype=np.float64)
+    return float(mapped.min() + mapped.max())
+
+
+def read_dicom(path: str | Path) -> DicomImage:
+    """Read one DICOM image file (single- or multi-frame) into a :class:`DicomImage`.
+
+    Raises:
+        CorruptFileError: not a DICOM Part-10 file, truncated, no pixel data, or the
+            pixel data cannot be decoded.
+        InconsistentDataError: the pixel data's size disagrees with the header, or the
+            decoded array has an unexpected shape.
+        MedmmInputError: the file cannot be opened.
+    Every message starts with the path.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+
+    where = str(path)
+    try:
+        ds = pydicom.dcmread(where)
+    except InvalidDicomError as exc:
+        raise CorruptFileError(where, f"not a DICOM Part-10 file ({exc})") from exc
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise MedmmInputError(where, f"cannot open file ({exc.strerror or exc})") from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, struct.error,
+            NotImplementedError, AttributeError, IndexError, UnicodeError, zlib.error) as exc:
+        raise CorruptFileError(where, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
+    if keyword is None:
+        raise CorruptFileError(where, "no PixelData (nor Float/DoubleFloatPixelData) element: not an image")
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    _check_pixel_length(ds, where, keyword, transfer_syntax)
+
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    try:
+        raw = ds.pixel_array
+    except (ValueError, EOFError, OSError, KeyError, TypeError, struct.error, AttributeError,
+            IndexError, zlib.error, RuntimeError, NotImplementedError) as exc:
+        # RuntimeError / NotImplementedError: pydicom found no decoder able to read it
+        raise CorruptFileError(where, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
+
+    frames = _frames(ds)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    colour = photometric in _COLOUR
+    try:
+        if photometric == "PALETTE COLOR":
+            arr = np.asarray(apply_color_lut(raw, ds), dtype=np.float64)
+        elif colour:
+            arr = np.asarray(raw, dtype=np.float64)  # pydicom converts YBR -> RGB
+        else:
+            arr = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise InconsistentDataError(where, f"cannot apply the Modality / colour LUT ({exc})") from exc
+
+    expected_shape = ((frames,) if frames > 1 else ()) + (rows, cols) + ((3,) if colour else ())
+    if arr.shape != expected_shape:
+        raise InconsistentDataError(where, f"decoded pixel array has shape {arr.shape}, header implies {expected_shape}")
+    if not colour and not np.all(np.isfinite(arr)):
+        raise InconsistentDataError(where, "pixel data holds NaN or infinite values")
+
+    window_center = _first_float(ds.get("WindowCenter"))
+    window_width = _first_float(ds.get("WindowWidth"))
+    voi: tuple[float, float] | None = None
+    if window_center is not None and window_width is not None and window_width > 0:
+        voi = (window_center, window_width)
+
+    if photometric == "MONOCHROME1":
+        total = _monochrome1_reflection(ds, apply_modality_lut)
+        if not np.isfinite(total):  # float pixel data: reflect about the data range
+            total = float(arr.min() + arr.max())
+        arr = total - arr
+        if voi is not None:
+            voi = (total - voi[0], voi[1])
+
+    metadata: dict[str, Any] = {}
+    for key in METADATA_KEYS:
+        if key == "TransferSyntaxUID":
+            metadata[key] = None if transfer_syntax is None else str(transfer_syntax)
+        elif key == "NumberOfFrames":
+            metadata[key] = frames
+        else:
+            metadata[key] = _plain(ds.get(key))
+
+    pixels = np.ascontiguousarray(arr, dtype=np.float32)
+    return DicomImage(
+        pixels=pixels,
+        spacing_mm=_spacing(ds),
+        photometric=photometric,
+        modality=str(ds.get("Modality", "") or ""),
+        metadata=metadata,
+        voi_window=voi,
+    )
+
+
+# --------------------------------------------------------------------------- writing
+
+_DATE = re.compile(r"^\d{8}$")
+
+
+def _check_uid(name: str, value: str) -> str:
+    from pydicom.uid import UID
+
+    uid = UID(str(value))
+    if not uid.is_valid:
+        raise ValueError(f"{name} {value!r} is not a valid DICOM UID (digits and dots, <= 64 chars)")
+    return str(uid)
+
+
+def write_cxr_dicom(
+    path: str | Path,
+    image01: np.ndarray,
+    *,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    study_date: str,
+    modality: str = "DX",
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    pixel_spacing_mm: float = 0.7,
+    rescale_slope: float = 1.0,
+    rescale_intercept: float = 0.0,
+) -> Path:
+    """Write a 2-D chest radiograph as a DICOM Part-10 file; return the path.
+
+    ``image01`` is ``[rows, cols]`` in ``[0, 1]`` with 1 = most attenuation (white on
+    a MONOCHROME2 display). Stored value ``s = round(image01 * (2**bits_stored - 1))``;
+    for ``photometric="MONOCHROME1"`` the stored value is ``2**bits_stored - 1 - s`` so
+    that :func:`read_dicom` of either file gives ``s * rescale_slope +
+    rescale_intercept``. ``modality`` "CR" writes Computed Radiography Image Storage,
+    "DX" Digital X-Ray Image Storage - For Presentation; both carry PixelSpacing and
+    ImagerPixelSpacing (the DX Detector module requires the latter), a full-range VOI
+    window, PA chest view, explicit VR little endian, 16 bits allocated, unsigned.
+
+    The written file is read back with pydicom and checked (pixels, UIDs, SOP class).
+    Raises ValueError for bad arguments.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    path = Path(path)
+    modality = str(modality).upper()
+    photometric = str(photometric).upper()
+    if modality not in _SOP_CLASS_BY_MODALITY:
+        raise ValueError(f"modality must be 'CR' or 'DX', got {modality!r}")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be 'MONOCHROME1' or 'MONOCHROME2', got {photometric!r}")
+    if not isinstance(bits_stored, (int, np.integer)) or not 8 <= int(bits_stored) <= 16:
+        raise ValueError(f"bits_stored must be an integer in 8..16, got {bits_stored!r}")
+    bits_stored = int(bits_stored)
+    if not (np.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
+        raise ValueError(f"pixel_spacing_mm must be > 0, got {pixel_spacing_mm!r}")
+    if not (np.isfinite(rescale_slope) and rescale_slope > 0 and np.isfinite(rescale_intercept)):
+        raise ValueError(f"rescale_slope must be > 0 and both finite, got {rescale_slope!r}, {rescale_intercept!r}")
+    if not _DATE.match(str(study_date)):
+        raise ValueError(f"study_date must be YYYYMMDD, got {study_date!r}")
+    uids = {
+        "study_uid": _check_uid("study_uid", study_uid),
+        "series_uid": _check_uid("series_uid", series_uid),
+        "sop_uid": _check_uid("sop_uid", sop_uid),
+    }
+    img = np.asarray(image01)
+    if img.ndim != 2 or min(img.shape) < 1:
+        raise ValueError(f"image01 must be a non-empty 2-D array, got shape {img.shape}")
+    if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+        raise ValueError(f"image01 must be real-valued, got dtype {img.dtype}")
+    img = img.astype(np.float64)
+    if not np.all(np.isfinite(img)) or img.min() < 0.0 or img.max() > 1.0:
+        raise ValueError("image01 must be finite and within [0, 1]")
+
+    max_value = 2**bits_stored - 1
+    stored = np.rint(img * max_value).astype(np.uint16)
+    if photometric == "MONOCHROME1":
+        stored = (max_value - stored).astype(np.uint16)
+    rows, cols = stored.shape
+    sop_class = _SOP_CLASS_BY_MODALITY[modality]
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = uids["sop_uid"]
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "MEDMM_0"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
+    # SOP common
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = uids["sop_uid"]
+    # patient (type 2 fields present, empty)
+    ds.PatientName = str(patient_name)
+    ds.PatientID = str(patient_id)
+    ds.PatientBirthDate = ""
+    ds.PatientSex = ""
+    # general study
+    ds.StudyInstanceUID = uids["study_uid"]
+    ds.StudyDate = str(study_date)
+    ds.StudyTime = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = ""
+    ds.AccessionNumber = ""
+    # general series
+    ds.Modality = modality
+    ds.SeriesInstanceUID = uids["series_uid"]
+    ds.SeriesNumber = 1
+    ds.Laterality = ""
+    ds.BodyPartExamined = "CHEST"
+    ds.ViewPosition = "PA"
+    ds.Manufacturer = ""
+    # general image: PA chest displayed as facing the patient
+    ds.InstanceNumber = 1
+    ds.PatientOrientation = ["L", "F"]
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.BurnedInAnnotation = "NO"
+    # image pixel
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelSpacing = [float(pixel_spacing_mm), float(pixel_spacing_mm)]
+    ds.ImagerPixelSpacing = [float(pixel_spacing_mm), float(pixel_spacing_mm)]
+    # modality LUT + a full-range VOI window (in modality-LUT output units)
+    ds.RescaleIntercept = f"{float(rescale_intercept):.10g}"[:16]
+    ds.RescaleSlope = f"{float(rescale_slope):.10g}"[:16]
+    ds.RescaleType = "US"
+    ds.WindowCenter = f"{rescale_intercept + rescale_slope * max_value / 2.0:.10g}"[:16]
+    ds.WindowWidth = f"{rescale_slope * (max_value + 1):.10g}"[:16]
+    if modality == "DX":
+        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.PixelIntensityRelationship = "LOG"
+        ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME1" else 1
+        ds.DetectorType = ""
+    ds.PixelData = stored.astype("<u2").tobytes()
+
+    ds.save_as(path, enforce_file_format=True)
+
+    # validate by reading back with pydicom
+    try:
+        back = pydicom.dcmread(path)
+        ok = (
+            back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+            and back.SOPClassUID == sop_class
+            and back.file_meta.MediaStorageSOPClassUID == sop_class
+            and back.SOPInstanceUID == uids["sop_uid"]
+            and back.StudyInstanceUID == uids["study_uid"]
+            and back.SeriesInstanceUID == uids["series_uid"]
+            and np.array_equal(back.pixel_array, stored)
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure means we wrote a bad file
+        raise InconsistentDataError(path, f"written DICOM does not read back ({type(exc).__name__}: {exc})") from exc
+    if not ok:
+        raise InconsistentDataError(path, "written DICOM reads back with different pixels or identifiers")
+    return path

@@ -1,0 +1,527 @@
+"""ECG readers and writers: WFDB records and DICOM waveform files.
+
+Everything here works on plain numpy arrays (no torch). The one in-memory type is
+:class:`ECGRecord`: ``signal`` is float32 ``[leads, time]`` in physical units (by
+default converted to millivolts), with the sampling rate, lead names and units.
+
+Bad input raises :class:`~medmm.io.errors.CorruptFileError` (cannot be parsed: not a
+WFDB header, not DICOM, missing data file) or
+:class:`~medmm.io.errors.InconsistentDataError` (parses but disagrees with itself:
+data file shorter than the header says, NaNs, zero leads, unknown units); the message
+always names the file.
+
+Lead names are normalised to the standard spelling (``"Lead I (Einthoven)"`` -> ``"I"``,
+``"AVR"`` -> ``"aVR"``, ``"v1"`` -> ``"V1"``); names that are not one of the standard 12
+leads are kept as given (stripped).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from medmm.io.errors import CorruptFileError, InconsistentDataError
+
+__all__ = [
+    "STANDARD_LEADS",
+    "ECGRecord",
+    "normalize_lead_name",
+    "write_wfdb",
+    "read_wfdb",
+    "read_dicom_ecg",
+    "read_ecg",
+    "select_leads",
+    "resample_ecg",
+    "bandpass_ecg",
+]
+
+STANDARD_LEADS: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6",
+)
+_CANONICAL = {name.lower(): name for name in STANDARD_LEADS}
+
+# Voltage units -> factor to millivolts. Keys are lower-cased; DICOM uses UCUM codes
+# ("uV", "mV"), WFDB headers free text ("mV", "uV", "V").
+_TO_MV = {
+    "nv": 1e-6,
+    "uv": 1e-3,
+    "\u00b5v": 1e-3,  # micro sign
+    "\u03bcv": 1e-3,  # greek mu
+    "mv": 1.0,
+    "v": 1e3,
+}
+
+# WFDB storage formats medmm writes: format -> (lowest, highest) storable digital
+# value. The lowest value of the full range is the format's "missing sample" code,
+# so it is excluded (NaN is written as that code).
+_WFDB_WRITE_RANGE = {
+    "80": (-127, 127),
+    "212": (-2047, 2047),
+    "16": (-32767, 32767),
+    "24": (-(2**23) + 1, 2**23 - 1),
+    "32": (-(2**31) + 1, 2**31 - 1),
+}
+# Bytes per sample of the common WFDB formats, for the truncation check.
+_WFDB_BYTES_PER_SAMPLE = {
+    "8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "212": 1.5,
+    "24": 3.0, "32": 4.0, "310": 4.0 / 3.0, "311": 4.0 / 3.0,
+}
+_RECORD_NAME_RE = re.compile(r"[-\w]+")
+
+
+@dataclass(frozen=True)
+class ECGRecord:
+    """A multi-lead ECG in physical units.
+
+    ``signal`` is float32 ``[n_leads, n_samples]`` and read-only (copy it to modify);
+    ``units[i]`` is the unit of lead ``i`` (``"mV"`` after conversion); ``path`` is
+    the file it came from (``None`` for an in-memory record).
+    """
+
+    signal: np.ndarray
+    fs: float
+    lead_names: tuple[str, ...]
+    units: tuple[str, ...]
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        sig = np.asarray(self.signal, dtype=np.float32)
+        if sig.ndim != 2:
+            raise ValueError(f"ECGRecord.signal must be 2-D [leads, time], got shape {sig.shape}")
+        if not (np.isfinite(self.fs) and self.fs > 0):
+            raise ValueError(f"ECGRecord.fs must be a positive number, got {self.fs!r}")
+        names = tuple(str(n) for n in self.lead_names)
+        units = tuple(str(u) for u in self.units)
+        if len(names) != sig.shape[0] or len(units) != sig.shape[0]:
+            raise ValueError(
+                f"ECGRecord: {sig.shape[0]} leads but {len(names)} lead names and {len(units)} units"
+            )
+        if sig is self.signal and sig.flags.writeable:
+            sig = sig.copy()  # never freeze the caller's own array
+        sig.flags.writeable = False
+        object.__setattr__(self, "signal", sig)
+        object.__setattr__(self, "fs", float(self.fs))
+        object.__setattr__(self, "lead_names", names)
+        object.__setattr__(self, "units", units)
+        if self.path is not None:
+            object.__setattr__(self, "path", str(self.path))
+
+    @property
+    def n_leads(self) -> int:
+        return int(self.signal.shape[0])
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.signal.shape[1])
+
+    @property
+    def duration_s(self) -> float:
+        return self.n_samples / self.fs
+
+    def lead(self, name: str) -> np.ndarray:
+        """The samples of one lead, by (normalised) name."""
+        key = normalize_lead_name(name)
+        try:
+            return self.signal[self.lead_names.index(key)]
+        except ValueError:
+            raise KeyError(f"lead {name!r} not in {self.lead_names}") from None
+
+
+def normalize_lead_name(name: str) -> str:
+    """Standard spelling of a lead name: ``"Lead I (Einthoven)"`` -> ``"I"``,
+    ``"Lead aVR"`` / ``"AVR"`` -> ``"aVR"``, ``"v1"`` -> ``"V1"``; anything else is
+    returned stripped but otherwise unchanged."""
+    s = str(name).strip()
+    s = re.sub(r"\s*\(.*?\)\s*", " ", s).strip()  # drop "(Einthoven)", "(Goldberger)"
+    s = re.sub(r"^(lead|ecg\s+lead|mdc_ecg_lead)[\s_:-]*", "", s, flags=re.IGNORECASE)
+    return _CANONICAL.get(s.lower(), s)
+
+
+# --------------------------------------------------------------------------- WFDB
+def write_wfdb(
+    record_path: str | os.PathLike,
+    signal_mV: np.ndarray,
+    fs: float,
+    lead_names: Sequence[str],
+    units: str | Sequence[str] = "mV",
+    fmt: str = "16",
+    adc_gain: float = 1000.0,
+    comments: Sequence[str] | None = None,
+) -> Path:
+    """Write ``signal_mV`` ``[leads, time]`` as a WFDB record; returns the ``.hea`` path.
+
+    ``record_path`` is the record path without extension (``dir/name`` writes
+    ``dir/name.hea`` and ``dir/name.dat``); the name may contain only letters,
+    digits, ``-`` and ``_`` (a WFDB rule). Values are stored as
+    ``round(value * adc_gain)`` (baseline 0), so the round trip is exact to
+    ``0.5 / adc_gain``; NaN is stored as the format's missing-sample code. Values
+    that do not fit the format at this gain raise ``ValueError``.
+    """
+    import wfdb
+
+    record_path = Path(record_path)
+    if record_path.suffix in (".hea", ".dat"):
+        record_path = record_path.with_suffix("")
+    name = record_path.name
+    if not _RECORD_NAME_RE.fullmatch(name):
+        raise ValueError(
+            f"WFDB record name {name!r} may contain only letters, digits, '-' and '_'"
+        )
+    sig = np.asarray(signal_mV, dtype=np.float64)
+    if sig.ndim != 2 or sig.shape[0] == 0 or sig.shape[1] == 0:
+        raise ValueError(f"signal must be [leads, time] with both > 0, got shape {sig.shape}")
+    n_leads = sig.shape[0]
+    names = [str(n) for n in lead_names]
+    if len(names) != n_leads:
+        raise ValueError(f"{n_leads} leads but {len(names)} lead names")
+    unit_list = [units] * n_leads if isinstance(units, str) else [str(u) for u in units]
+    if len(unit_list) != n_leads:
+        raise ValueError(f"{n_leads} leads but {len(unit_list)} units")
+    fmt = str(fmt)
+    if fmt not in _WFDB_WRITE_RANGE:
+        raise ValueError(f"fmt {fmt!r} not supported for writing; use one of {sorted(_WFDB_WRITE_RANGE)}")
+    if not adc_gain > 0:
+        raise ValueError(f"adc_gain must be positive, got {adc_gain!r}")
+    if np.isinf(sig).any():
+        raise ValueError("signal contains infinite values")
+    lo, hi = _WFDB_WRITE_RANGE[fmt]
+    finite = sig[~np.isnan(sig)]
+    if finite.size and (
+        np.round(finite.max() * adc_gain) > hi or np.round(finite.min() * adc_gain) < lo
+    ):
+        raise ValueError(
+            f"signal range [{finite.min():.4g}, {finite.max():.4g}] does not fit WFDB format "
+            f"{fmt} at adc_gain {adc_gain} (digital range {lo}..{hi})"
+        )
+    write_dir = record_path.parent
+    write_dir.mkdir(parents=True, exist_ok=True)
+    wfdb.wrsamp(
+        name,
+        fs=float(fs),
+        units=unit_list,
+        sig_name=names,
+        p_signal=np.ascontiguousarray(sig.T),
+        fmt=[fmt] * n_leads,
+        adc_gain=[float(adc_gain)] * n_leads,
+        baseline=[0] * n_leads,
+        comments=list(comments) if comments else None,
+        write_dir=str(write_dir),
+    )
+    return write_dir / f"{name}.hea"
+
+
+def _wfdb_record_base(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.suffix == ".hea":
+        return p.with_suffix("")
+    if p.suffix == ".dat":
+        return p.with_suffix("")
+    return p
+
+
+def read_wfdb(
+    path: str | os.PathLike, *, to_millivolts: bool = True, allow_nan: bool = False
+) -> ECGRecord:
+    """Read a single-segment WFDB record (``path`` to the ``.hea`` or without extension).
+
+    Checks, before trusting wfdb: the header parses, every data file it names exists
+    and holds at least as many samples as the header says (wfdb may otherwise fail
+    obscurely or return fewer samples), there is at least one lead, and (unless
+    ``allow_nan``) no sample is missing (NaN). With ``to_millivolts`` voltage leads are
+    converted to mV; a lead in a unit that is not a voltage raises.
+    """
+    import wfdb
+
+    base = _wfdb_record_base(path)
+    hea = base.with_name(base.name + ".hea")
+    if not hea.is_file():
+        raise CorruptFileError(hea, "WFDB header file not found")
+    try:
+        header = wfdb.rdheader(str(base))
+    except Exception as exc:  # wfdb raises HeaderSyntaxError, IndexError, ValueError ...
+        raise CorruptFileError(hea, f"not a valid WFDB header ({type(exc).__name__}: {exc})") from exc
+    if getattr(header, "n_seg", None) is not None:
+        raise CorruptFileError(hea, "multi-segment WFDB records are not supported")
+    n_sig = int(header.n_sig or 0)
+    if n_sig == 0:
+        raise InconsistentDataError(hea, "WFDB header declares zero leads")
+    sig_len = header.sig_len
+    if sig_len is None:
+        raise InconsistentDataError(hea, "WFDB header gives no signal length")
+    sig_len = int(sig_len)
+    if sig_len == 0:
+        raise InconsistentDataError(hea, "WFDB header declares zero samples")
+
+    # Data files: existence and size against the header.
+    spf = [int(s or 1) for s in (header.samps_per_frame or [1] * n_sig)]
+    offsets = [int(b or 0) for b in (header.byte_offset or [0] * n_sig)]
+    per_file: dict[str, list[int]] = {}
+    for ch, fname in enumerate(header.file_name):
+        per_file.setdefault(fname, []).append(ch)
+    for fname, chans in per_file.items():
+        dat = hea.parent / fname
+        if not dat.is_file():
+            raise CorruptFileError(dat, f"data file named by WFDB header {hea.name} not found")
+        fmt = str(header.fmt[chans[0]])
+        bps = _WFDB_BYTES_PER_SAMPLE.get(fmt)
+        if bps is None:
+            continue  # compressed / unusual format: rely on the length check below
+        samples_per_frame = sum(spf[c] for c in chans)
+        need = offsets[chans[0]] + int(np.ceil(sig_len * samples_per_frame * bps))
+        have = dat.stat().st_size
+        if have < need:
+            raise InconsistentDataError(
+                dat,
+                f"data file is truncated: header {hea.name} needs {need} bytes "
+                f"({sig_len} samples x {len(chans)} leads, format {fmt}), file has {have}",
+            )
+
+    try:
+        rec = wfdb.rdrecord(str(base), physical=True, return_res=64)
+    except Exception as exc:
+        raise InconsistentDataError(
+            hea, f"wfdb could not read the record ({type(exc).__name__}: {exc})"
+        ) from exc
+    sig = rec.p_signal
+    if sig is None or sig.ndim != 2:
+        raise InconsistentDataError(hea, "record has no signal")
+    if sig.shape[0] != sig_len or sig.shape[1] != n_sig:
+        raise InconsistentDataError(
+            hea, f"read {sig.shape[0]} samples x {sig.shape[1]} leads, header says {sig_len} x {n_sig}"
+        )
+    signal = np.ascontiguousarray(sig.T, dtype=np.float64)
+    names = tuple(normalize_lead_name(n) for n in rec.sig_name)
+    units = tuple(str(u) if u else "NU" for u in (rec.units or ["NU"] * n_sig))
+    return _finish(signal, float(rec.fs), names, units, hea, to_millivolts, allow_nan)
+
+
+# -------------------------------------------------------------------------- DICOM
+def read_dicom_ecg(
+    path: str | os.PathLike,
+    *,
+    group: int | str | None = None,
+    to_millivolts: bool = True,
+    allow_nan: bool = False,
+) -> ECGRecord:
+    """Read one multiplex group of a DICOM waveform file.
+
+    ``group``: index into the Waveform Sequence or its Multiplex Group Label (e.g.
+    ``"RHYTHM"``, ``"MEDIAN BEAT"``); default: the group labelled ``RHYTHM`` if any,
+    else the first. Values are pydicom's ``waveform_array`` (raw x Channel
+    Sensitivity x Correction Factor + Baseline, in the Channel Sensitivity Units);
+    lead names come from each channel's Channel Source Sequence Code Meaning.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CorruptFileError(p, "DICOM file not found")
+    try:
+        ds = pydicom.dcmread(str(p))
+    except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
+        raise CorruptFileError(p, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
+    try:
+        seq = ds.WaveformSequence
+    except AttributeError:
+        raise CorruptFileError(p, "DICOM file has no Waveform Sequence (5400,0100)") from None
+    if len(seq) == 0:
+        raise CorruptFileError(p, "DICOM Waveform Sequence is empty")
+    labels = [str(item.get("MultiplexGroupLabel", "")).strip() for item in seq]
+    if group is None:
+        index = labels.index("RHYTHM") if "RHYTHM" in labels else 0
+    elif isinstance(group, str):
+        if group not in labels:
+            raise InconsistentDataError(p, f"no multiplex group labelled {group!r}; groups: {labels}")
+        index = labels.index(group)
+    else:
+        index = int(group)
+        if not 0 <= index < len(seq):
+            raise InconsistentDataError(p, f"multiplex group {index} out of range (file has {len(seq)})")
+    item = seq[index]
+    n_ch = int(item.get("NumberOfWaveformChannels", 0) or 0)
+    if n_ch == 0:
+        raise InconsistentDataError(p, f"multiplex group {index} has zero channels")
+    fs = item.get("SamplingFrequency")
+    if fs is None or not float(fs) > 0:
+        raise InconsistentDataError(p, f"multiplex group {index} has no valid Sampling Frequency")
+    chdefs = item.get("ChannelDefinitionSequence")
+    if chdefs is None or len(chdefs) != n_ch:
+        raise InconsistentDataError(
+            p, f"multiplex group {index}: {n_ch} channels but "
+            f"{0 if chdefs is None else len(chdefs)} channel definitions"
+        )
+    n_samp = int(item.get("NumberOfWaveformSamples", 0) or 0)
+    bits = int(item.get("WaveformBitsAllocated", 0) or 0)
+    data = item.get("WaveformData")
+    need = n_samp * n_ch * (bits // 8)
+    if data is None or len(data) < need or n_samp == 0:
+        raise InconsistentDataError(
+            p, f"multiplex group {index}: Waveform Data holds {0 if data is None else len(data)} "
+            f"bytes, {n_samp} samples x {n_ch} channels x {bits} bits need {need}"
+        )
+    try:
+        arr = ds.waveform_array(index)  # [samples, channels], sensitivity applied
+    except Exception as exc:
+        raise CorruptFileError(p, f"cannot decode waveform group {index} ({type(exc).__name__}: {exc})") from exc
+    names: list[str] = []
+    units: list[str] = []
+    for k, ch in enumerate(chdefs):
+        src = ch.get("ChannelSourceSequence")
+        meaning = str(src[0].get("CodeMeaning", "")) if src else ""
+        names.append(normalize_lead_name(meaning) if meaning else f"ch{k}")
+        useq = ch.get("ChannelSensitivityUnitsSequence")
+        unit = str(useq[0].get("CodeValue", "")) if useq else ""
+        units.append(unit or "NU")
+    signal = np.ascontiguousarray(np.asarray(arr, dtype=np.float64).T)
+    return _finish(signal, float(fs), tuple(names), tuple(units), p, to_millivolts, allow_nan)
+
+
+# ------------------------------------------------------------------------ dispatch
+def read_ecg(
+    path: str | os.PathLike,
+    *,
+    to_millivolts: bool = True,
+    allow_nan: bool = False,
+    group: int | str | None = None,
+) -> ECGRecord:
+    """Read a WFDB record (``.hea`` path, or the record path without extension) or a
+    DICOM waveform file (``group`` selects its multiplex group, see
+    :func:`read_dicom_ecg`)."""
+    p = Path(path)
+    if p.suffix in (".hea", ".dat") or (
+        not p.is_file() and p.with_name(p.name + ".hea").is_file()
+    ):
+        return read_wfdb(p, to_millivolts=to_millivolts, allow_nan=allow_nan)
+    if not p.exists():
+        raise CorruptFileError(p, "no such ECG file (nor a WFDB header next to it)")
+    if p.is_file() and (p.suffix.lower() in (".dcm", ".dicom") or _has_dicom_preamble(p)):
+        return read_dicom_ecg(p, group=group, to_millivolts=to_millivolts, allow_nan=allow_nan)
+    if p.is_file() and p.with_name(p.name + ".hea").is_file():
+        return read_wfdb(p, to_millivolts=to_millivolts, allow_nan=allow_nan)
+    raise CorruptFileError(p, "not a recognised ECG file (expected a WFDB .hea or a DICOM waveform file)")
+
+
+def _has_dicom_preamble(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _finish(
+    signal: np.ndarray,
+    fs: float,
+    names: tuple[str, ...],
+    units: tuple[str, ...],
+    path: Path,
+    to_millivolts: bool,
+    allow_nan: bool,
+) -> ECGRecord:
+    if signal.shape[0] == 0:
+        raise InconsistentDataError(path, "record has zero leads")
+    if signal.shape[1] == 0:
+        raise InconsistentDataError(path, "record has zero samples")
+    n_nan = int(np.isnan(signal).sum())
+    if n_nan and not allow_nan:
+        bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
+        raise InconsistentDataError(
+            path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
+        )
+    if np.isinf(signal).any():
+        raise InconsistentDataError(path, "signal has infinite values")
+    if to_millivolts:
+        factors = []
+        for name, unit in zip(names, units):
+            f = _TO_MV.get(unit.strip().lower())
+            if f is None:
+                raise InconsistentDataError(
+                    path, f"lead {name!r} is in unit {unit!r}, not a voltage: "
+                    "cannot convert to mV (read with to_millivolts=False)"
+                )
+            factors.append(f)
+        signal = signal * np.asarray(factors)[:, None]
+        units = ("mV",) * len(names)
+    return ECGRecord(signal.astype(np.float32), fs, names, units, str(path))
+
+
+# --------------------------------------------------------------- record-level ops
+def select_leads(
+    record: ECGRecord,
+    lead_names: Sequence[str] = STANDARD_LEADS,
+    *,
+    derive_limb_leads: bool = True,
+) -> ECGRecord:
+    """A record with exactly ``lead_names`` in that order.
+
+    With ``derive_limb_leads``, missing III / aVR / aVL / aVF are computed from I and
+    II by the Einthoven / Goldberger relations (for 8-lead files such as
+    deepfake-ecg's). A lead that is still missing raises InconsistentDataError.
+    """
+    have = {n: i for i, n in enumerate(record.lead_names)}
+    rows: list[np.ndarray] = []
+    units: list[str] = []
+    for want in lead_names:
+        key = normalize_lead_name(want)
+        if key in have:
+            rows.append(record.signal[have[key]])
+            units.append(record.units[have[key]])
+            continue
+        if derive_limb_leads and key in ("III", "aVR", "aVL", "aVF") and "I" in have and "II" in have:
+            lead_i, lead_ii = record.signal[have["I"]], record.signal[have["II"]]
+            derived = {
+                "III": lead_ii - lead_i,
+                "aVR": -(lead_i + lead_ii) / 2,
+                "aVL": lead_i - lead_ii / 2,
+                "aVF": lead_ii - lead_i / 2,
+            }[key]
+            rows.append(derived)
+            units.append(record.units[have["I"]])
+            continue
+        raise InconsistentDataError(
+            record.path, f"lead {want!r} missing (record has {record.lead_names})"
+        )
+    return ECGRecord(
+        np.stack(rows).astype(np.float32), record.fs, tuple(normalize_lead_name(n) for n in lead_names),
+        tuple(units), record.path,
+    )
+
+
+def resample_ecg(record: ECGRecord, target_fs: float) -> ECGRecord:
+    """Resample to ``target_fs`` by polyphase filtering (``scipy.signal.resample_poly``,
+    whose FIR low-pass at the lower Nyquist rate is the anti-aliasing filter)."""
+    from scipy.signal import resample_poly
+
+    if not target_fs > 0:
+        raise ValueError(f"target_fs must be positive, got {target_fs!r}")
+    ratio = Fraction(float(target_fs) / record.fs).limit_denominator(1000)
+    if ratio == 1:
+        return replace(record, fs=float(target_fs))
+    out = resample_poly(
+        record.signal.astype(np.float64), ratio.numerator, ratio.denominator, axis=1, padtype="line"
+    )
+    return replace(record, signal=out.astype(np.float32), fs=float(target_fs))
+
+
+def bandpass_ecg(
+    record: ECGRecord, low: float = 0.5, high: float = 40.0, order: int = 4
+) -> ECGRecord:
+    """Zero-phase Butterworth band-pass (``butter`` as second-order sections, applied
+    forward and backward with ``sosfiltfilt``: the effective order is ``2 * order``)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    nyq = record.fs / 2
+    if not 0 < low < high < nyq:
+        raise ValueError(f"need 0 < low < high < fs/2 = {nyq}, got low={low}, high={high}")
+    sos = butter(order, [low, high], btype="bandpass", fs=record.fs, output="sos")
+    out = sosfiltfilt(sos, record.signal.astype(np.float64), axis=1)
+    return replace(record, signal=out.astype(np.float32))
+

@@ -1,0 +1,135 @@
+"""CLIP-style pairwise contrastive losses (InfoNCE) with a learnable temperature.
+
+Embeddings are assumed L2-normalised by the caller (the projection head); the loss does
+not normalise again, so cosine similarity is ``a @ b.T``.
+
+MoRE's report-anchored loss ``1/2[NCE(t,x)+NCE(x,t)] + 1/2[NCE(t,e)+NCE(e,t)]`` is
+``multi_modal_clip_loss(emb, [("text","xray"), ("text","ecg")], scale, reduction="sum")``.
+The MoRE reference never handed its temperature to the optimiser; here the temperature is
+an ``nn.Parameter`` inside :class:`LogitScale`, so it is trained whenever the module that
+owns it is (register it on the LightningModule / model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LogitScale", "info_nce", "multi_modal_clip_loss", "pair_key"]
+
+LOG_SCALE_INIT = math.log(1.0 / 0.07)
+LOG_SCALE_MAX = math.log(100.0)
+
+
+class LogitScale(nn.Module):
+    """Learnable log-temperature ``log_scale`` (CLIP): logits = exp(log_scale) * cos-sim.
+
+    Initialised to ``log(1/0.07)``; ``forward()`` returns ``log_scale`` clamped to at most
+    ``log(100)`` (the clamp passes no gradient while the bound is active, as in CLIP).
+    """
+
+    def __init__(self, init: float = LOG_SCALE_INIT, max_log_scale: float = LOG_SCALE_MAX) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(float(init)))
+        self.max_log_scale = float(max_log_scale)
+
+    def forward(self) -> Tensor:
+        return self.log_scale.clamp(max=self.max_log_scale)
+
+    def extra_repr(self) -> str:
+        return f"max_log_scale={self.max_log_scale:.4f}"
+
+
+def _log_scale_tensor(logit_scale: Tensor | nn.Module | float, like: Tensor) -> Tensor:
+    """Accept a LogitScale module, a tensor or a float; return a 0-d tensor."""
+    if isinstance(logit_scale, nn.Module):
+        logit_scale = logit_scale()
+    return torch.as_tensor(logit_scale, dtype=torch.float32, device=like.device)
+
+
+def _zero_with_grad(*tensors: Tensor) -> Tensor:
+    """A float32 zero that still has a grad_fn connected to ``tensors`` (if they need grad)."""
+    return sum((t.float().sum() * 0.0 for t in tensors), torch.zeros((), device=tensors[0].device))
+
+
+def info_nce(
+    a: Tensor,
+    b: Tensor,
+    logit_scale: Tensor | nn.Module | float,
+    valid: Tensor | None = None,
+) -> Tensor:
+    """Symmetric InfoNCE between paired, L2-normalised embeddings ``a`` [N,d], ``b`` [N,d].
+
+    ``logits = exp(logit_scale) * a @ b.T``;
+    ``loss = 1/2 [CE(logits, diag) + CE(logits.T, diag)]`` (mean over rows).
+
+    ``valid`` (bool [N]): pairs where either side is missing are dropped (their rows and
+    columns removed before the softmax). With fewer than 2 valid pairs there is no negative
+    to contrast with: the result is a zero that keeps a grad_fn to the inputs, so DDP /
+    ``backward()`` still work. Computed in float32 (safe under AMP).
+    """
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(f"info_nce expects a, b of equal shape [N, d]; got {tuple(a.shape)} and {tuple(b.shape)}")
+    log_scale = _log_scale_tensor(logit_scale, a)
+    if valid is not None:
+        valid = valid.to(device=a.device, dtype=torch.bool).reshape(-1)
+        if valid.numel() != a.shape[0]:
+            raise ValueError(f"valid has {valid.numel()} entries for {a.shape[0]} pairs")
+        a, b = a[valid], b[valid]
+    if a.shape[0] < 2:
+        return _zero_with_grad(a, b, log_scale)
+    logits = log_scale.exp() * (a.float() @ b.float().T)
+    target = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+def pair_key(pair: tuple[str, str]) -> str:
+    """Name of a modality pair in the per-pair loss dict (and MLflow): ``"text-xray"``."""
+    return f"{pair[0]}-{pair[1]}"
+
+
+def multi_modal_clip_loss(
+    embeddings: Mapping[str, Tensor],
+    pairs: Sequence[tuple[str, str]],
+    logit_scale: Tensor | nn.Module | float,
+    present: Mapping[str, Tensor] | None = None,
+    reduction: Literal["mean", "sum"] = "mean",
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pairwise CLIP loss over the configured modality pairs (one shared temperature).
+
+    For each pair (m1, m2): ``L = info_nce(emb[m1], emb[m2], scale, present[m1] & present[m2])``
+    (a modality absent from ``present`` counts as present for every sample).
+    ``total = mean`` (or ``sum``) of ``L`` over the *active* pairs, i.e. pairs with at least
+    2 valid samples in the batch, so a batch without ECGs does not dilute the X-ray-text
+    term; with no active pair ``total`` is a zero with a grad_fn.
+    Returns ``(total, {pair_key(pair): L})``; inactive pairs appear with a zero loss.
+    """
+    if not pairs:
+        raise ValueError("multi_modal_clip_loss needs at least one modality pair")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    missing = sorted({m for p in pairs for m in p} - set(embeddings))
+    if missing:
+        raise KeyError(f"no embeddings for modalities {missing}; have {sorted(embeddings)}")
+    present = present or {}
+    per_pair: dict[str, Tensor] = {}
+    active: list[Tensor] = []
+    for m1, m2 in pairs:
+        a, b = embeddings[m1], embeddings[m2]
+        valid = torch.ones(a.shape[0], dtype=torch.bool, device=a.device)
+        for m in (m1, m2):
+            if m in present:
+                valid = valid & present[m].to(device=a.device, dtype=torch.bool).reshape(-1)
+        loss = info_nce(a, b, logit_scale, valid)
+        per_pair[pair_key((m1, m2))] = loss
+        if int(valid.sum()) >= 2:
+            active.append(loss)
+    if not active:
+        return _zero_with_grad(*per_pair.values()), per_pair
+    total = torch.stack(active).sum()
+    return (total / len(active) if reduction == "mean" else total), per_pair

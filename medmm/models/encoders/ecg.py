@@ -1,0 +1,38 @@
+"""ECG encoder (MoRE): a 1-D convolutional tokenizer over the 12 leads followed by a
+small transformer; returns the mean of the token outputs concatenated with their max."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medmm.config.pretrain import ECGEncoderConfig
+
+
+class ECGConvTransformer(nn.Module):
+    def __init__(self, cfg: ECGEncoderConfig, leads: int = 12, max_tokens: int = 512):
+        super().__init__()
+        d = cfg.dim
+        # 100 Hz input: stride 5 then stride 2 -> one token per 0.1 s, receptive field ~0.25 s
+        # (a QRS complex spans one or two tokens).
+        self.tokenizer = nn.Sequential(
+            nn.Conv1d(leads, d // 2, 5, stride=5), nn.BatchNorm1d(d // 2), nn.GELU(),
+            nn.Conv1d(d // 2, d, 5, stride=2, padding=2), nn.BatchNorm1d(d), nn.GELU(),
+        )
+        self.pos = nn.Parameter(torch.randn(1, max_tokens, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=0.1, batch_first=True, norm_first=True,
+                                           activation="gelu")
+        self.transformer = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.out_dim = 2 * d
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokenizer(x).transpose(1, 2)
+        if tokens.shape[1] > self.pos.shape[1]:
+            raise ValueError(f"ECG too long: {tokens.shape[1]} tokens > {self.pos.shape[1]}")
+        h = self.norm(self.transformer(tokens + self.pos[:, : tokens.shape[1]]))
+        return torch.cat([h.mean(1), h.amax(1)], dim=1)
+
+
+def build_ecg_encoder(cfg: ECGEncoderConfig) -> nn.Module:
+    return ECGConvTransformer(cfg)

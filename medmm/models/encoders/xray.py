@@ -1,0 +1,114 @@
+"""X-ray encoders: a small residual CNN (default, fast on CPU) and a ViT with DropKey (MoRE).
+
+Both take [B, 1, H, W] intensities normalised to roughly zero mean / unit variance and
+return one feature vector per image.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from medmm.config.pretrain import XrayEncoderConfig
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.GELU(),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity()
+            if cin == cout and stride == 1
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        )
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class XrayCNN(nn.Module):
+    """Stem (stride 2) + one residual block per stage (stride 2 each) + global pooling.
+
+    Global average *and* max pooling are concatenated: small planted structures
+    (nodules, pacemaker) are localised and average pooling alone dilutes them.
+    """
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 5, 2, 2, bias=False), nn.BatchNorm2d(widths[0]), nn.GELU())
+        stages, cin = [], widths[0]
+        for w in widths:
+            stages.append(_ResidualBlock(cin, w, stride=2))
+            cin = w
+        self.stages = nn.Sequential(*stages)
+        self.out_dim = 2 * widths[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stages(self.stem(x))
+        return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)
+
+
+class DropKeyAttention(nn.Module):
+    """Multi-head self-attention with DropKey: random keys masked *before* the softmax
+    during training (MoRE's regulariser), instead of dropout on the attention weights."""
+
+    def __init__(self, dim: int, heads: int, dropkey: float):
+        super().__init__()
+        self.heads, self.dropkey = heads, dropkey
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        logits = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        if self.training and self.dropkey > 0:
+            drop = torch.rand_like(logits) < self.dropkey
+            logits = logits.masked_fill(drop, torch.finfo(logits.dtype).min)
+        out = logits.softmax(-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class _ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dropkey: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = DropKeyAttention(dim, heads, dropkey)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class XrayViT(nn.Module):
+    """Patch embedding + [CLS] + learned positions + pre-norm blocks; returns the CLS output."""
+
+    def __init__(self, image_size: int, patch: int, dim: int, depth: int, heads: int, dropkey: float):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        self.patch = nn.Conv2d(1, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, (image_size // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[_ViTBlock(dim, heads, dropkey) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], dim=1) + self.pos
+        return self.norm(self.blocks(tokens))[:, 0]
+
+
+def build_xray_encoder(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
+    if cfg.name == "cnn":
+        return XrayCNN(cfg.widths)
+    return XrayViT(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.dropkey)

@@ -1,0 +1,60 @@
+"""MoRE-style multimodal contrastive model: X-ray, ECG and report encoders, one projection
+head each into a shared space, and a learned temperature (registered as ``more``).
+
+The model only embeds; the loss lives in ``medmm.losses`` and the training loop in
+``medmm.tasks`` (the LightningModule / model split of Lightning and open_clip).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medmm.config.pretrain import ModelConfig
+from medmm.losses.contrastive import LogitScale
+from medmm.models.encoders.ecg import build_ecg_encoder
+from medmm.models.encoders.text import build_text_encoder
+from medmm.models.encoders.xray import build_xray_encoder
+from medmm.models.heads.projection import projection_head
+from medmm.models.registry import register_model
+
+class MultiModalContrastiveModel(nn.Module):
+    def __init__(self, cfg: ModelConfig, image_size: int):
+        super().__init__()
+        self.cfg = cfg
+        self.encoders = nn.ModuleDict(
+            {
+                "xray": build_xray_encoder(cfg.xray, image_size),
+                "ecg": build_ecg_encoder(cfg.ecg),
+                "report": build_text_encoder(cfg.text),
+            }
+        )
+        self.projections = nn.ModuleDict(
+            {m: projection_head(enc.out_dim, cfg.proj_hidden, cfg.embed_dim) for m, enc in self.encoders.items()}
+        )
+        # A submodule holding an nn.Parameter, so the optimiser sees it (MoRE's reference
+        # code left its temperature out of the optimiser).
+        self.logit_scale = LogitScale(init=math.log(1.0 / cfg.init_temperature))
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.encoders)
+
+    def encode(self, modality: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """L2-normalised embeddings of one modality of a collated batch."""
+        if modality == "report":
+            feats = self.encoders["report"](batch["report_ids"], batch["report_mask"])
+        else:
+            feats = self.encoders[modality](batch[modality])
+        return F.normalize(self.projections[modality](feats), dim=-1)
+
+    def forward(self, batch: dict[str, torch.Tensor], modalities: tuple[str, ...] | None = None):
+        return {m: self.encode(m, batch) for m in (modalities or self.modalities)}
+
+
+@register_model("more")
+def build_more(cfg: ModelConfig, image_size: int = 128) -> MultiModalContrastiveModel:
+    return MultiModalContrastiveModel(cfg, image_size)

@@ -1,0 +1,185 @@
+"""``python -m medmm.pipelines.pretrain``: contrastive pretraining on a cohort, evaluated
+on its held-out split and tracked in MLflow.
+
+    python -m medmm.pipelines.pretrain --config configs/pretrain/default.yaml trainer.max_epochs=3
+    python -m medmm.pipelines.pretrain --config ... --resume     # continue a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from medmm.config.core import ConfigError, build_config, options_help
+from medmm.config.pretrain import PretrainConfig
+
+log = logging.getLogger("medmm.pretrain")
+DEFAULT_CONFIG = Path("configs/pretrain/default.yaml")
+RUN_STATE = "run_state.json"
+
+
+@dataclass
+class PretrainOutcome:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, float]
+    table: str
+    model_uri: str | None
+    n_skipped: int
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m medmm.pipelines.pretrain",
+        description="Contrastive X-ray / ECG / report pretraining, evaluated and tracked in MLflow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config options (override any with key=value):\n" + "\n".join(options_help(PretrainConfig)),
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
+                        help="YAML config (default: configs/pretrain/default.yaml)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last run of output_dir from its last checkpoint (same MLflow run)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=3")
+    return parser.parse_args(argv)
+
+
+def _reference_levels(dm) -> dict:
+    """Chance / oracle levels of the evaluated test studies (the generator's file when it
+    describes exactly these studies, else recomputed for the studies that were read)."""
+    from medmm.data.demo.generator import compute_reference_levels
+
+    test = dm.cohort.indices("test")
+    path = Path(dm.cfg.root) / "reference_levels.json"
+    if path.exists():
+        levels = json.loads(path.read_text())
+        if levels.get("n_test_studies") == len(test):
+            return levels
+    return compute_reference_levels(dm.cohort.labels[test].astype("int64"))
+
+
+def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                                 save_last=True, save_top_k=1, monitor="val/loss", mode="min")
+    return L.Trainer(
+        max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        precision=precision, logger=logger, callbacks=[checkpoint],
+        log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
+        gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=False,
+    )
+
+
+def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import lightning as L
+    import mlflow
+    import torch
+    from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
+
+    from medmm.data.datamodule import PretrainDataModule
+    from medmm.models.encoders.text import load_tokenizer
+    from medmm.tasks.pretrain import ContrastivePretrainTask
+    from medmm.tasks.pretrain_eval import evaluate_contrastive, format_table
+    from medmm.tracking.figures import retrieval_examples_figure
+    from medmm.tracking.pyfunc_model import log_and_register
+    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+
+    output_dir = Path(cfg.output_dir)
+    state_path = output_dir / RUN_STATE
+    ckpt_path = None
+    if resume:
+        if not state_path.exists():
+            raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
+        state = json.loads(state_path.read_text())
+        last = Path(state["ckpt_dir"]) / "last.ckpt"
+        ckpt_path = str(last) if last.exists() else None
+        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
+        print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
+    else:
+        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
+                              tracking_uri=tracking_uri)
+    run_id = logger.run_id
+    ckpt_dir = output_dir / run_id / "checkpoints"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps({"run_id": run_id, "ckpt_dir": str(ckpt_dir)}))
+
+    dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
+                            tokenizer_path=cfg.model.text.model_path)
+    dm.setup()
+    if dm.cohort.skipped:
+        print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
+        for s in dm.cohort.skipped:
+            print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
+    client = MlflowClient(tracking_uri)
+    log_run_context(client, run_id, cfg, dm.manifest, dm.cohort.skipped)
+    client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
+    for split in ("train", "val", "test"):
+        client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
+
+    task = ContrastivePretrainTask(cfg)
+    trainer = _trainer(cfg, logger, ckpt_dir)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+
+    tokenizer = load_tokenizer(cfg.model.text.model_path)
+    reference = _reference_levels(dm)
+    result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
+                                  max_tokens=cfg.model.text.max_tokens, ks=tuple(cfg.eval.retrieval_ks),
+                                  label_ks=tuple(cfg.eval.label_ks))
+    step = int(trainer.global_step)
+    for name, value in result.metrics.items():
+        client.log_metric(run_id, f"test.{name}".replace("@", "_at_"), value, step=step)
+    table = format_table(result.rows)
+    log_json_artifact(client, run_id, "test_metrics.json", result.rows)
+    log_json_artifact(client, run_id, "reference_levels.json", reference)
+    client.log_text(run_id, table, "results/test_metrics.txt")
+    if cfg.eval.examples_figure and "xray" in result.embeddings and "report" in result.embeddings:
+        idx = result.indices
+        fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), result.labels,
+                                        result.embeddings["xray"][:4] @ result.embeddings["report"].T,
+                                        list(dm.cohort.report_text[idx]), result.labels)
+        client.log_figure(run_id, fig, "results/retrieval_examples.png")
+    model_uri = None
+    if cfg.tracking.register_model:
+        model_uri = log_and_register(run_id, task.model, cfg, cfg.tracking.registered_name)
+    client.set_terminated(run_id)
+    return PretrainOutcome(run_id, tracking_uri, result.metrics, table, model_uri, len(dm.cohort.skipped))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = build_config(PretrainConfig, args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    outcome = run(cfg, resume=args.resume)
+    print("\nTest-split metrics (held-out patients) beside chance and oracle:\n")
+    print(outcome.table)
+    print(f"\nMLflow run id: {outcome.run_id}")
+    print(f"Tracking store: {outcome.tracking_uri}")
+    if outcome.model_uri:
+        print(f"Registered model: {cfg.tracking.registered_name} ({outcome.model_uri})")
+    print("Open the dashboard with `make mlflow` (http://127.0.0.1:5000).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Held-out evaluation of a contrastive model: retrieval in every direction between the
+modalities (exact pair R@k, label-match Hit@k / P@k) and zero-shot AUROC per finding
+from text prompts, each beside its chance and oracle level."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from medmm.data.prompts import ZERO_SHOT_PROMPTS
+from medmm.io.findings import FINDINGS
+from medmm.metrics.retrieval import retrieval_metrics
+from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat, MLflow-safe names, e.g. "xray_to_report.P@5"
+    rows: list[dict] = field(default_factory=list)  # metric, value, chance, oracle, gap_closed
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    indices: np.ndarray | None = None
+
+
+@torch.no_grad()
+def embed_loader(model, loader, modalities: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    labels, indices = [], []
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        for m, e in model(batch, modalities).items():
+            out[m].append(e.float().cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+        indices.append(batch["index"].cpu().numpy())
+    return {m: np.concatenate(v) for m, v in out.items()}, np.concatenate(labels), np.concatenate(indices)
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], max_tokens: int) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    batch = {"report_ids": enc["input_ids"].to(device), "report_mask": enc["attention_mask"].to(device)}
+    return model.encode("report", batch).float().cpu().numpy()
+
+
+def prompt_embeddings(model, tokenizer, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative prompt embeddings, [F, P, d] each, in FINDINGS order."""
+    pos = np.stack([embed_texts(model, tokenizer, ZERO_SHOT_PROMPTS[f]["pos"], max_tokens) for f in FINDINGS])
+    neg = np.stack([embed_texts(model, tokenizer, ZERO_SHOT_PROMPTS[f]["neg"], max_tokens) for f in FINDINGS])
+    return pos, neg
+
+
+def _row(name: str, value: float | None, chance: float | None, oracle: float | None) -> dict:
+    gap = None
+    if value is not None and chance is not None and oracle is not None and oracle - chance > 1e-9:
+        gap = (value - chance) / (oracle - chance)
+    return {"metric": name, "value": value, "chance": chance, "oracle": oracle, "gap_closed": gap}
+
+
+def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
+                         ks=(1, 5, 10), label_ks=(1, 5)) -> EvalResult:
+    """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
+    (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
+    ``zero_shot[modality][chance|oracle][finding]``)."""
+    modalities = tuple(m for m in ("xray", "ecg", "report") if m in model.modalities)
+    emb, labels, indices = embed_loader(model, loader, modalities)
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    for direction, levels in reference["retrieval"].items():
+        q, c = direction.split("->")
+        if q not in emb or c not in emb:
+            continue
+        values = retrieval_metrics(emb[q] @ emb[c].T, labels, labels, ks=ks, label_ks=label_ks)
+        for name, value in values.items():
+            metrics[f"{q}_to_{c}.{name}"] = value
+            rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name)))
+    pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
+    for modality in ("xray", "ecg"):
+        if modality not in emb:
+            continue
+        auroc = per_finding_auroc(zero_shot_scores(emb[modality], pos, neg), labels, FINDINGS)
+        ref = reference["zero_shot"][modality]
+        planted = [f for f in FINDINGS if ref["oracle"].get(f) == 1.0 and auroc[f] is not None]
+        for f in FINDINGS:
+            if auroc[f] is not None:
+                metrics[f"zeroshot_{modality}.{f}"] = auroc[f]
+                rows.append(_row(f"zero-shot {modality} AUROC {f}", auroc[f], ref["chance"].get(f),
+                                 ref["oracle"].get(f)))
+        if planted:
+            mean = float(np.mean([auroc[f] for f in planted]))
+            metrics[f"zeroshot_{modality}.planted_mean"] = mean
+            rows.append(_row(f"zero-shot {modality} AUROC mean of planted", mean, 0.5, 1.0))
+    return EvalResult(metrics, rows, emb, labels, indices)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of the metrics beside chance and oracle."""
+    def fmt(x):
+        return "   -  " if x is None else f"{x:6.3f}"
+
+    lines = [f"{'metric':44s} {'value':>6s} {'chance':>6s} {'oracle':>6s} {'gap closed':>10s}"]
+    for r in rows:
+        gap = "      -" if r["gap_closed"] is None else f"{100 * r['gap_closed']:8.1f} %"
+        lines.append(f"{r['metric']:44s} {fmt(r['value'])} {fmt(r['chance'])} {fmt(r['oracle'])} {gap}")
+    return "\n".join(lines)

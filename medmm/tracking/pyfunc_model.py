@@ -1,0 +1,94 @@
+"""The MLflow pyfunc flavour of a medmm contrastive model: loads back in a fresh process
+through ``mlflow.pyfunc.load_model`` and embeds studies.
+
+Weights travel as safetensors (never pickle); the config as YAML. ``predict`` takes a
+DataFrame with one column per input kind: ``report`` (text), ``xray`` (DICOM path) or
+``ecg`` (WFDB / DICOM-waveform path), and returns the L2-normalised embeddings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "peft", "pydicom", "wfdb", "safetensors"]
+
+
+class ContrastiveEmbedder(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        import torch  # noqa: F401
+        from safetensors.torch import load_file
+
+        from medmm.config.core import build_config
+        from medmm.config.pretrain import PretrainConfig
+        from medmm.models.encoders.text import load_tokenizer
+        from medmm.models.registry import create_model
+
+        self.cfg = build_config(PretrainConfig, context.artifacts["config"])
+        self.model = create_model(self.cfg.model.name, self.cfg.model, image_size=self.cfg.data.image_size)
+        self.model.load_state_dict(load_file(context.artifacts["weights"]))
+        self.model.eval()
+        self.tokenizer = load_tokenizer(self.cfg.model.text.model_path)
+
+    def _batch(self, column: str, values: list) -> dict:
+        import torch
+        import torch.nn.functional as F
+
+        from medmm.data.augment import normalise_xray
+        from medmm.data.decoded_cohort import normalise_radiograph
+        from medmm.data.ecg_transforms import preprocess_ecg
+        from medmm.io.dicom import read_dicom
+        from medmm.io.ecg import read_ecg
+
+        if column == "report":
+            enc = self.tokenizer(list(values), padding=True, truncation=True,
+                                 max_length=self.cfg.model.text.max_tokens, return_tensors="pt")
+            return {"report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
+        if column == "xray":
+            size = self.cfg.data.image_size
+            images = [torch.from_numpy(normalise_radiograph(read_dicom(p).pixels.astype(np.float32)))[None, None]
+                      for p in values]
+            images = [F.interpolate(x, size=(size, size), mode="area")[0] for x in images]
+            return {"xray": normalise_xray(torch.stack(images))}
+        if column == "ecg":
+            signals = []
+            for p in values:
+                rec = read_ecg(p)
+                signals.append(torch.from_numpy(preprocess_ecg(rec.signal, rec.fs, target_fs=self.cfg.data.ecg_fs)))
+            return {"ecg": torch.stack(signals).float()}
+        raise ValueError(f"unknown input column {column!r}: use report, xray or ecg")
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        if model_input.shape[1] != 1:
+            raise ValueError("give one column per call: report, xray or ecg")
+        column = str(model_input.columns[0])
+        with torch.no_grad():
+            emb = self.model.encode(column, self._batch(column, model_input[column].tolist()))
+        return emb.numpy()
+
+
+def log_and_register(run_id: str, model, config, registered_name: str | None) -> str:
+    """Log the model as a pyfunc artifact of ``run_id`` (and register it); returns its URI."""
+    from safetensors.torch import save_file
+
+    from medmm.config.core import to_yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "model.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+        cfg_path = Path(tmp) / "config.yaml"
+        cfg_path.write_text(to_yaml(config))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=ContrastiveEmbedder(),
+                artifacts={"weights": str(weights), "config": str(cfg_path)},
+                pip_requirements=PIP_REQUIREMENTS,
+                registered_model_name=registered_name,
+            )
+    return info.model_uri

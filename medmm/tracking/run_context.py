@@ -1,0 +1,93 @@
+"""What every medmm run logs to MLflow besides its metrics: the resolved config, the
+cohort manifest (pseudonymised) and its hash, the git commit, and skipped files.
+
+Nothing identifying leaves the cohort folder: the logged manifest carries salted hashes
+in place of patient / study identifiers and no paths (paths of real cohorts embed
+subject IDs); skipped files are named by a hash too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medmm.cohort.manifest import Manifest
+from medmm.config.core import flatten, to_yaml
+
+MLFLOW_PARAM_MAX = 6000  # mlflow's limit on a param value's length
+
+
+def default_tracking_uri() -> str:
+    """``sqlite:///<cwd>/mlflow.db`` (mlflow 3 refuses a plain folder store by default)."""
+    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """Commit of the code that ran, and whether the working tree had local changes."""
+    cwd = cwd or Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown", "git_dirty": "unknown"}
+    return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
+
+
+def pseudonym(value: str, salt: str) -> str:
+    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:16]
+
+
+def pseudonymised_manifest(manifest: Manifest) -> pd.DataFrame:
+    """Manifest without identifiers: keyed hashes of patient / study, modality, file hash, split.
+    The salt is the manifest's own content hash, so pseudonyms differ between cohorts."""
+    salt = manifest.content_hash()
+    t = manifest.table
+    return pd.DataFrame({
+        "patient": [pseudonym(p, salt) for p in t["patient_id"]],
+        "study": [pseudonym(s, salt) for s in t["study_id"]],
+        "modality": t["modality"].values,
+        "sha256": t["sha256"].values,
+        "split": t["split"].values,
+    })
+
+
+def log_run_context(client, run_id: str, config, manifest: Manifest, skipped: list[dict]) -> None:
+    """Params (flattened config), tags (git, manifest hash) and artifacts of one run."""
+    params = {k: ("None" if v is None else str(v))[:MLFLOW_PARAM_MAX] for k, v in flatten(config).items()}
+    from mlflow.entities import Param, RunTag
+
+    existing = client.get_run(run_id).data.params
+    fresh = [Param(k, v) for k, v in params.items() if k not in existing]
+    for i in range(0, len(fresh), 100):
+        client.log_batch(run_id, params=fresh[i : i + 100])
+    salt = manifest.content_hash()
+    tags = {**git_state(), "manifest_sha256": salt, "n_skipped_files": str(len(skipped))}
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "config.yaml").write_text(to_yaml(config))
+        pseudonymised_manifest(manifest).to_csv(tmp / "manifest.csv", index=False)
+        (tmp / "manifest_sha256.txt").write_text(salt + "\n")
+        summary = manifest.table.groupby(["split", "modality"]).size().rename("files").reset_index()
+        summary.to_csv(tmp / "manifest_summary.csv", index=False)
+        (tmp / "git.json").write_text(json.dumps(git_state(), indent=2))
+        safe_skips = [{"study": pseudonym(s["study_id"], salt), "modality_file": Path(s["path"]).name,
+                       "problem": s["problem"]} for s in skipped]
+        (tmp / "skipped_files.json").write_text(json.dumps(safe_skips, indent=2))
+        for f in tmp.iterdir():
+            client.log_artifact(run_id, str(f), artifact_path="run")
+
+
+def log_json_artifact(client, run_id: str, name: str, payload: Any, artifact_path: str = "results") -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / name
+        path.write_text(json.dumps(payload, indent=2, default=float))
+        client.log_artifact(run_id, str(path), artifact_path=artifact_path)

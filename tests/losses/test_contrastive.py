@@ -1,0 +1,135 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmm.losses.contrastive import LogitScale, info_nce, multi_modal_clip_loss
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def _loop_loss(a: list[list[float]], b: list[list[float]], scale: float) -> float:
+    """Textbook symmetric InfoNCE with explicit softmax, pure Python."""
+    n = len(a)
+    sim = [[scale * sum(x * y for x, y in zip(a[i], b[j])) for j in range(n)] for i in range(n)]
+    rows = sum(-math.log(math.exp(sim[i][i]) / sum(math.exp(sim[i][j]) for j in range(n))) for i in range(n)) / n
+    cols = sum(-math.log(math.exp(sim[j][j]) / sum(math.exp(sim[i][j]) for i in range(n))) for j in range(n)) / n
+    return 0.5 * (rows + cols)
+
+
+def _numpy_loss(a: np.ndarray, b: np.ndarray, scale: float) -> float:
+    logits = scale * a @ b.T
+
+    def ce(z: np.ndarray) -> float:
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        return float(-np.mean(np.diag(logp)))
+
+    return 0.5 * (ce(logits) + ce(logits.T))
+
+
+def test_info_nce_matches_hand_loop():
+    a = _unit(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=torch.float64))
+    b = _unit(torch.tensor([[0.9, 0.1], [0.5, 0.5], [-0.2, 1.0]], dtype=torch.float64))
+    log_scale = torch.tensor(math.log(5.0))
+    got = info_nce(a, b, log_scale).item()
+    assert got == pytest.approx(_loop_loss(a.tolist(), b.tolist(), 5.0), rel=1e-6)
+
+
+def test_info_nce_matches_numpy_and_is_symmetric():
+    g = torch.Generator().manual_seed(0)
+    a, b = _unit(torch.randn(7, 4, generator=g)), _unit(torch.randn(7, 4, generator=g))
+    scale = LogitScale()
+    got = info_nce(a, b, scale).item()
+    assert got == pytest.approx(_numpy_loss(a.numpy(), b.numpy(), 1 / 0.07), rel=1e-5)
+    assert info_nce(b, a, scale).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_logit_scale_init_and_clamp():
+    s = LogitScale()
+    assert s.log_scale.item() == pytest.approx(math.log(1 / 0.07))
+    with torch.no_grad():
+        s.log_scale.fill_(10.0)
+    assert s().item() == pytest.approx(math.log(100.0))
+
+
+def test_optimizer_step_updates_temperature():
+    # The MoRE reference bug: the temperature never reached the optimiser.
+    g = torch.Generator().manual_seed(1)
+    proj = torch.nn.Linear(6, 3)
+    scale = LogitScale()
+    opt = torch.optim.AdamW([*proj.parameters(), *scale.parameters()], lr=1e-2)
+    x, y = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    before = scale.log_scale.detach().clone()
+    loss = info_nce(_unit(proj(x)), _unit(proj(y)), scale)
+    loss.backward()
+    assert scale.log_scale.grad is not None and scale.log_scale.grad.abs().item() > 0
+    opt.step()
+    assert not torch.equal(scale.log_scale.detach(), before)
+
+
+def test_valid_mask_drops_rows_and_columns():
+    g = torch.Generator().manual_seed(2)
+    a = _unit(torch.randn(6, 3, generator=g)).requires_grad_()
+    b = _unit(torch.randn(6, 3, generator=g))
+    valid = torch.tensor([True, False, True, True, False, True])
+    b_missing = b.clone()
+    b_missing[~valid] = float("nan")  # garbage where the modality is missing
+    got = info_nce(a, b_missing, 2.0, valid)
+    want = info_nce(a[valid], b[valid], 2.0)
+    assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-6)
+    got.backward()
+    assert torch.all(a.grad[~valid] == 0) and a.grad[valid].abs().sum() > 0
+
+
+@pytest.mark.parametrize("n_valid", [0, 1])
+def test_fewer_than_two_valid_pairs_gives_connected_zero(n_valid):
+    a = torch.randn(4, 3, requires_grad=True)
+    b = torch.randn(4, 3, requires_grad=True)
+    scale = LogitScale()
+    valid = torch.arange(4) < n_valid
+    loss = info_nce(a, b, scale, valid)
+    assert loss.item() == 0.0 and loss.grad_fn is not None
+    loss.backward()
+    assert scale.log_scale.grad is not None and a.grad is not None
+
+
+def _batch(n: int = 6, seed: int = 3) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {m: _unit(torch.randn(n, 4, generator=g)) for m in ("text", "xray", "ecg")}
+
+
+def test_multi_modal_mean_sum_and_keys():
+    emb = _batch()
+    pairs = [("text", "xray"), ("text", "ecg")]
+    total, parts = multi_modal_clip_loss(emb, pairs, 1.5)
+    assert set(parts) == {"text-xray", "text-ecg"}
+    tx, te = info_nce(emb["text"], emb["xray"], 1.5), info_nce(emb["text"], emb["ecg"], 1.5)
+    assert total.item() == pytest.approx((tx + te).item() / 2, rel=1e-6)
+    summed, _ = multi_modal_clip_loss(emb, pairs, 1.5, reduction="sum")  # MoRE's form
+    assert summed.item() == pytest.approx((tx + te).item(), rel=1e-6)
+
+
+def test_multi_modal_presence_masks():
+    emb = _batch()
+    present = {"ecg": torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)}
+    total, parts = multi_modal_clip_loss(emb, [("text", "xray"), ("text", "ecg")], 1.0, present)
+    want_te = info_nce(emb["text"][present["ecg"]], emb["ecg"][present["ecg"]], 1.0)
+    assert parts["text-ecg"].item() == pytest.approx(want_te.item(), rel=1e-6)
+    assert total.item() == pytest.approx((parts["text-xray"] + want_te).item() / 2, rel=1e-6)
+    # no ECG in the batch: the text-ecg pair is inactive and does not dilute the mean
+    none = {"ecg": torch.zeros(6, dtype=torch.bool)}
+    total, parts = multi_modal_clip_loss(emb, [("text", "xray"), ("text", "ecg")], 1.0, none)
+    assert parts["text-ecg"].item() == 0.0
+    assert total.item() == pytest.approx(parts["text-xray"].item(), rel=1e-6)
+
+
+def test_multi_modal_errors():
+    with pytest.raises(KeyError, match="ecg"):
+        multi_modal_clip_loss(_batch(), [("text", "ecg2")], 1.0)
+    with pytest.raises(ValueError):
+        multi_modal_clip_loss(_batch(), [], 1.0)

@@ -1,0 +1,95 @@
+"""Registry-wide model tests (timm's pattern): every registered model builds from a tiny
+config, embeds a batch into unit vectors, and trains its temperature."""
+
+import pytest
+import torch
+
+from medmm.config.core import build_config
+from medmm.config.pretrain import PretrainConfig
+from medmm.models.encoders.text import MiniLMLoRATextEncoder, load_tokenizer, masked_mean
+from medmm.models.registry import create_model, list_models
+from tests.conftest import TINY_CONFIG
+
+
+def tiny_cfg(*overrides):
+    return build_config(PretrainConfig, TINY_CONFIG, list(overrides))
+
+
+def fake_batch(cfg, n=4):
+    tok = load_tokenizer()
+    enc = tok(["No pleural effusion.", "Cardiomegaly with small left effusion.", "Normal chest.",
+               "Pacemaker in place."][:n], padding=True, return_tensors="pt")
+    s = cfg.data.image_size
+    return {"xray": torch.randn(n, 1, s, s), "ecg": torch.randn(n, 12, 1000),
+            "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("xray", ["cnn", "vit"])
+def test_every_registered_model_embeds_to_unit_vectors(name, xray):
+    cfg = tiny_cfg(f"model.name={name}", f"model.xray.name={xray}", "model.xray.patch_size=16",
+                   "model.xray.vit_dim=32", "model.xray.vit_depth=1", "model.xray.vit_heads=2")
+    model = create_model(name, cfg.model, image_size=cfg.data.image_size)
+    emb = model(fake_batch(cfg))
+    assert set(emb) == {"xray", "ecg", "report"}
+    for e in emb.values():
+        assert e.shape == (4, cfg.model.embed_dim)
+        torch.testing.assert_close(e.norm(dim=-1), torch.ones(4))
+
+
+def test_unknown_model_name_lists_registered():
+    with pytest.raises(KeyError, match="registered: more"):
+        create_model("nope", None)
+
+
+def test_masked_mean_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    torch.testing.assert_close(masked_mean(hidden, mask), torch.tensor([[2.0, 3.0]]))
+
+
+def test_text_encoder_padding_does_not_change_embedding():
+    cfg = tiny_cfg()
+    enc = MiniLMLoRATextEncoder(cfg.model.text).eval()
+    tok = load_tokenizer()
+    short = tok(["No acute cardiopulmonary disease."], return_tensors="pt")
+    padded = tok(["No acute cardiopulmonary disease."], padding="max_length", max_length=40, return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(enc(short["input_ids"], short["attention_mask"]),
+                                   enc(padded["input_ids"], padded["attention_mask"]), atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_prefix_cache_matches_the_full_model():
+    """The split forward (cached frozen layers + adapted layers) equals transformers' own
+    forward of the peft model, cached or not."""
+    cfg = tiny_cfg()
+    enc = MiniLMLoRATextEncoder(cfg.model.text).eval()
+    tok = load_tokenizer()
+    batch = tok(["Heart size normal. No effusion.", "Large right pleural effusion with atelectasis."],
+                padding=True, return_tensors="pt")
+    with torch.no_grad():
+        reference = masked_mean(enc.peft_model(**batch).last_hidden_state, batch["attention_mask"])
+        first = enc(batch["input_ids"], batch["attention_mask"])  # fills the cache
+        assert len(enc._prefix_cache) == 2
+        second = enc(batch["input_ids"], batch["attention_mask"])  # reads it
+    torch.testing.assert_close(first, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(second, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_only_lora_and_heads_train_and_temperature_is_optimised():
+    cfg = tiny_cfg()
+    model = create_model("more", cfg.model, image_size=cfg.data.image_size)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    text_trainable = {n for n in trainable if n.startswith("encoders.report.")}
+    assert text_trainable and all("lora_" in n for n in text_trainable)
+    assert all(".layer.5." in n for n in text_trainable)  # lora_layers: [5]
+    assert "logit_scale.log_scale" in trainable
+    from medmm.losses.contrastive import multi_modal_clip_loss
+
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = model.logit_scale.log_scale.detach().clone()
+    emb = model(fake_batch(cfg))
+    loss, _ = multi_modal_clip_loss(emb, cfg.loss.pairs, model.logit_scale)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model.logit_scale.log_scale.detach())

@@ -1,0 +1,43 @@
+import pytest
+
+from medmm.config.core import ConfigError, build_config, flatten
+from medmm.config.pretrain import PretrainConfig
+from tests.conftest import REPO, TINY_CONFIG
+
+
+def test_default_yaml_is_valid_and_overrides_apply():
+    cfg = build_config(PretrainConfig, REPO / "configs/pretrain/default.yaml",
+                       ["trainer.max_epochs=3", "loss.pairs=[[xray, report]]", "model.text.lora_layers=null"])
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.loss.pairs == [("xray", "report")]
+    assert cfg.model.text.lora_layers is None
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match="unknown config key 'trainer.max_epoch'"):
+        build_config(PretrainConfig, TINY_CONFIG, ["trainer.max_epoch=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'modle'"):
+        build_config(PretrainConfig, None, ["modle.embed_dim=3"])
+
+
+def test_type_errors_and_bad_values_are_named():
+    with pytest.raises(ConfigError, match="trainer.max_epochs"):
+        build_config(PretrainConfig, None, ["trainer.max_epochs=many"])
+    with pytest.raises(ConfigError, match="unknown modality 'mri'"):
+        build_config(PretrainConfig, None, ["loss.pairs=[[xray, mri]]"])
+    with pytest.raises(ConfigError, match="key=value"):
+        build_config(PretrainConfig, None, ["trainer.max_epochs"])
+
+
+def test_yaml_values_are_never_code(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(PretrainConfig, bad)
+
+
+def test_flatten_gives_dotted_params():
+    flat = flatten(build_config(PretrainConfig, TINY_CONFIG))
+    assert flat["model.text.lora_r"] == 4
+    assert flat["trainer.max_epochs"] == 2
+    assert all(not isinstance(v, (dict, list)) for v in flat.values())
