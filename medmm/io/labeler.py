@@ -8,33 +8,49 @@ University reports against the NLM indexers' MeSH terms (see
 1. **mentions**: each finding in :data:`~medmm.io.findings.FINDINGS` has regexes that
    find its mentions in a sentence (with exclusions such as *pericardial* effusion or
    *subcutaneous* emphysema);
-2. **negation**: a mention is negated by a pre-trigger ("no", "without", "negative
-   for", "free of", "clear of", "resolution of", ...) earlier in the same clause, or by
-   a post-trigger right after it ("... is not seen", "... has resolved"). A clause ends
-   at a sentence end, ";" / ":", or words such as "but", "however", "although", "which".
-   So "No pleural effusion or pneumothorax" negates both, while "No pneumothorax but a
-   small left effusion" negates only the first. Pseudo-triggers ("no change in",
-   "not excluded", "cannot be excluded") are masked so they do not negate;
-3. **uncertainty**: "possible", "may represent", "cannot be excluded", "likely", ...
-   mark a mention uncertain. Uncertain mentions count as **positive** by default
-   (CheXpert's "U-Ones" policy): on the IU reports this agrees better with the MeSH
-   terms, which indexers assign for hedged findings too.
+2. **negation**: a mention is negated by a pre-trigger ("no", "not", "without",
+   "negative for", "free of", "clear of", "resolution of", "evaluation for", ...)
+   earlier in the same clause, or by a post-trigger right after it ("... is not seen",
+   "... has resolved"). A clause ends at a sentence end, ";", ":", "(", or words such
+   as "but", "however", "although", "which", ", stable ...". So "No pleural effusion or
+   pneumothorax" negates both, while "No pneumothorax but a small left effusion" and
+   "No pneumothorax, stable cardiomegaly" negate only the first. Pseudo-triggers ("no
+   change in", "partially resolved", "cannot be excluded") are masked first;
+3. **uncertainty**: hedges before a mention ("possible", "probable", "may represent",
+   "suggesting", "concerning for", ...) or about it right after ("... is suspected",
+   "... cannot be excluded") mark it uncertain. Whether uncertain mentions count is
+   decided per finding (:data:`UNCERTAIN_POSITIVE`): only pneumothorax by default.
 
-Decisions (documented because they change the labels):
+Decisions (documented because they change the labels), each checked against the MeSH
+terms of the 3,927 IU reports with text:
 
-* "vascular congestion" / "pulmonary congestion" / "interstitial edema" count as
-  ``edema`` (as in CheXpert); MeSH "Pulmonary Congestion" is likewise mapped to edema
-  when validating.
+* Uncertain mentions are negative except for pneumothorax. Measured F1 with uncertain
+  as positive / as negative: cardiomegaly .986/.986, effusion .957/.965, edema
+  .861/.901, pneumothorax .906/.885, atelectasis .911/.976, consolidation .948/.956,
+  nodule .953/.979, support devices .819/.821, emphysema .973/.987: the indexers record
+  what was seen ("Opacity") rather than the hedged reading ("may represent
+  atelectasis"). Pneumothorax keeps hedged mentions (a can't-miss finding; +1 report).
+* "A versus B" is not a hedge: the indexers record both ("atelectasis versus scarring"
+  -> Atelectasis + Cicatrix); counting it as uncertain cost atelectasis 0.04 F1.
+* "vascular congestion" / "pulmonary congestion" / vascular prominence or engorgement,
+  "interstitial edema" and CHF count as ``edema`` (as in CheXpert); MeSH "Pulmonary
+  Congestion" and "Heart Failure" are likewise mapped to edema when validating.
 * "heart size at the upper limits of normal" is normal; "borderline cardiomegaly" /
   "borderline heart size" / "borderline enlarged" count as cardiomegaly (MeSH indexes
   them as "Cardiomegaly/borderline").
-* ``consolidation`` covers consolidation, airspace disease / opacity, infiltrate and
-  pneumonia, and lung opacities. ``nodule`` covers nodules, granulomas (calcified or
-  not), granulomatous disease and masses.
-* ``support_devices`` covers implanted and inserted devices (pacemaker / ICD / leads,
-  sternotomy wires, central venous catheters / PICC / ports, tubes, prosthetic valves),
-  as CheXpert's "Support Devices" does; *external* monitor leads and surgical clips
-  are not devices of this kind.
+* Blunting of a costophrenic angle / sulcus counts as a pleural effusion (MeSH
+  "Costophrenic Angle/blunted" is mapped likewise).
+* ``consolidation`` is any parenchymal lung opacity: consolidation, airspace disease /
+  opacity, infiltrate, pneumonia and plain "opacity" in the lung (MeSH uses "Opacity"
+  that way; restricting both sides to consolidation proper agreed far worse, F1 ~0.72).
+  Nodular / round / calcified opacities and opacities over bone or soft tissue are not
+  consolidation. ``nodule`` covers nodules (incl. nodular opacities), granulomas
+  (calcified or not), granulomatous disease and masses.
+* ``support_devices`` covers implanted and inserted devices (pacemaker / ICD / leads /
+  generator, sternotomy wires, central venous catheters / PICC / ports, tubes,
+  prosthetic valves, closure devices, stimulators), as CheXpert's "Support Devices"
+  does; *external* monitor leads and surgical clips are not. A redacted device ("right
+  chest XXXX tip in the SVC") is recognised by its tip position.
 * "XXXX" marks a redacted word; it is kept as an ordinary word so that windows and
   clauses still line up ("There are no XXXX of a pleural effusion" is negated).
 """
@@ -42,9 +58,8 @@ Decisions (documented because they change the labels):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import numpy as np
 
@@ -64,7 +79,7 @@ class Labels:
     positive and the report states a side (both sides -> ``"bilateral"``), else None.
     """
 
-    findings: Mapping[str, bool] = field(hash=False)
+    findings: dict[str, bool] = field(hash=False)
     effusion_side: str | None = None
 
     def __post_init__(self) -> None:
@@ -77,8 +92,9 @@ class Labels:
                 raise ValueError(f"effusion_side must be one of {EFFUSION_SIDES} or None, got {self.effusion_side!r}")
             if not self.findings["pleural_effusion"]:
                 raise ValueError("effusion_side given but pleural_effusion is negative")
-        # Read-only copy in FINDINGS order: the dataclass is frozen, its dict should be too.
-        object.__setattr__(self, "findings", MappingProxyType({k: bool(self.findings[k]) for k in FINDINGS}))
+        # A fresh dict in FINDINGS order with plain bools (not a read-only proxy: Labels
+        # must pickle, e.g. into DataLoader workers). Treat it as read-only.
+        object.__setattr__(self, "findings", {k: bool(self.findings[k]) for k in FINDINGS})
 
     @classmethod
     def from_positive(cls, positive: Iterable[str], effusion_side: str | None = None) -> Labels:
@@ -123,7 +139,7 @@ class Mention:
 _F = re.IGNORECASE
 
 # Words that may sit between a subject ("heart") and its predicate ("enlarged").
-_GAP = r"(?:[\w/-]+\W+){0,5}?"
+_GAP = r"(?:[\w/-]+\s+){0,5}?"  # words only: the phrase may not cross a comma
 
 # Each pattern's named group "k" (if any) is the key phrase whose position is used for
 # negation scope; otherwise the whole match is.
@@ -135,10 +151,13 @@ _MENTIONS: dict[str, list[str]] = {
         r"(?:heart|cardiac\s+(?:silhouette|shadow|contour)|cardiomediastinal\s+silhouette)",
         r"\bborderline\s+(?:heart|cardiac)\s+size",
         # "heart size is mildly enlarged", "the cardiac silhouette remains enlarged"
-        r"\b(?:heart|cardiac|cardiomediastinal)\b\W+" + _GAP + r"(?P<k>enlarged|enlargement|borderline(?:\s+(?:in\s+)?size)?)\b",
+        r"\b(?:heart|cardiac|cardiomediastinal)\b\s+" + _GAP + r"(?P<k>enlarged|enlargement|borderline(?:\s+(?:in\s+)?size)?)\b",
+        # "the heart is large", "heart size XXXX large", "heart size remains slightly large"
+        r"\b(?:heart|cardiac\s+silhouette)(?:\s+size)?\s+(?:is\s+|remains\s+|appears\s+)?(?:again\s+)?(?:\w+ly\s+|xxxx\s+)?(?P<k>large|larger)\b",
+        r"\bincrease(?:d|s)?\s+(?:in\s+)?(?:the\s+)?(?:heart|cardiac)\s+size\b",
     ],
     "pleural_effusion": [
-        r"(?<!pericardial\s)(?<!pericardial\s\s)\beffusions?\b",
+        r"\beffusions?\b",
         r"\bpleural\s+fluid\b",
         r"\bhydropneumothora(?:x|ces)\b",
         r"\bblunt(?:ed|ing)?\b\W+" + _GAP + r"(?P<k>costophrenic|cp\s+angle|sulc[iu]s?)",
@@ -159,7 +178,11 @@ _MENTIONS: dict[str, list[str]] = {
         r"(?P<k>prominent|engorged|congested)",
         r"\bkerley\b",
     ],
-    "pneumothorax": [r"pneumothora(?:x|ces)"],
+    "pneumothorax": [
+        r"pneumothora(?:x|ces)",  # also hydro- / hemopneumothorax
+        r"\bpleural\s+(?:air|gas)\b",
+        r"\bair\s+collection\b(?=\s+(?:[\w-]+\s+){0,8}?pleural\s+space)",
+    ],
     "atelectasis": [
         r"\batelecta(?:sis|ses|tic)\b",
         r"\b(?:lobar|lobe|lung)\s+collapse\b",
@@ -176,11 +199,12 @@ _MENTIONS: dict[str, list[str]] = {
         r"\bopacification\b",
     ],
     "nodule": [
-        r"\bnodul(?:e|es|ar)\b",
+        r"\b(?:fibro|reticulo|micro)?-?nodul(?:e|es|ar|arity)\b",
         r"\bgranulomas?\b",
         r"\bgranulomata\b",
-        r"\bgranulomatous\s+(?:disease|changes?|process|infection|sequela)",
+        r"\bgranulomatous\s+(?:disease|changes?|process|infection|sequela|calcifications?)",
         r"\bmass(?:es)?\b(?!\s+effect)",
+        r"\bmass-?like\b",
     ],
     "support_devices": [
         r"\bpace\s*(?:maker|r)s?\b",
@@ -229,6 +253,7 @@ _NOT_MENTIONS: dict[str, list[str]] = {
         r"\bleads?\s+(?:\w+\s+){0,2}?(?:external|overlying|overlie)\b",
     ],
     "nodule": [r"\blymph\s+nodes?\b"],
+    "pleural_effusion": [r"\b(?:pericardial|joint|knee|elbow|shoulder|hip|ankle)\s+effusions?\b"],
     # opacities that are not parenchymal: nodules, calcifications, soft tissue / bone
     "consolidation": [
         r"\b(?:nodular|round(?:ed)?|calcified|calcific|soft\s+tissue|mediastinal|paratracheal|breast|nipple)\s+(?:[\w-]+\s+)?opacit(?:y|ies)\b",
@@ -250,20 +275,27 @@ _PRE_NEG = [
     r"\b(?:resolution|resolving|clearing|removal|disappearance)\s+of\b",
     r"\bresolved\b",
     r"\brule\s+out\b",
+    # "evaluation for pneumothorax is limited": a question, not a finding
+    r"\b(?:evaluat\w+|assess\w*|search|look(?:ing)?|screen\w*)\s+for\b",
+    r"\bto\s+(?:exclude|rule\s+out)\b",
+    r"\bdetect(?:ing|ion\s+of)\b",  # "CT is more sensitive in detecting small nodules"
     r"\bnon\s*-?(?=enlarged)",
 ]
 # Right after a mention (within _POST_WINDOW words): "... is not seen", "... has resolved".
 _POST_NEG = [
     r"\b(?:is|are|was|were|has\s+been|have\s+been)\s+(?:\w+\s+)?not\b",
     r"\bnot\s+(?:\w+\s+)?(?:seen|identified|visualized|present|evident|demonstrated|appreciated|noted|detected|enlarged)\b",
-    r"\b(?:has|have)\s+(?:\w+\s+)?(?:resolved|cleared|been\s+removed)\b",
-    r"\bresolved\b",
     r"\bno\s+longer\b",
     r"\b(?:is|are)\s+(?:\w+\s+)?(?:absent|excluded)\b",
     r"\bwithin\s+(?:the\s+)?(?:normal\s+)?limits\b",
     r"\bwithin\s+limits\s+of\s+normal\b",
 ]
 _POST_WINDOW = 5
+# "... and costophrenic blunting in the left lower lobe have cleared": anywhere later in the clause.
+_POST_NEG_CLAUSE = [
+    r"\b(?:has|have|had)\s+(?:\w+\s+){0,2}?(?:resolved|cleared|been\s+removed)\b",
+    r"\bresolved\b",
+]
 # Look like negations, are not: masked before triggers are searched.
 _PSEUDO_NEG = [
     r"\bno\s+(?:\w+\s+){0,2}?(?:change|changes|increase|worsening|progression)\b",
@@ -271,9 +303,16 @@ _PSEUDO_NEG = [
     r"\bwithout\s+(?:\w+\s+){0,2}?(?:change|changes)\b",
     r"\b(?:can\s*not|can't|could\s+not|not)\s+(?:be\s+)?(?:excluded|exclude|ruled\s+out|rule\s+out)\b",
     r"\bnot\s+only\b",
+    # still present: "partially resolved effusion", "incomplete resolution of the infiltrate"
+    r"\b(?:partial(?:ly)?|partly|nearly|almost|incomplete(?:ly)?|not\s+(?:yet\s+|completely\s+|fully\s+)?)\s*"
+    r"(?:resolved|resolution|resolving|cleared|clearing)\b(?:\s+of\b)?",
     r"\bgram\s+negative\b",
 ]
-_UNCERTAIN = [
+# Hedges before a mention, anywhere earlier in its clause ("possible left effusion",
+# "opacity suggesting pneumonia"). "A versus B" is not a hedge here: the IU indexers
+# record both A and B (e.g. "atelectasis versus scarring" -> Atelectasis + Cicatrix), and
+# counting it as uncertain lowered agreement for atelectasis from 0.97 to 0.93 F1.
+_UNCERTAIN_PRE = [
     r"\bmay\b",
     r"\bmight\b",
     r"\bcould\b",
@@ -282,16 +321,24 @@ _UNCERTAIN = [
     r"\blikely\b",
     r"\bsuspect(?:ed)?\b",
     r"\bsuspicious\b",
-    r"\bsuggest(?:s|ive|ing)?\b",
+    r"\bsuggest(?:s|ed|ive|ing)?\b",
     r"\bquestion(?:able)?\b",
     r"\bconcern(?:ing)?\s+for\b",
-    r"\bconsider(?:ed)?\b",
-    r"\bversus\b|\bvs\b",
-    r"\b(?:can\s*not|can't|could\s+not|not)\s+(?:be\s+)?(?:excluded|exclude|ruled\s+out|rule\s+out)\b",
+    r"\bconsider(?:ed|ation)?\b",
     r"\bdifferential\b",
     r"\bequivocal\b",
     r"\bindeterminate\b",
-    r"\bversus\b",
+    r"\bcannot\s+(?:be\s+)?(?:excluded|exclude|ruled\s+out|rule\s+out)\b",
+]
+# Hedges right after a mention (within _POST_WINDOW words) that are about the mention
+# itself: "effusion is suspected", "a small effusion may be present", "pneumothorax
+# cannot be excluded". In "X may represent Y" / "X suggesting Y" / "X, likely Y" only Y
+# is uncertain: the opacity or blunting X was seen.
+_UNCERTAIN_POST = [
+    r"\b(?:is|are|was|were)\s+(?:\w+\s+)?(?:likely|possible|probable|questionable|suspected|uncertain)\b",
+    r"\b(?:may|might|could)\s+(?:also\s+)?(?:be\s+)?(?:present|seen|noted|identified|developing)\b",
+    r"\b(?:can\s*not|can't|could\s+not|not)\s+(?:be\s+)?(?:\w+\s+)?(?:excluded|exclude|ruled\s+out|rule\s+out)\b",
+    r"\?",
 ]
 # Clause boundaries: negation / uncertainty never crosses them.
 _TERMINATORS = [
@@ -307,7 +354,11 @@ _TERMINATORS = [
     r"\baside\s+from\b",
     r"\bother\s+than\b",
     r"\byet\b",
+    r"[()]",
+    r"\bwith\b(?=\s+(?:a\s+|an\s+)?(?:small|large|moderate|mild|minimal|bilateral|left|right|stable|persistent)\b)",
     r",?\s+(?:and\s+)?there\s+(?:is|are)\b(?!\s+no\b)",
+    # "No pneumothorax, stable cardiomegaly": a comma then a word that starts a new, positive phrase
+    r",\s*(?=(?:stable|unchanged|persistent|again|redemonstrat\w*|interval|otherwise|status)\b)",
 ]
 
 
@@ -316,11 +367,17 @@ def _compile(pats: Iterable[str]) -> re.Pattern[str]:
 
 
 _MENTION_RES: dict[str, list[re.Pattern[str]]] = {k: [re.compile(p, _F) for p in v] for k, v in _MENTIONS.items()}
+# One alternation per finding: a cheap test that skips findings a sentence cannot mention.
+_MENTION_ANY: dict[str, re.Pattern[str]] = {
+    k: _compile(p.replace("(?P<k>", "(?:") for p in v) for k, v in _MENTIONS.items()
+}
 _NOT_MENTION_RES: dict[str, re.Pattern[str]] = {k: _compile(v) for k, v in _NOT_MENTIONS.items()}
 _PRE_NEG_RE = _compile(_PRE_NEG)
 _POST_NEG_RE = _compile(_POST_NEG)
+_POST_NEG_CLAUSE_RE = _compile(_POST_NEG_CLAUSE)
 _PSEUDO_RE = _compile(_PSEUDO_NEG)
-_UNCERTAIN_RE = _compile(_UNCERTAIN)
+_UNCERTAIN_PRE_RE = _compile(_UNCERTAIN_PRE)
+_UNCERTAIN_POST_RE = _compile(_UNCERTAIN_POST)
 _TERM_RE = _compile(_TERMINATORS)
 _WORD_RE = re.compile(r"[\w'-]+")
 _SIDE_RE = re.compile(
@@ -328,15 +385,15 @@ _SIDE_RE = re.compile(
     r"right\s+(?:greater|more|larger)\s+than\s+left)\b|\b(?P<l>left)\b|\b(?P<r>right)\b",
     _F,
 )
-# Findings whose uncertain mentions count as positive by default. Chosen per finding by
-# agreement with the IU MeSH terms: indexers assign e.g. "Pleural Effusion" for
-# "blunting ... may represent a small effusion", but index "opacity ... may represent
-# atelectasis" and "may represent edema" only as "Opacity" / "Markings".
-UNCERTAIN_POSITIVE: frozenset[str] = frozenset(FINDINGS)
+# Findings whose uncertain mentions count as positive by default, chosen per finding by
+# agreement with the IU MeSH terms (numbers in the module docstring).
+UNCERTAIN_POSITIVE: frozenset[str] = frozenset({"pneumothorax"})
 
+_LIST_NUMBER = re.compile(r"^\(?\d{1,2}[.)]$")
 _SENT_RE = re.compile(r"(?<=[.!?])\s+(?=\S)|\n\s*\n|\n(?=\s*[-*\u2022\d])")
 
-assert set(_MENTIONS) == set(FINDINGS), "every finding needs mention rules"
+if set(_MENTIONS) != set(FINDINGS):  # pragma: no cover - guards edits to FINDINGS
+    raise RuntimeError("medmm.io.labeler: every finding in FINDINGS needs mention rules")
 
 
 # --------------------------------------------------------------------------- engine
@@ -345,10 +402,23 @@ assert set(_MENTIONS) == set(FINDINGS), "every finding needs mention rules"
 def split_sentences(text: str) -> list[str]:
     """Split report text into sentences (on ". " etc., blank lines and list bullets).
 
-    A period inside a number ("1.5 cm") does not split.
+    A period inside a number ("1.5 cm") does not split, and a list number ("1. No
+    effusion.") stays with its sentence.
     """
-    parts = (" ".join(p.split()) for p in _SENT_RE.split(text))
-    return [p for p in parts if p.strip(" .")]
+    out: list[str] = []
+    carry = ""
+    for part in _SENT_RE.split(text):
+        part = " ".join(part.split())
+        if _LIST_NUMBER.match(part):
+            carry = f"{carry} {part}".strip()
+            continue
+        part = f"{carry} {part}".strip()
+        carry = ""
+        if part.strip(" ."):
+            out.append(part)
+    if carry.strip(" ."):
+        out.append(carry)
+    return out
 
 
 def _spans(regex: re.Pattern[str], s: str) -> list[tuple[int, int]]:
@@ -367,30 +437,49 @@ def _n_words(s: str) -> int:
     return len(_WORD_RE.findall(s))
 
 
+_AFTER_SIDE_RE = re.compile(
+    r"^[\s,]*(?:(?:[\w-]+\s+){0,3}?(?:(?:on|at|in)\s+(?:the\s+)?(?P<s1>left|right)\b(?!\s+(?:lung|lobe|base|upper|lower|mid))"
+    r"|(?P<bi>bilaterally|on\s+both\s+sides|(?:left|right)\s+(?:greater|more|larger)\s+than\s+(?:right|left))))",
+    _F,
+)
+_PAIR_SIDE_RE = re.compile(r"\b(?:left|right)\s+(?:and|&)\s+(?:[\w-]+\s+)?(?:left|right)\b", _F)
+_PLURAL_RE = re.compile(r"(?:effusions|(?:costophrenic|cp)\s+(?:[\w-]+\s+)?(?:angles|sulci|recesses)|sulci)\b", _F)
+
+
+def _side_of(m: re.Match[str]) -> str:
+    return "bilateral" if m.group("bi") else "left" if m.group("l") else "right"
+
+
 def _effusion_side(s: str, start: int, end: int, lo: int, hi: int) -> str | None:
-    """Side of an effusion mention: side words shortly before it (same noun phrase) or
-    right after it ("effusion on the left", "effusions, left greater than right")."""
-    before = s[max(lo, start - 40) : start]
+    """Side of an effusion mention.
+
+    In order: side words in the mention's own noun phrase ("small left pleural
+    effusion", "right and XXXX left pleural effusions"); a side phrase right after it
+    ("effusion on the left", "effusions, left greater than right", "bilaterally"); the
+    only side named in the clause ("left basilar opacity with some effusion"); a plural
+    with no side ("pleural effusions", "costophrenic angles") -> bilateral.
+    """
+    before = s[max(lo, start - 50) : start]
+    if _PAIR_SIDE_RE.search(before):
+        return "bilateral"
     # Only the last few words before the mention belong to its noun phrase.
-    cut = max(before.rfind(","), before.rfind(" and "), before.rfind(" with "))
+    cut = max(before.rfind(","), before.rfind(" and "), before.rfind(" with "), before.rfind(" or "))
     if cut >= 0:
         before = before[cut + 1 :]
-    after = s[end : min(hi, end + 40)]
-    m_after = re.match(r"\W*(?:(?:on|at|in|of)\s+(?:the\s+)?|,\s*)?(.*)", after)
-    after = (m_after.group(1) if m_after else after)[:30]
-    found: set[str] = set()
-    for chunk, only_first in ((before, False), (after, True)):
-        for m in _SIDE_RE.finditer(chunk):
-            if only_first and m.start() > 0 and re.search(r"\b(?:and|with|lobe|lung|base)\b", chunk[: m.start()], _F):
-                break
-            found.add("bilateral" if m.group("bi") else "left" if m.group("l") else "right")
-            if only_first:
-                break
+    found = {_side_of(m) for m in _SIDE_RE.finditer(before)}
+    m_after = _AFTER_SIDE_RE.match(s[end:hi])
+    if m_after:
+        found.add("bilateral" if m_after.group("bi") else m_after.group("s1").lower())
+    if not found:
+        # Fall back to the clause, when it names one side only.
+        clause = {_side_of(m) for m in _SIDE_RE.finditer(s[lo:hi])}
+        if len(clause) == 1:
+            found = clause
     if "bilateral" in found or {"left", "right"} <= found:
         return "bilateral"
     if found:
         return found.pop()
-    if re.match(r"(?:effusions|costophrenic\s+angles|cp\s+angles|sulci)", s[start:end], _F):
+    if _PLURAL_RE.match(s[start:hi]):
         return "bilateral"  # plural with no side: both sides
     return None
 
@@ -400,11 +489,15 @@ def _sentence_mentions(s: str, index: int) -> list[Mention]:
     trig_s = _mask(s, pseudo)
     pre = _spans(_PRE_NEG_RE, trig_s)
     post = _spans(_POST_NEG_RE, trig_s)
-    unc = _spans(_UNCERTAIN_RE, s)
+    post_clause = _spans(_POST_NEG_CLAUSE_RE, trig_s)
+    unc_pre = _spans(_UNCERTAIN_PRE_RE, s)
+    unc_post = _spans(_UNCERTAIN_POST_RE, s)
     terms = _spans(_TERM_RE, s)
 
     out: list[Mention] = []
     for finding in FINDINGS:
+        if not _MENTION_ANY[finding].search(s):
+            continue
         text = s
         if finding in _NOT_MENTION_RES:
             text = _mask(s, _spans(_NOT_MENTION_RES[finding], s))
@@ -419,8 +512,10 @@ def _sentence_mentions(s: str, index: int) -> list[Mention]:
                 hi = min([t for t, _ in terms if t >= b] + [len(s)])
                 negated = any(lo <= ts and te <= a for ts, te in pre) or any(
                     b <= ts < hi and _n_words(s[b:ts]) <= _POST_WINDOW for ts, _ in post
+                ) or any(b <= ts < hi for ts, _ in post_clause)
+                uncertain = any(lo <= ts and te <= a for ts, te in unc_pre) or any(
+                    b <= ts < hi and _n_words(s[b:ts]) <= _POST_WINDOW for ts, _ in unc_post
                 )
-                uncertain = any(lo <= ts < hi for ts, _ in unc)
                 side = _effusion_side(s, a, b, lo, hi) if finding == "pleural_effusion" else None
                 out.append(Mention(finding, index, a, b, s[a:b], negated, uncertain, side))
     return out

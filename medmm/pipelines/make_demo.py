@@ -15,18 +15,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmm.pipelines.make_demo", description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default data/demo)")
     parser.add_argument("--n-studies", type=int, default=None, help="number of studies (default: every usable report)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spec", type=Path, default=Path("cohorts/demo.yaml"),
+                        help="cohort spec giving the split fractions and seed (default cohorts/demo.yaml)")
+    parser.add_argument("--seed", type=int, default=None, help="generator and split seed (default: the spec's)")
     parser.add_argument("--workers", type=int, default=2, help="parallel writer processes")
     parser.add_argument("--iu-source", type=Path, default=None,
                         help="IU reports: the torchxrayvision wheel, its NLMCXR_reports.tgz or an extracted folder "
                              "(default: $MEDMM_IU_REPORTS or data/cache/torchxrayvision-1.5.7-py3-none-any.whl)")
     args = parser.parse_args(argv)
 
+    from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
     from medmm.data.demo.generator import build_demo_cohort
 
+    spec = load_cohort_spec(args.spec) if args.spec.exists() else CohortSpec(
+        name="demo", root=args.out, modalities=["xray", "ecg", "report", "labs"], split=SplitSpec())
+    seed = spec.split.seed if args.seed is None else args.seed
     start = time.perf_counter()
-    manifest = build_demo_cohort(args.out, n_studies=args.n_studies, seed=args.seed, workers=args.workers,
-                                 iu_source=args.iu_source)
+    manifest = build_demo_cohort(args.out, n_studies=args.n_studies, seed=seed, workers=args.workers,
+                                 iu_source=args.iu_source, split_fractions=spec.split.as_tuple())
     studies = manifest.studies()
     counts = studies["split"].value_counts().to_dict()
     levels = json.loads((args.out / "reference_levels.json").read_text())

@@ -76,6 +76,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
         if q not in emb or c not in emb:
             continue
         values = retrieval_metrics(emb[q] @ emb[c].T, labels, labels, ks=ks, label_ks=label_ks)
+        values.pop("P@1", None)  # identical to Hit@1
         for name, value in values.items():
             metrics[f"{q}_to_{c}.{name}"] = value
             rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name)))
