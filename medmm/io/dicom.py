@@ -27,8 +27,7 @@ and checks the file by reading it back.
 from __future__ import annotations
 
 import re
-import struct
-import zlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,7 @@ class DicomImage:
         if function == "SIGMOID":
             if w <= 0:
                 raise ValueError(f"window(): SIGMOID width must be > 0, got {w}")
-            y = 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+            y = 1.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -60.0, 60.0)))
         elif function == "LINEAR_EXACT":
             if w <= 0:
                 raise ValueError(f"window(): LINEAR_EXACT width must be > 0, got {w}")
@@ -274,8 +273,8 @@ def read_dicom(path: str | Path) -> DicomImage:
         raise CorruptFileError(where, f"not a DICOM Part-10 file ({exc})") from exc
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise MedmmInputError(where, f"cannot open file ({exc.strerror or exc})") from exc
-    except (EOFError, OSError, ValueError, KeyError, TypeError, struct.error,
-            NotImplementedError, AttributeError, IndexError, UnicodeError, zlib.error) as exc:
+    except Exception as exc:  # noqa: BLE001 - any parser failure (EOFError, struct.error,
+        # ValueError, ...) means a damaged file; report it as ours, naming the file
         raise CorruptFileError(where, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
 
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
@@ -287,9 +286,8 @@ def read_dicom(path: str | Path) -> DicomImage:
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     try:
         raw = ds.pixel_array
-    except (ValueError, EOFError, OSError, KeyError, TypeError, struct.error, AttributeError,
-            IndexError, zlib.error, RuntimeError, NotImplementedError) as exc:
-        # RuntimeError / NotImplementedError: pydicom found no decoder able to read it
+    except Exception as exc:  # noqa: BLE001 - ValueError, RuntimeError (no decoder could
+        # read it), struct / zlib errors ...: the pixel data is damaged or undecodable
         raise CorruptFileError(where, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from exc
 
     frames = _frames(ds)
@@ -353,7 +351,9 @@ _DATE = re.compile(r"^\d{8}$")
 def _check_uid(name: str, value: str) -> str:
     from pydicom.uid import UID
 
-    uid = UID(str(value))
+    with warnings.catch_warnings():  # pydicom warns on invalid UIDs; we raise instead
+        warnings.simplefilter("ignore")
+        uid = UID(str(value))
     if not uid.is_valid:
         raise ValueError(f"{name} {value!r} is not a valid DICOM UID (digits and dots, <= 64 chars)")
     return str(uid)

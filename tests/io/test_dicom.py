@@ -93,6 +93,16 @@ def test_round_trip_matches_pydicom(tmp_path, image01, photometric, modality):
     np.testing.assert_allclose(img.window(), image01, atol=1.0 / 4095 + 1e-6)
 
 
+@pytest.mark.parametrize("bits", [8, 10, 16])
+def test_round_trip_bit_depths(tmp_path, image01, bits):
+    path = write_cxr_dicom(tmp_path / f"b{bits}.dcm", image01, bits_stored=bits, photometric="MONOCHROME1", **IDS)
+    img = read_dicom(path)
+    top = 2**bits - 1
+    np.testing.assert_array_equal(img.pixels, np.rint(image01 * top).astype(np.float32))
+    np.testing.assert_array_equal(img.pixels, (top - _reference(path)).astype(np.float32))
+    assert img.metadata["BitsStored"] == bits and pydicom.dcmread(path).HighBit == bits - 1
+
+
 def test_metadata_is_technical_only(tmp_path, image01):
     path = write_cxr_dicom(tmp_path / "a.dcm", image01, **IDS)
     md = read_dicom(path).metadata
