@@ -14,7 +14,7 @@ MODALITIES = ("xray", "ecg", "report")
 
 class XrayEncoderConfig(StrictModel):
     name: Literal["cnn", "vit"] = Field("cnn", description="registry name of the X-ray encoder")
-    widths: list[int] = Field([32, 64, 128, 192], description="CNN stage widths")
+    widths: list[int] = Field([16, 32, 64, 128], description="CNN stage widths")
     patch_size: int = Field(16, description="ViT patch size")
     vit_dim: int = Field(192, description="ViT width")
     vit_depth: int = Field(4, description="ViT depth")
@@ -27,6 +27,7 @@ class ECGEncoderConfig(StrictModel):
     dim: int = Field(128, description="token width")
     depth: int = Field(2, description="transformer layers")
     heads: int = Field(4, description="attention heads")
+    dropout: float = Field(0.0, description="transformer dropout (off by default: on CPU its masks cost ~40% of the step)")
 
 
 class TextEncoderConfig(StrictModel):
@@ -37,7 +38,7 @@ class TextEncoderConfig(StrictModel):
     lora_dropout: float = 0.1
     lora_targets: list[str] = Field(["query", "value"], description="attention projections adapted by LoRA")
     lora_layers: list[int] | None = Field(
-        [4, 5], description="transformer layers that get LoRA (None = all); layers below stay frozen"
+        [5], description="transformer layers that get LoRA (None = all); layers below stay frozen"
     )
     cache_frozen_prefix: bool = Field(
         True, description="cache hidden states of the frozen layers below the first LoRA layer"
@@ -72,6 +73,11 @@ class LossConfig(StrictModel):
     pairs: list[tuple[str, str]] = Field(
         [("xray", "report"), ("ecg", "report"), ("xray", "ecg")], description="modality pairs contrasted by InfoNCE"
     )
+
+    label_aware_weight: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="weight of label-aware soft targets: studies whose reports have identical findings are "
+                    "not pushed apart as negatives (MedCLIP); 0 = plain InfoNCE")
 
     @field_validator("pairs")
     @classmethod

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LogitScale", "info_nce", "multi_modal_clip_loss", "pair_key"]
+__all__ = ["LogitScale", "info_nce", "label_aware_targets", "multi_modal_clip_loss", "pair_key"]
 
 LOG_SCALE_INIT = math.log(1.0 / 0.07)
 LOG_SCALE_MAX = math.log(100.0)
@@ -62,6 +62,7 @@ def info_nce(
     b: Tensor,
     logit_scale: Tensor | nn.Module | float,
     valid: Tensor | None = None,
+    targets: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE between paired, L2-normalised embeddings ``a`` [N,d], ``b`` [N,d].
 
@@ -72,6 +73,12 @@ def info_nce(
     columns removed before the softmax). With fewer than 2 valid pairs there is no negative
     to contrast with: the result is a zero that keeps a grad_fn to the inputs, so DDP /
     ``backward()`` still work. Computed in float32 (safe under AMP).
+
+    ``targets`` ([N, N], optional): soft targets in place of the identity, e.g. from
+    :func:`label_aware_targets`; row i is the target distribution of a_i over the b's and
+    column j (renormalised) that of b_j over the a's:
+    ``loss = 1/2 [-sum T * log_softmax(logits, 1) / N - sum T * log_softmax(logits, 0) / N]``
+    with T row- / column-normalised. The identity gives back the hard loss.
     """
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(f"info_nce expects a, b of equal shape [N, d]; got {tuple(a.shape)} and {tuple(b.shape)}")
@@ -81,11 +88,30 @@ def info_nce(
         if valid.numel() != a.shape[0]:
             raise ValueError(f"valid has {valid.numel()} entries for {a.shape[0]} pairs")
         a, b = a[valid], b[valid]
+        if targets is not None:
+            targets = targets[valid][:, valid]
     if a.shape[0] < 2:
         return _zero_with_grad(a, b, log_scale)
     logits = log_scale.exp() * (a.float() @ b.float().T)
-    target = torch.arange(a.shape[0], device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    if targets is None:
+        target = torch.arange(a.shape[0], device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    t = targets.to(device=a.device, dtype=torch.float32)
+    rows = -(t / t.sum(1, keepdim=True) * F.log_softmax(logits, dim=1)).sum(1).mean()
+    cols = -(t / t.sum(0, keepdim=True) * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return 0.5 * (rows + cols)
+
+
+def label_aware_targets(labels: Tensor, weight: float) -> Tensor:
+    """Soft targets that do not push apart studies with identical findings (the false
+    negatives of plain CLIP on clinical data; MedCLIP, Wang et al., EMNLP 2022):
+    ``T = (1 - weight) I + weight * E / rowsum(E)`` with ``E_ij = 1`` when studies i and j
+    have the same finding vector. ``weight = 0`` is the plain InfoNCE target."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"label-aware weight must be in [0, 1], got {weight}")
+    same = (labels[:, None, :] == labels[None, :, :]).all(-1).float()
+    eye = torch.eye(len(labels), device=labels.device)
+    return (1.0 - weight) * eye + weight * same / same.sum(1, keepdim=True)
 
 
 def pair_key(pair: tuple[str, str]) -> str:
@@ -99,6 +125,7 @@ def multi_modal_clip_loss(
     logit_scale: Tensor | nn.Module | float,
     present: Mapping[str, Tensor] | None = None,
     reduction: Literal["mean", "sum"] = "mean",
+    targets: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Pairwise CLIP loss over the configured modality pairs (one shared temperature).
 
@@ -125,7 +152,7 @@ def multi_modal_clip_loss(
         for m in (m1, m2):
             if m in present:
                 valid = valid & present[m].to(device=a.device, dtype=torch.bool).reshape(-1)
-        loss = info_nce(a, b, logit_scale, valid)
+        loss = info_nce(a, b, logit_scale, valid, targets)
         per_pair[pair_key((m1, m2))] = loss
         if int(valid.sum()) >= 2:
             active.append(loss)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     from medmm.tracking.pyfunc_model import log_and_register
     from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
 
+    clock = {"start": time.perf_counter()}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -123,6 +125,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=cfg.model.text.model_path)
     dm.setup()
+    clock["data"] = time.perf_counter()
     if dm.cohort.skipped:
         print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
         for s in dm.cohort.skipped:
@@ -136,13 +139,19 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     task = ContrastivePretrainTask(cfg)
     trainer = _trainer(cfg, logger, ckpt_dir)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    clock["train"] = time.perf_counter()
 
     tokenizer = load_tokenizer(cfg.model.text.model_path)
     reference = _reference_levels(dm)
     result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
                                   max_tokens=cfg.model.text.max_tokens, ks=tuple(cfg.eval.retrieval_ks),
                                   label_ks=tuple(cfg.eval.label_ks))
+    clock["eval"] = time.perf_counter()
     step = int(trainer.global_step)
+    timings = {"time.data_s": clock["data"] - clock["start"], "time.train_s": clock["train"] - clock["data"],
+               "time.eval_s": clock["eval"] - clock["train"]}
+    for name, value in timings.items():
+        client.log_metric(run_id, name, value)
     for name, value in result.metrics.items():
         client.log_metric(run_id, f"test.{name}".replace("@", "_at_"), value, step=step)
     table = format_table(result.rows)
@@ -159,7 +168,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     if cfg.tracking.register_model:
         model_uri = log_and_register(run_id, task.model, cfg, cfg.tracking.registered_name)
     client.set_terminated(run_id)
-    return PretrainOutcome(run_id, tracking_uri, result.metrics, table, model_uri, len(dm.cohort.skipped))
+    timing = ", ".join(f"{k[5:-2]} {v:.0f} s" for k, v in timings.items())
+    return PretrainOutcome(run_id, tracking_uri, result.metrics, f"{table}\n\ntime: {timing}", model_uri,
+                           len(dm.cohort.skipped))
 
 
 def main(argv: list[str] | None = None) -> int:

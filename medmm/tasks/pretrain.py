@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from medmm.config.pretrain import PretrainConfig
-from medmm.losses.contrastive import multi_modal_clip_loss
+from medmm.losses.contrastive import label_aware_targets, multi_modal_clip_loss
 from medmm.models.registry import create_model
 from medmm.tasks.schedule import cosine_with_warmup
 
@@ -24,7 +24,10 @@ class ContrastivePretrainTask(L.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         emb = self.model(batch, self.modalities)
-        loss, parts = multi_modal_clip_loss(emb, self.cfg.loss.pairs, self.model.logit_scale, batch["present"])
+        weight = self.cfg.loss.label_aware_weight
+        targets = label_aware_targets(batch["labels"], weight) if weight > 0 else None
+        loss, parts = multi_modal_clip_loss(emb, self.cfg.loss.pairs, self.model.logit_scale, batch["present"],
+                                            targets=targets)
         n = len(batch["index"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, on_step=stage == "train", on_epoch=True)
         for name, value in parts.items():

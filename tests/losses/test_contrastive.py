@@ -133,3 +133,35 @@ def test_multi_modal_errors():
         multi_modal_clip_loss(_batch(), [("text", "ecg2")], 1.0)
     with pytest.raises(ValueError):
         multi_modal_clip_loss(_batch(), [], 1.0)
+
+
+def test_identity_targets_give_the_hard_loss():
+    from medmm.losses.contrastive import info_nce
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    torch.testing.assert_close(info_nce(a, b, 2.0, targets=torch.eye(6)), info_nce(a, b, 2.0))
+
+
+def test_label_aware_soft_targets_match_a_hand_computation():
+    from medmm.losses.contrastive import info_nce, label_aware_targets
+
+    labels = torch.tensor([[0, 1], [0, 1], [1, 0]])
+    t = label_aware_targets(labels, 0.5)
+    expected = torch.tensor([[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(t, expected)
+    g = torch.Generator().manual_seed(1)
+    a = torch.nn.functional.normalize(torch.randn(3, 5, generator=g), dim=-1)
+    b = torch.nn.functional.normalize(torch.randn(3, 5, generator=g), dim=-1)
+    scale = 1.5
+    logits = (math.exp(scale) * (a @ b.T)).tolist()
+    total = 0.0
+    for direction in ("rows", "cols"):
+        for i in range(3):
+            row = [logits[i][j] if direction == "rows" else logits[j][i] for j in range(3)]
+            lse = math.log(sum(math.exp(x) for x in row))
+            total += -sum(expected[i][j].item() * (row[j] - lse) for j in range(3)) / 3
+    torch.testing.assert_close(info_nce(a, b, scale, targets=t), torch.tensor(total / 2), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        label_aware_targets(labels, 1.5)

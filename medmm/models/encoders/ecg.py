@@ -20,7 +20,7 @@ class ECGConvTransformer(nn.Module):
             nn.Conv1d(d // 2, d, 5, stride=2, padding=2), nn.BatchNorm1d(d), nn.GELU(),
         )
         self.pos = nn.Parameter(torch.randn(1, max_tokens, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=0.1, batch_first=True, norm_first=True,
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=cfg.dropout, batch_first=True, norm_first=True,
                                            activation="gelu")
         self.transformer = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
