@@ -100,7 +100,7 @@ class OptimConfig(StrictModel):
 
 
 class TrainerConfig(StrictModel):
-    max_epochs: int = 14
+    max_epochs: int = 7
     accelerator: str = Field("auto", description="cpu | gpu | auto")
     devices: int | str = "auto"
     precision: str | None = Field(None, description="None = 16-mixed on GPU, 32 on CPU")

@@ -226,18 +226,32 @@ def oracle_scores(labels: Any, q_obs: Any, c_obs: Any, kind: Literal["pair", "la
 def zero_shot_reference_levels(labels: Any, obs: Any, names: Sequence[str]) -> dict[str, dict[str, float | None]]:
     """Chance / oracle per-finding AUROC of zero-shot scores in a modality showing ``obs``.
 
-    chance 0.5; oracle 1.0 where ``obs[f]`` else 0.5; None where the split has one class.
-    Keys as ``per_finding_auroc``: the finding names plus ``"macro"`` (mean of defined).
+    chance 0.5. The oracle is the ideal observer's AUROC: it scores each study by
+    ``P(finding | the observed findings' pattern)`` under the empirical joint of ``labels``,
+    so an observed finding gets 1.0 and an unobserved one what its correlation with the
+    observed ones allows (e.g. edema from an ECG that shows cardiomegaly), 0.5 if none.
+    None where the split has one class. Keys as ``per_finding_auroc``: the finding names
+    plus ``"macro"`` (mean of defined).
     """
+    from medmm.metrics.zeroshot import binary_auroc
+
     lab = as_numpy(labels)
     seen = as_numpy(obs).astype(bool).reshape(-1)
     if lab.ndim != 2 or lab.shape[1] != len(names) or seen.shape != (len(names),):
         raise ValueError(f"labels [N, F] and obs [F] must match the {len(names)} names")
-    defined = [len(np.unique(lab[:, f])) == 2 for f in range(len(names))]
-    out: dict[str, dict[str, float | None]] = {}
-    for level, value in (("chance", lambda f: 0.5), ("oracle", lambda f: 1.0 if seen[f] else 0.5)):
-        vals: dict[str, float | None] = {n: (value(f) if defined[f] else None) for f, n in enumerate(names)}
-        ok = [x for x in vals.values() if x is not None]
-        vals["macro"] = float(np.mean(ok)) if ok else None
-        out[level] = vals
+    _, pattern = np.unique(lab[:, seen], axis=0, return_inverse=True)
+    pattern = pattern.reshape(-1)
+    counts = np.bincount(pattern)
+    out: dict[str, dict[str, float | None]] = {"chance": {}, "oracle": {}}
+    for f, name in enumerate(names):
+        y = lab[:, f]
+        if len(np.unique(y)) < 2:
+            out["chance"][name] = out["oracle"][name] = None
+            continue
+        posterior = np.bincount(pattern, weights=y)[pattern] / counts[pattern]
+        out["chance"][name] = 0.5
+        out["oracle"][name] = binary_auroc(posterior, y)
+    for level in out.values():
+        ok = [x for x in level.values() if x is not None]
+        level["macro"] = float(np.mean(ok)) if ok else None
     return out

@@ -86,7 +86,8 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
             continue
         auroc = per_finding_auroc(zero_shot_scores(emb[modality], pos, neg), labels, FINDINGS)
         ref = reference["zero_shot"][modality]
-        planted = [f for f in FINDINGS if ref["oracle"].get(f) == 1.0 and auroc[f] is not None]
+        observable = reference.get("observable", {}).get(modality, [])
+        planted = [f for f in FINDINGS if f in observable and auroc[f] is not None]
         for f in FINDINGS:
             if auroc[f] is not None:
                 metrics[f"zeroshot_{modality}.{f}"] = auroc[f]

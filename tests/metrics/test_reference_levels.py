@@ -214,7 +214,10 @@ def test_zero_shot_reference_levels():
     labels = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
     got = zero_shot_reference_levels(labels, [True, False, True], ["a", "b", "c"])
     assert got["chance"] == {"a": 0.5, "b": 0.5, "c": None, "macro": 0.5}
-    assert got["oracle"] == {"a": 1.0, "b": 0.5, "c": None, "macro": 0.75}
+    # b is unobserved; seeing a gives P(b|a=1) = 1/2, P(b|a=0) = 1: AUROC by hand = 0.75
+    assert got["oracle"] == {"a": 1.0, "b": 0.75, "c": None, "macro": 0.875}
+    independent = np.array([[0, 0], [0, 1], [1, 0], [1, 1]])
+    assert zero_shot_reference_levels(independent, [True, False], ["a", "b"])["oracle"]["b"] == 0.5
 
 
 def test_input_validation():
