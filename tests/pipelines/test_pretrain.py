@@ -84,7 +84,7 @@ def test_tiny_pretraining_is_tracked_in_mlflow_and_registered(tiny_cohort, tmp_p
     blob = json.dumps([run.data.params, run.data.tags]) + "".join(texts.values())
     assert "DEMO-P" not in blob and "DEMO-S" not in blob
     # the registered model loads back in a fresh process and embeds a report
-    version = client.get_latest_versions("tiny-more")[0]
+    version = client.search_model_versions("name='tiny-more'")[0]
     assert version.run_id == outcome.run_id
     code = (
         "import mlflow, pandas as pd; mlflow.set_tracking_uri(%r);"

@@ -1,0 +1,48 @@
+import numpy as np
+import torch
+
+from medmm.cohort.manifest import Manifest
+from medmm.config.pretrain import DataConfig
+from medmm.data.augment import augment_xray, sample_rngs
+from medmm.data.datamodule import PretrainDataModule
+from medmm.data.decoded_cohort import decode_cohort
+
+
+def test_decode_caches_and_reloads_identically(tiny_cohort, tmp_path):
+    m = Manifest.load(tiny_cohort)
+    first = decode_cohort(m, image_size=64, ecg_fs=100, cache_dir=tmp_path, workers=1)
+    assert len(list(tmp_path.glob("decoded-*.npz"))) == 1
+    second = decode_cohort(m, image_size=64, ecg_fs=100, cache_dir=tmp_path, workers=1)
+    assert len(first) == len(second) == 60
+    assert first.xray.shape == (60, 1, 64, 64) and first.ecg.shape == (60, 12, 1000)
+    np.testing.assert_array_equal(first.xray, second.xray)
+    np.testing.assert_array_equal(first.labels, second.labels)
+    assert list(first.study_ids) == sorted(first.study_ids)
+    # a different preprocessing setting is a different cache entry
+    decode_cohort(m, image_size=32, ecg_fs=100, cache_dir=tmp_path, workers=1)
+    assert len(list(tmp_path.glob("decoded-*.npz"))) == 2
+
+
+def test_augmentation_is_reproducible_per_sample_and_epoch():
+    images = torch.rand(3, 1, 32, 32)
+    a = augment_xray(images, sample_rngs(0, 1, [5, 6, 7]))
+    b = augment_xray(images, sample_rngs(0, 1, [5, 6, 7]))
+    c = augment_xray(images, sample_rngs(0, 2, [5, 6, 7]))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_batches_trim_padding_and_mark_presence(tiny_cohort, tmp_path):
+    cfg = DataConfig(root=tiny_cohort, image_size=64, batch_size=8, cache_dir=tmp_path)
+    dm = PretrainDataModule(cfg, max_tokens=64)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["xray"].shape == (8, 1, 64, 64) and batch["ecg"].shape == (8, 12, 1000)
+    lengths = batch["report_mask"].sum(1)
+    assert batch["report_ids"].shape[1] == int(lengths.max())  # trimmed to the longest report
+    assert torch.all(batch["report_ids"][batch["report_mask"] == 0] == 0)  # [PAD] id
+    assert all(bool(p.all()) for p in batch["present"].values())
+    # train / val / test never share a patient
+    split_of = dict(zip(dm.cohort.study_ids, dm.cohort.splits))
+    patients = dm.manifest.studies()
+    assert patients.groupby("patient_id")["study_id"].apply(lambda s: len({split_of[x] for x in s})).max() == 1
