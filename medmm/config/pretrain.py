@@ -27,6 +27,7 @@ class ECGEncoderConfig(StrictModel):
     dim: int = Field(128, description="token width")
     depth: int = Field(2, description="transformer layers")
     heads: int = Field(4, description="attention heads")
+    token_stride: int = Field(2, description="stride of the second tokenizer conv: tokens = samples / (5 * stride)")
     dropout: float = Field(0.0, description="transformer dropout (off by default: on CPU its masks cost ~40% of the step)")
 
 

@@ -199,7 +199,13 @@ def reference_levels(
     ``q_obs`` / ``c_obs`` bool [F]: findings the query / candidate modality shows.
     ``hit``: oracle Hit@k as the best over rankings ("optimal", an upper bound) or that of
     the P@k-optimal ranking ("ranked"; may be below chance).
-    Returns ``{"chance": {"R@k", "Hit@k", "P@k"}, "oracle": {same keys}}``.
+    Returns ``{"chance": {"R@k", "Hit@k", "P@k"}, "oracle": {same keys},
+    "contrastive_optimum": {same keys}}``. The last is what a perfectly trained contrastive
+    model reaches: InfoNCE's optimal similarity is the pointwise mutual information of
+    query and candidate, i.e. the pair likelihood, which ranks every candidate consistent
+    with a low-information query (a normal ECG) alike, whatever its prior; the oracle's
+    label-match ranking adds that prior. It equals the oracle when the query shows every
+    finding.
     """
     if any(int(k) < 1 for k in (*ks, *label_ks)):
         raise ValueError("every k must be >= 1")
@@ -209,7 +215,9 @@ def reference_levels(
     flat = cohort.pattern_scores("chance")
     oracle = _levels(cohort, cohort.pattern_scores("pair"), cohort.pattern_scores("label"), ks, label_ks,
                      optimal_hit=hit == "optimal")
-    return {"chance": _levels(cohort, flat, flat, ks, label_ks), "oracle": oracle}
+    pair = cohort.pattern_scores("pair")
+    return {"chance": _levels(cohort, flat, flat, ks, label_ks), "oracle": oracle,
+            "contrastive_optimum": _levels(cohort, pair, pair, ks, label_ks)}
 
 
 def oracle_scores(labels: Any, q_obs: Any, c_obs: Any, kind: Literal["pair", "label"] = "pair") -> np.ndarray:

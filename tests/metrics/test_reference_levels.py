@@ -223,3 +223,24 @@ def test_zero_shot_reference_levels():
 def test_input_validation():
     with pytest.raises(ValueError, match="masks"):
         reference_levels(HAND, [True], [True, False])
+
+
+def test_contrastive_optimum_is_the_pair_likelihood_ranking():
+    """Full information: the InfoNCE optimum equals the oracle. A query modality that sees
+    nothing: every candidate ties, so it equals chance, while the oracle's label-match
+    ranking (candidate prior) beats chance whenever labels repeat."""
+    labels = np.array([[0, 0]] * 6 + [[1, 0]] * 2 + [[0, 1]] * 2)
+    full = reference_levels(labels, [True, True], [True, True])
+    assert full["contrastive_optimum"]["P@5"] == pytest.approx(full["oracle"]["P@5"])
+    blind = reference_levels(labels, [False, False], [True, True])
+    assert blind["contrastive_optimum"]["P@5"] == pytest.approx(blind["chance"]["P@5"])
+    assert blind["oracle"]["P@5"] > blind["chance"]["P@5"] + 0.1
+    # brute force: rank by the pair likelihood with random tie-breaking
+    from medmm.metrics.reference_levels import oracle_scores
+
+    scores = oracle_scores(labels, [True, False], [True, True], "pair")
+    rng = np.random.default_rng(0)
+    mc = np.mean([retrieval_metrics(scores + rng.uniform(0, 1e-9, scores.shape), labels, labels)["P@5"]
+                  for _ in range(3000)])
+    got = reference_levels(labels, [True, False], [True, True])["contrastive_optimum"]["P@5"]
+    assert got == pytest.approx(mc, abs=0.01)

@@ -13,11 +13,11 @@ class ECGConvTransformer(nn.Module):
     def __init__(self, cfg: ECGEncoderConfig, leads: int = 12, max_tokens: int = 512):
         super().__init__()
         d = cfg.dim
-        # 100 Hz input: stride 5 then stride 2 -> one token per 0.1 s, receptive field ~0.25 s
-        # (a QRS complex spans one or two tokens).
+        # 100 Hz input: stride 5 then ``token_stride`` (2: one token per 0.1 s, receptive
+        # field ~0.25 s, so a QRS complex spans one or two tokens).
         self.tokenizer = nn.Sequential(
             nn.Conv1d(leads, d // 2, 5, stride=5), nn.BatchNorm1d(d // 2), nn.GELU(),
-            nn.Conv1d(d // 2, d, 5, stride=2, padding=2), nn.BatchNorm1d(d), nn.GELU(),
+            nn.Conv1d(d // 2, d, 5, stride=cfg.token_stride, padding=2), nn.BatchNorm1d(d), nn.GELU(),
         )
         self.pos = nn.Parameter(torch.randn(1, max_tokens, d) * 0.02)
         layer = nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=cfg.dropout, batch_first=True, norm_first=True,
