@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,6 +83,8 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
 
 def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # The text encoder's frozen, cached lower layers stay in eval mode on purpose.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     import lightning as L
     import mlflow
     import torch

@@ -1,0 +1,476 @@
+"""3-D volumes: assemble a DICOM series, read a NIfTI file, write a CT series.
+
+This module knows nothing of torch.
+
+Geometry convention (the rule every medmm volume keeps)
+--------------------------------------------------------
+A :class:`Volume` holds ``array[i, j, k]`` and a 4x4 ``affine`` mapping the voxel
+index ``(i, j, k, 1)`` to a world position in millimetres in **RAS+** (+x = patient
+Right, +y = Anterior, +z = Superior), the NIfTI / nibabel / MONAI convention. A NIfTI file's affine is therefore used as it is.
+
+DICOM describes positions in **LPS+** (+x = patient Left, +y = Posterior,
++z = Superior). A DICOM affine is converted with ``diag(-1, -1, 1, 1) @ A_lps``
+(and back the same way: the matrix is its own inverse).
+
+Voxel order of a DICOM series: ``i`` is the column index (it moves along the row
+direction cosine, the first triplet of ImageOrientationPatient), ``j`` is the row
+index (along the column direction cosine, the second triplet) and ``k`` the slice,
+sorted by the slice position projected on the normal ``n = row_cosine x
+column_cosine`` (ascending), never by file name or InstanceNumber. Hence, with
+PixelSpacing = ``[row spacing, column spacing]`` (DICOM order: between rows first)::
+
+    A_lps[:3, 0] = row_cosine    * column spacing      (PixelSpacing[1])
+    A_lps[:3, 1] = column_cosine * row spacing         (PixelSpacing[0])
+    A_lps[:3, 2] = (IPP_last - IPP_first) / (n_slices - 1)   (the measured step)
+    A_lps[:3, 3] = IPP_first
+
+and ``array[:, :, k] = pixels_of_slice_k.T`` (a DICOM slice's pixel array is
+``[row, column] = [j, i]``). Pixel values have the Modality LUT applied (HU for CT)
+through :func:`medmm.io.dicom.read_dicom`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from medmm.io.dicom import read_dicom
+from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
+
+__all__ = [
+    "CT_SOP_CLASS_UID",
+    "LPS_TO_RAS",
+    "Volume",
+    "read_dicom_series",
+    "read_nifti",
+    "write_dicom_series",
+]
+
+CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+"""Converts an LPS affine to RAS (and back): ``A_ras = LPS_TO_RAS @ A_lps``."""
+
+_ORIENTATION_ATOL = 1e-4  # on direction cosines
+_SPACING_RTOL = 0.01  # uneven slice spacing tolerated up to 1 % of the median step
+_DUPLICATE_MM = 1e-3  # two slices closer than this along the normal are the same
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D image and its geometry.
+
+    Attributes:
+        array: float32 ``[i, j, k]``: voxel index along the affine's columns 0, 1, 2.
+        affine: float64 4x4, voxel index -> world mm in RAS+ (module docstring).
+        spacing_mm: ``(|affine[:3, 0]|, |affine[:3, 1]|, |affine[:3, 2]|)``, derived
+            from the affine (not an init argument).
+        path: the file or folder read (``None`` for an in-memory volume).
+        metadata: technical fields only (``source``, ``modality``, ``n_slices``, ...);
+            never names, IDs, UIDs or dates.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    spacing_mm: tuple[float, float, float] = field(init=False)
+
+    def __post_init__(self) -> None:
+        arr = np.asarray(self.array, dtype=np.float32)
+        aff = np.array(self.affine, dtype=np.float64)
+        if arr.ndim != 3:
+            raise ValueError(f"Volume.array must be 3-D, got shape {arr.shape}")
+        if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+            raise ValueError(f"Volume.affine must be a finite 4x4 matrix, got shape {aff.shape}")
+        if not np.allclose(aff[3], [0.0, 0.0, 0.0, 1.0]):
+            raise ValueError(f"Volume.affine's last row must be [0, 0, 0, 1], got {aff[3]}")
+        object.__setattr__(self, "array", arr)
+        object.__setattr__(self, "affine", aff)
+        object.__setattr__(self, "path", None if self.path is None else str(self.path))
+        object.__setattr__(self, "metadata", dict(self.metadata))
+        spacing = tuple(float(s) for s in np.linalg.norm(aff[:3, :3], axis=0))
+        object.__setattr__(self, "spacing_mm", spacing)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- DICOM read
+
+
+def _floats(ds: Any, keyword: str, n: int, where: str) -> np.ndarray:
+    value = ds.get(keyword)
+    try:
+        out = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InconsistentDataError(where, f"{keyword} missing or not numeric ({value!r})") from exc
+    if out.shape != (n,) or not np.all(np.isfinite(out)):
+        raise InconsistentDataError(where, f"{keyword} must hold {n} finite numbers, got {value!r}")
+    return out
+
+
+def _list_files(paths_or_dir: str | Path | Iterable[str | Path]) -> tuple[str, list[Path], bool]:
+    """-> (name of the input for messages, files, came from a folder)."""
+    if isinstance(paths_or_dir, (str, Path)):
+        folder = Path(paths_or_dir)
+        if not folder.is_dir():
+            raise MedmmInputError(folder, "not a directory (give a folder or a list of files)")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+        return str(folder), files, True
+    files = [Path(p) for p in paths_or_dir]
+    if not files:
+        raise MedmmInputError(None, "empty list of DICOM files")
+    parents = {str(p.parent) for p in files}
+    where = parents.pop() if len(parents) == 1 else f"{len(files)} files in {len(parents) + 1} folders"
+    return where, files, False
+
+
+def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume:
+    """Assemble one DICOM series (a folder, or a list of files) into a :class:`Volume`.
+
+    From a folder, files that are not DICOM at all are skipped; DICOM files without
+    image pixels (DICOMDIR, structured reports, ...) are skipped in both cases. The
+    slices must form one series (one SeriesInstanceUID), share orientation, Rows /
+    Columns and PixelSpacing, and be evenly spaced. Geometry: module docstring.
+
+    Raises:
+        MedmmInputError: not a folder, nothing to read, a listed file is not DICOM,
+            or a slice is multi-frame.
+        CorruptFileError: a file is truncated / undecodable.
+        InconsistentDataError: several series, mixed orientations or sizes, missing
+            slices, duplicate positions, uneven spacing, slices off a straight line.
+    Every message names the folder (or file) and the problem.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    where, files, from_folder = _list_files(paths_or_dir)
+    slices: list[tuple[Path, Any]] = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except InvalidDicomError as exc:
+            if from_folder:
+                continue  # a stray non-DICOM file in the folder
+            raise MedmmInputError(f, f"not a DICOM Part-10 file ({exc})") from exc
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise MedmmInputError(f, f"cannot open file ({exc.strerror or exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - any parser failure = damaged file
+            raise CorruptFileError(f, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+        if "Rows" not in ds or "Columns" not in ds:
+            continue  # not an image (DICOMDIR, SR, presentation state, ...)
+        slices.append((f, ds))
+    if not slices:
+        raise MedmmInputError(where, "no DICOM image slices found")
+
+    by_series: dict[str, list[tuple[Path, Any]]] = defaultdict(list)
+    for f, ds in slices:
+        by_series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
+    if len(by_series) > 1:
+        raise InconsistentDataError(
+            where, f"holds {len(by_series)} different series (SeriesInstanceUID); give one series at a time"
+        )
+
+    f0, ds0 = slices[0]
+    iop0 = _floats(ds0, "ImageOrientationPatient", 6, str(f0))
+    spacing0 = _floats(ds0, "PixelSpacing", 2, str(f0))
+    size0 = (int(ds0.Rows), int(ds0.Columns))
+    positions = []
+    for f, ds in slices:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if frames > 1:
+            raise MedmmInputError(f, f"multi-frame file ({frames} frames) in a slice series is not supported")
+        iop = _floats(ds, "ImageOrientationPatient", 6, str(f))
+        if not np.allclose(iop, iop0, atol=_ORIENTATION_ATOL):
+            raise InconsistentDataError(
+                where, f"mixed orientations: {f.name} has ImageOrientationPatient {iop.tolist()}, "
+                f"{f0.name} has {iop0.tolist()}"
+            )
+        size = (int(ds.Rows), int(ds.Columns))
+        if size != size0:
+            raise InconsistentDataError(where, f"mismatched Rows/Columns: {f.name} is {size}, {f0.name} is {size0}")
+        sp = _floats(ds, "PixelSpacing", 2, str(f))
+        if not np.allclose(sp, spacing0, rtol=1e-4):
+            raise InconsistentDataError(
+                where, f"mismatched PixelSpacing: {f.name} has {sp.tolist()}, {f0.name} has {spacing0.tolist()}"
+            )
+        positions.append(_floats(ds, "ImagePositionPatient", 3, str(f)))
+
+    row_cos, col_cos = iop0[:3], iop0[3:]
+    if not (
+        abs(np.linalg.norm(row_cos) - 1) < 1e-3
+        and abs(np.linalg.norm(col_cos) - 1) < 1e-3
+        and abs(float(row_cos @ col_cos)) < 1e-3
+    ):
+        raise InconsistentDataError(f0, f"ImageOrientationPatient {iop0.tolist()} is not two orthonormal cosines")
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+    if np.any(spacing0 <= 0):
+        raise InconsistentDataError(f0, f"PixelSpacing must be positive, got {spacing0.tolist()}")
+
+    pos = np.array(positions)
+    proj = pos @ normal
+    order = np.argsort(proj, kind="stable")
+    proj, pos = proj[order], pos[order]
+    names = [slices[o][0].name for o in order]
+    n = len(order)
+
+    if n >= 2:
+        gaps = np.diff(proj)
+        dup = np.flatnonzero(gaps < _DUPLICATE_MM)
+        if dup.size:
+            a = int(dup[0])
+            raise InconsistentDataError(
+                where, f"duplicate slice position {proj[a]:.4f} mm along the normal: {names[a]} and {names[a + 1]}"
+            )
+        median = float(np.median(gaps))
+        for a, g in enumerate(gaps):
+            if g > 1.5 * median:
+                missing = int(round(g / median)) - 1
+                raise InconsistentDataError(
+                    where, f"missing slice(s): gap of {g:.4f} mm between {names[a]} ({proj[a]:.4f} mm) and "
+                    f"{names[a + 1]} ({proj[a + 1]:.4f} mm), median step {median:.4f} mm "
+                    f"(about {max(missing, 1)} slice(s) missing)"
+                )
+        dev = np.abs(gaps - median) / median
+        if dev.max() > _SPACING_RTOL:
+            a = int(np.argmax(dev))
+            raise InconsistentDataError(
+                where, f"uneven slice spacing: gap of {gaps[a]:.4f} mm between {names[a]} and {names[a + 1]} "
+                f"differs from the median step {median:.4f} mm by {100 * dev[a]:.2f} % (> 1 %)"
+            )
+        step = (pos[-1] - pos[0]) / (n - 1)
+        off_line = np.linalg.norm(pos - (pos[0] + np.arange(n)[:, None] * step), axis=1)
+        if off_line.max() > _SPACING_RTOL * median + 1e-3:
+            a = int(np.argmax(off_line))
+            raise InconsistentDataError(
+                where, f"slice {names[a]} lies {off_line[a]:.4f} mm off the straight line through the slice positions"
+            )
+    else:
+        thickness = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0
+        step = normal * float(thickness)
+
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_cos * spacing0[1]
+    affine_lps[:3, 1] = col_cos * spacing0[0]
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = pos[0]
+
+    rows, cols = size0
+    array = np.empty((cols, rows, n), dtype=np.float32)
+    for k, o in enumerate(order):
+        f = slices[o][0]
+        pixels = read_dicom(f).pixels
+        if pixels.shape != (rows, cols):
+            raise InconsistentDataError(f, f"pixel array has shape {pixels.shape}, expected {(rows, cols)}")
+        array[:, :, k] = pixels.T
+
+    metadata = {
+        "source": "dicom",
+        "modality": str(ds0.get("Modality", "") or ""),
+        "n_slices": n,
+        "rows": rows,
+        "columns": cols,
+    }
+    return Volume(array=array, affine=LPS_TO_RAS @ affine_lps, path=where, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- NIfTI read
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel into a :class:`Volume`.
+
+    The affine is nibabel's ``img.affine`` (sform, else qform, else the zooms): RAS+
+    already. A 4-D image whose trailing dimensions are all 1 is squeezed to 3-D.
+
+    Raises:
+        MedmmInputError: cannot open the file, or not a 3-D image.
+        CorruptFileError: not a NIfTI file, or truncated / undecodable data.
+        InconsistentDataError: a non-invertible affine, or NaN / infinite voxels.
+    """
+    import nibabel as nib
+
+    where = str(path)
+    if not Path(where).is_file():
+        raise MedmmInputError(where, "no such file")
+    try:
+        img = nib.load(where)
+    except (PermissionError, IsADirectoryError) as exc:
+        raise MedmmInputError(where, f"cannot open file ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - ImageFileError, HeaderDataError, EOFError, gzip ...
+        raise CorruptFileError(where, f"not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise CorruptFileError(where, f"not a NIfTI file (nibabel reads it as {type(img).__name__})")
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise MedmmInputError(where, f"expected a 3-D image, got shape {shape}")
+    try:
+        data = img.get_fdata(dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - EOFError / ValueError on truncated data
+        raise CorruptFileError(where, f"cannot read the image data ({type(exc).__name__}: {exc})") from exc
+    data = data.reshape(shape[:3])
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InconsistentDataError(where, "affine is missing or not finite")
+    det = float(np.linalg.det(affine[:3, :3]))
+    scale = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))
+    if scale == 0.0 or abs(det) < 1e-6 * scale or not np.isfinite(det):
+        raise InconsistentDataError(where, f"affine is not invertible (determinant {det:.3g}): {affine.tolist()}")
+    if not np.all(np.isfinite(data)):
+        raise InconsistentDataError(where, "image holds NaN or infinite voxels")
+    version = 2 if isinstance(img, nib.Nifti2Image) else 1
+    metadata = {"source": "nifti", "modality": "", "n_slices": shape[2], "nifti_version": version}
+    return Volume(array=data, affine=affine, path=where, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- DICOM write
+
+
+def _ds_str(x: float) -> str:
+    """A float as a DICOM Decimal String (at most 16 characters)."""
+    for digits in range(12, 3, -1):
+        s = f"{x:.{digits}g}"
+        if len(s) <= 16:
+            return s
+    return f"{x:.3e}"
+
+
+def write_dicom_series(
+    volume_array: np.ndarray,
+    affine_ras: np.ndarray,
+    folder: str | Path,
+    *,
+    modality: str = "CT",
+    rescale_intercept: float = -1024.0,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    file_prefix: str = "slice",
+) -> list[Path]:
+    """Write ``volume_array[i, j, k]`` as a CT Image Storage series, one file per k.
+
+    Geometry follows the module docstring in reverse: ImageOrientationPatient is
+    the LPS directions of the affine's columns 0 and 1 (which must be orthogonal),
+    PixelSpacing ``[|col 1|, |col 0|]``, ImagePositionPatient of slice k the LPS
+    world position of voxel ``(0, 0, k)``, SliceThickness ``|col 2|``. For
+    :func:`read_dicom_series` to return the same affine, column 2 must point to
+    the side of ``row_cosine x column_cosine`` (``det(affine_ras[:3, :3]) > 0``;
+    the LPS flip has determinant +1); otherwise the series reads back as the same
+    voxels with k reversed (an equivalent affine).
+
+    Values are rounded to integers and stored as int16 with RescaleSlope 1 and the
+    given RescaleIntercept (``stored = round(value) - intercept``). Fresh UIDs are
+    generated unless given; patient fields are written empty. Returns the paths,
+    in slice order. Raises ValueError for bad arguments.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+
+    arr = np.asarray(volume_array)
+    if arr.ndim != 3 or min(arr.shape) < 1:
+        raise ValueError(f"volume_array must be a non-empty 3-D array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"volume_array must be real-valued, got dtype {arr.dtype}")
+    values = np.rint(arr.astype(np.float64))
+    if not np.all(np.isfinite(values)):
+        raise ValueError("volume_array must be finite")
+    intercept = float(rescale_intercept)
+    if not np.isfinite(intercept) or intercept != round(intercept):
+        raise ValueError(f"rescale_intercept must be a finite integer value, got {rescale_intercept!r}")
+    stored = values - intercept
+    if stored.min() < -32768 or stored.max() > 32767:
+        raise ValueError(
+            f"values minus the intercept span [{stored.min()}, {stored.max()}], outside int16: change rescale_intercept"
+        )
+    stored = stored.astype(np.int16)
+
+    aff = np.asarray(affine_ras, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
+        raise ValueError(f"affine_ras must be a finite 4x4 matrix, got shape {aff.shape}")
+    lps = LPS_TO_RAS @ aff
+    col0, col1, col2 = lps[:3, 0], lps[:3, 1], lps[:3, 2]
+    s0, s1, s2 = (float(np.linalg.norm(c)) for c in (col0, col1, col2))
+    if min(s0, s1, s2) <= 0:
+        raise ValueError("affine_ras has a zero column: not invertible")
+    row_cos, col_cos = col0 / s0, col1 / s1
+    if abs(float(row_cos @ col_cos)) > 1e-6:
+        raise ValueError("affine_ras columns 0 and 1 must be orthogonal (DICOM pixels are rectangular)")
+    if abs(float(np.linalg.det(lps[:3, :3]))) < 1e-9 * s0 * s1 * s2:
+        raise ValueError("affine_ras is singular")
+
+    modality = str(modality).upper()
+    if modality != "CT":
+        raise ValueError(f"only modality 'CT' is supported, got {modality!r}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = series_uid or generate_uid()
+    frame_uid = generate_uid()
+    ni, nj, nk = arr.shape
+    iop = [_ds_str(float(v)) for v in (*row_cos, *col_cos)]
+    normal = np.cross(row_cos, col_cos)
+
+    paths = []
+    for k in range(nk):
+        ipp = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
+        sop_uid = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CT_SOP_CLASS_UID
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = "MEDMM_0"
+
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.SOPClassUID = CT_SOP_CLASS_UID
+        ds.SOPInstanceUID = sop_uid
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.PatientName = ""
+        ds.PatientID = ""
+        ds.PatientBirthDate = ""
+        ds.PatientSex = ""
+        ds.StudyInstanceUID = study_uid
+        ds.StudyDate = ""
+        ds.StudyTime = ""
+        ds.ReferringPhysicianName = ""
+        ds.StudyID = ""
+        ds.AccessionNumber = ""
+        ds.Modality = modality
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = 1
+        ds.Manufacturer = ""
+        ds.FrameOfReferenceUID = frame_uid
+        ds.PositionReferenceIndicator = ""
+        ds.KVP = ""
+        ds.AcquisitionNumber = 1
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [_ds_str(float(v)) for v in ipp]
+        ds.ImageOrientationPatient = iop
+        ds.SliceLocation = _ds_str(float(ipp @ normal))
+        ds.SliceThickness = _ds_str(s2)
+        ds.PixelSpacing = [_ds_str(s1), _ds_str(s0)]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = nj
+        ds.Columns = ni
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept = _ds_str(intercept)
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "HU"
+        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
+        path = folder / f"{file_prefix}{k:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
