@@ -279,7 +279,7 @@ def read_dicom(path: str | Path) -> DicomImage:
 
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
-        raise CorruptFileError(where, "no PixelData (nor Float/DoubleFloatPixelData) element: not an image")
+        raise CorruptFileError(where, "no PixelData (nor Float/DoubleFloatPixelData) element: the file is truncated or not an image")
     transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     _check_pixel_length(ds, where, keyword, transfer_syntax)
 
