@@ -64,6 +64,24 @@ def _reference_levels(dm) -> dict:
     return compute_reference_levels(dm.cohort.labels[test].astype("int64"))
 
 
+def _latest_readable_checkpoint(ckpt_dir: Path) -> str | None:
+    """``last.ckpt``, or the newest other checkpoint if a kill left it half-written.
+
+    Loaded with ``weights_only=True``: a checkpoint is data, never code."""
+    import torch
+
+    candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
+    for path in candidates:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file: try the next one
+            print(f"WARNING: checkpoint {path} is unreadable ({type(exc).__name__}); trying an older one",
+                  file=sys.stderr)
+            continue
+        return str(path)
+    return None
+
+
 def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
     import lightning as L
     import torch
@@ -113,8 +131,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         if not state_path.exists():
             raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
         state = json.loads(state_path.read_text())
-        last = Path(state["ckpt_dir"]) / "last.ckpt"
-        ckpt_path = str(last) if last.exists() else None
+        ckpt_path = _latest_readable_checkpoint(Path(state["ckpt_dir"]))
         logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
         print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
     else:

@@ -160,3 +160,18 @@ def test_resume_after_kill_continues_the_same_run(tiny_cohort, tmp_path):
     assert epochs[-1] == 7  # the resumed run reached the last epoch
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "test.xray_to_report.P_at_5" in client.get_run(run_id).data.metrics
+
+
+def test_resume_skips_a_half_written_last_checkpoint(tmp_path):
+    import torch
+
+    from medmm.pipelines.pretrain import _latest_readable_checkpoint
+
+    older = tmp_path / "epoch000.ckpt"
+    torch.save({"epoch": 0, "state_dict": {"w": torch.ones(3)}}, older)
+    last = tmp_path / "last.ckpt"
+    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, last)
+    assert _latest_readable_checkpoint(tmp_path) == str(last)
+    last.write_bytes(last.read_bytes()[:100])  # killed while writing
+    assert _latest_readable_checkpoint(tmp_path) == str(older)
+    assert _latest_readable_checkpoint(tmp_path / "none") is None
