@@ -201,7 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    outcome = run(cfg, resume=args.resume)
+    try:
+        outcome = run(cfg, resume=args.resume)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print("\nTest-split metrics (held-out patients) beside chance and oracle:\n")
     print(outcome.table)
     print(f"\nMLflow run id: {outcome.run_id}")

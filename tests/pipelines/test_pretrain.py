@@ -175,3 +175,9 @@ def test_resume_skips_a_half_written_last_checkpoint(tmp_path):
     last.write_bytes(last.read_bytes()[:100])  # killed while writing
     assert _latest_readable_checkpoint(tmp_path) == str(older)
     assert _latest_readable_checkpoint(tmp_path / "none") is None
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path):
+    out = run_cli("--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'nothing'}", "--resume", timeout=120)
+    assert out.returncode == 2
+    assert "no run to resume" in out.stderr
