@@ -49,27 +49,40 @@ def normalise_radiograph(pixels: np.ndarray) -> np.ndarray:
     return np.clip((pixels - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
 
 
-def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict | None]:
-    row, root, image_size, ecg_fs = args
+def load_xray_input(path: str | Path, image_size: int) -> np.ndarray:
+    """A radiograph file -> the model's input before augmentation: [1, S, S] float32 in [0, 1].
+    The one place this preprocessing lives (training cache and the served model use it)."""
     import torch
     import torch.nn.functional as F
 
-    from medmm.data.ecg_transforms import preprocess_ecg
     from medmm.io.dicom import read_dicom
+
+    image = read_dicom(path).pixels
+    if image.ndim != 2:
+        raise MedmmInputError(path, f"expected a single-frame radiograph, got shape {image.shape}")
+    image = torch.from_numpy(normalise_radiograph(image.astype(np.float32)))[None, None]
+    return F.interpolate(image, size=(image_size, image_size), mode="area")[0].numpy()
+
+
+def load_ecg_input(path: str | Path, ecg_fs: int) -> np.ndarray:
+    """An ECG file (WFDB or DICOM waveform) -> the model's input: [12, ecg_fs * 10] float32."""
+    from medmm.data.ecg_transforms import preprocess_ecg
     from medmm.io.ecg import read_ecg
+
+    record = read_ecg(path)
+    return preprocess_ecg(record.signal, record.fs, target_fs=ecg_fs)
+
+
+def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict | None]:
+    row, root, image_size, ecg_fs = args
     from medmm.io.reports import read_report
 
     current = None
     try:
         current = row["xray"]
-        image = read_dicom(resolve_under(root, current)).pixels
-        if image.ndim != 2:
-            raise MedmmInputError(current, f"expected a single-frame radiograph, got shape {image.shape}")
-        image = normalise_radiograph(image.astype(np.float32))
-        image = F.interpolate(torch.from_numpy(image)[None, None], size=(image_size, image_size), mode="area")[0]
+        image = load_xray_input(resolve_under(root, current), image_size)
         current = row["ecg"]
-        record = read_ecg(resolve_under(root, current))
-        ecg = preprocess_ecg(record.signal, record.fs, target_fs=ecg_fs)
+        ecg = load_ecg_input(resolve_under(root, current), ecg_fs)
         current = row["report"]
         report = read_report(resolve_under(root, current))
     except (MedmmInputError, OSError) as exc:
@@ -78,7 +91,7 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
     return {
         "study_id": row["study_id"],
         "split": row["split"],
-        "xray": image.numpy().astype(np.float16),
+        "xray": image.astype(np.float16),
         "ecg": ecg.astype(np.float16),
         "text": report.text,
         "labels": report.labels.as_vector().astype(np.int8),

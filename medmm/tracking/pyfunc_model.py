@@ -35,30 +35,20 @@ class ContrastiveEmbedder(mlflow.pyfunc.PythonModel):
 
     def _batch(self, column: str, values: list) -> dict:
         import torch
-        import torch.nn.functional as F
 
         from medmm.data.augment import normalise_xray
-        from medmm.data.decoded_cohort import normalise_radiograph
-        from medmm.data.ecg_transforms import preprocess_ecg
-        from medmm.io.dicom import read_dicom
-        from medmm.io.ecg import read_ecg
+        from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
 
         if column == "report":
             enc = self.tokenizer(list(values), padding=True, truncation=True,
                                  max_length=self.cfg.model.text.max_tokens, return_tensors="pt")
             return {"report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
         if column == "xray":
-            size = self.cfg.data.image_size
-            images = [torch.from_numpy(normalise_radiograph(read_dicom(p).pixels.astype(np.float32)))[None, None]
-                      for p in values]
-            images = [F.interpolate(x, size=(size, size), mode="area")[0] for x in images]
-            return {"xray": normalise_xray(torch.stack(images))}
+            images = np.stack([load_xray_input(p, self.cfg.data.image_size) for p in values])
+            return {"xray": normalise_xray(torch.from_numpy(images))}
         if column == "ecg":
-            signals = []
-            for p in values:
-                rec = read_ecg(p)
-                signals.append(torch.from_numpy(preprocess_ecg(rec.signal, rec.fs, target_fs=self.cfg.data.ecg_fs)))
-            return {"ecg": torch.stack(signals).float()}
+            signals = np.stack([load_ecg_input(p, self.cfg.data.ecg_fs) for p in values]).astype(np.float32)
+            return {"ecg": torch.from_numpy(signals)}
         raise ValueError(f"unknown input column {column!r}: use report, xray or ecg")
 
     def predict(self, context, model_input, params=None):

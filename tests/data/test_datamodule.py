@@ -46,3 +46,14 @@ def test_batches_trim_padding_and_mark_presence(tiny_cohort, tmp_path):
     split_of = dict(zip(dm.cohort.study_ids, dm.cohort.splits))
     patients = dm.manifest.studies()
     assert patients.groupby("patient_id")["study_id"].apply(lambda s: len({split_of[x] for x in s})).max() == 1
+
+
+def test_served_model_inputs_match_the_training_cache(tiny_cohort, tmp_path):
+    """The pyfunc model and the training cache share one preprocessing path."""
+    from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
+
+    m = Manifest.load(tiny_cohort)
+    cohort = decode_cohort(m, image_size=64, ecg_fs=100, cache_dir=tmp_path, workers=1)
+    first = m.studies().iloc[0]
+    np.testing.assert_array_equal(load_xray_input(m.resolve(first["xray"]), 64).astype(np.float16), cohort.xray[0])
+    np.testing.assert_array_equal(load_ecg_input(m.resolve(first["ecg"]), 100).astype(np.float16), cohort.ecg[0])
