@@ -1,4 +1,4 @@
-"""ECG preprocessing and augmentation for the ECG encoder (numpy only).
+"""ECG preprocessing for the ECG encoder (numpy only).
 
 :func:`preprocess_ecg` follows MoRE's recipe (500 Hz -> 100 Hz, NaN -> 0, baseline
 removal by two successive median filters of 0.2 s and 0.6 s) with one deliberate
@@ -13,10 +13,7 @@ which only cuts pacing artifacts and extreme voltages): units stay comparable ac
 leads and records. ``minmax=True`` gives MoRE's per-lead min-max for fidelity
 experiments.
 
-Augmentations are pure functions ``f(x, rng, ...) -> new array`` on ``[leads, time]``
-arrays; they never modify their input. Amplitude augmentation is global (all leads
-by one factor) and narrow by default, for the same reason as above: per-lead or wide
-scaling would blur the voltage cues.
+Training-time augmentation is batched in torch, in :mod:`medmm.data.augment`.
 """
 
 from __future__ import annotations
@@ -28,10 +25,6 @@ import numpy as np
 __all__ = [
     "preprocess_ecg",
     "remove_baseline",
-    "random_crop",
-    "random_shift",
-    "random_amplitude_scale",
-    "add_gaussian_noise",
 ]
 
 
@@ -115,52 +108,3 @@ def preprocess_ecg(
         if clip is not None:
             x = np.clip(x, -clip, clip)
     return np.ascontiguousarray(x, dtype=np.float32)
-
-
-# ------------------------------------------------------------------- augmentations
-def random_crop(x: np.ndarray, rng: np.random.Generator, length: int) -> np.ndarray:
-    """A random window of ``length`` samples along time (zero-padded at the end if the
-    signal is shorter)."""
-    x = np.asarray(x)
-    n = x.shape[-1]
-    if length <= 0:
-        raise ValueError(f"length must be positive, got {length}")
-    if n <= length:
-        pad = [(0, 0)] * (x.ndim - 1) + [(0, length - n)]
-        return np.pad(x, pad)
-    start = int(rng.integers(0, n - length + 1))
-    return x[..., start:start + length].copy()
-
-
-def random_shift(x: np.ndarray, rng: np.random.Generator, max_shift: int) -> np.ndarray:
-    """Shift along time by a random integer in ``[-max_shift, max_shift]`` samples, zero
-    filling the vacated samples (no wrap-around: a rolled ECG would splice two beats)."""
-    x = np.asarray(x)
-    s = int(rng.integers(-max_shift, max_shift + 1)) if max_shift > 0 else 0
-    out = np.zeros_like(x)
-    if s == 0:
-        out[...] = x
-    elif abs(s) < x.shape[-1]:
-        if s > 0:
-            out[..., s:] = x[..., :-s]
-        else:
-            out[..., :s] = x[..., -s:]
-    return out
-
-
-def random_amplitude_scale(
-    x: np.ndarray, rng: np.random.Generator, low: float = 0.9, high: float = 1.1
-) -> np.ndarray:
-    """Multiply all leads by one factor, log-uniform in ``[low, high]``. Kept narrow
-    and global by default so that voltage findings (LVH, low voltage) survive."""
-    if not 0 < low <= high:
-        raise ValueError(f"need 0 < low <= high, got {low}, {high}")
-    k = float(np.exp(rng.uniform(np.log(low), np.log(high))))
-    x = np.asarray(x)
-    return (x * k).astype(x.dtype, copy=False)
-
-
-def add_gaussian_noise(x: np.ndarray, rng: np.random.Generator, sigma: float = 0.01) -> np.ndarray:
-    """Add white Gaussian noise of standard deviation ``sigma`` (in the units of ``x``)."""
-    x = np.asarray(x)
-    return (x + rng.normal(0.0, sigma, size=x.shape)).astype(x.dtype, copy=False)

@@ -13,6 +13,7 @@ from medmm.data.prompts import ZERO_SHOT_PROMPTS
 from medmm.io.findings import FINDINGS
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
+from medmm.tasks.gallery_prior import fit_prior_correction
 
 
 @dataclass
@@ -65,12 +66,16 @@ def _row(name: str, value: float | None, chance: float | None, oracle: float | N
 
 
 def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
-                         ks=(1, 5, 10), label_ks=(1, 5)) -> EvalResult:
+                         ks=(1, 5, 10), label_ks=(1, 5), val_loader=None) -> EvalResult:
     """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
     (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
-    ``zero_shot[modality][chance|oracle][finding]``)."""
+    ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
+    retrieval is also reported prior-corrected (:mod:`medmm.tasks.gallery_prior`), its
+    bandwidth and weight chosen on the validation split."""
     modalities = tuple(m for m in ("xray", "ecg", "report") if m in model.modalities)
     emb, labels, indices = embed_loader(model, loader, modalities)
+    val = embed_loader(model, val_loader, modalities)[:2] if val_loader is not None else None
+    logit_scale = float(model.logit_scale().detach().exp()) if hasattr(model, "logit_scale") else 1.0
     metrics: dict[str, float] = {}
     rows: list[dict] = []
     for direction, levels in reference["retrieval"].items():
@@ -83,6 +88,19 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
             metrics[f"{q}_to_{c}.{name}"] = value
             rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name),
                              levels.get("contrastive_optimum", {}).get(name)))
+        if val is not None:
+            val_emb, val_labels = val
+            choice, _ = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale,
+                                             metric=f"P@{max(label_ks)}")
+            corrected = retrieval_metrics(choice.scores(emb[q], emb[c], logit_scale), labels, labels,
+                                          ks=(), label_ks=label_ks)
+            metrics[f"{q}_to_{c}.prior_weight"] = choice.weight
+            metrics[f"{q}_to_{c}.prior_bandwidth"] = choice.bandwidth
+            for name, value in corrected.items():
+                if name.startswith(("Hit@", "P@")) and name != "P@1":
+                    metrics[f"{q}_to_{c}.prior_corrected.{name}"] = value
+                    rows.append(_row(f"{q}->{c} {name} prior-corrected", value, levels["chance"].get(name),
+                                     levels["oracle"].get(name)))
     pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
     for modality in ("xray", "ecg"):
         if modality not in emb:

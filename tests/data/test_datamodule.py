@@ -3,7 +3,7 @@ import torch
 
 from medmm.cohort.manifest import Manifest
 from medmm.config.pretrain import DataConfig
-from medmm.data.augment import augment_xray, sample_rngs
+from medmm.data.augment import augment_ecg, augment_xray, sample_rngs
 from medmm.data.datamodule import PretrainDataModule
 from medmm.data.decoded_cohort import decode_cohort
 
@@ -30,6 +30,23 @@ def test_augmentation_is_reproducible_per_sample_and_epoch():
     c = augment_xray(images, sample_rngs(0, 2, [5, 6, 7]))
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+
+
+def test_ecg_augmentation_is_a_global_scale_and_circular_shift_plus_noise():
+    t = torch.arange(200, dtype=torch.float32)
+    signals = torch.stack([torch.stack([torch.sin(t / 7), 2 * torch.sin(t / 7)])] * 4)  # [4, 2 leads, 200]
+    rngs = sample_rngs(0, 1, [0, 1, 2, 3])
+    out = augment_ecg(signals, rngs)
+    torch.testing.assert_close(out, augment_ecg(signals, sample_rngs(0, 1, [0, 1, 2, 3])))
+    assert not torch.equal(signals, out) and out.shape == signals.shape
+    for i in range(4):
+        # lead 2 = 2 x lead 1 before; one factor for all leads keeps the ratio up to the 0.02 noise
+        ratio = (out[i, 1] @ out[i, 0]) / (out[i, 0] @ out[i, 0])
+        assert abs(float(ratio) - 2.0) < 0.05
+        # the best circular alignment with the input explains it up to amplitude 0.9-1.1 and noise
+        best = max(range(200), key=lambda s: float(torch.roll(signals[i, 0], s) @ out[i, 0]))
+        scale = float(torch.roll(signals[i, 0], best) @ out[i, 0]) / float(signals[i, 0] @ signals[i, 0])
+        assert 0.85 < scale < 1.15
 
 
 def test_batches_trim_padding_and_mark_presence(tiny_cohort, tmp_path):
