@@ -118,7 +118,7 @@ class DicomDeidentifier:
 
         def count_library(dataset, elem):
             kw = elem.keyword or f"{elem.tag}"
-            if elem.VR == "PN" and elem.value:
+            if (elem.VR == "PN" or kw in KEEP_PSEUDONYM) and elem.value:
                 audit[f"pseudonymised:{kw}"] += 1
             elif elem.VR == "UI" and elem.value and not kw.endswith("ClassUID") and kw != "TransferSyntaxUID":
                 audit[f"remapped:{kw}"] += 1

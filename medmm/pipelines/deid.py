@@ -4,14 +4,16 @@
 
 DICOM (recognised by content) per DICOM PS3.15 Annex E (medmm.cohort.deid_dicom);
 ``*.txt`` reports scrubbed (medmm.cohort.deid_text), with the cohort's own patient
-names and IDs from the DICOM headers scrubbed wherever they appear. Every other file is
-left out (it could hold anything). Output paths are keyed hashes of the input path
-components (file names often hold names or MRNs), so a patient / study / series folder
-maps to one output folder. The same key gives the same pseudonyms, UIDs and date shifts
-on a later run; keep it secret, and out of the output. An audit log
-(``<out>/deid_audit.jsonl``) lists per output file the attribute keywords and counts of
-what changed, never a value. Images flagged BurnedInAnnotation=YES are refused unless
-``--allow-burned-in``. Exit code 1 when any file was refused or unreadable.
+names and IDs from the DICOM headers scrubbed wherever they appear; WFDB ECG records
+(``*.hea`` + signal files) with their start date / time and comments removed
+(medmm.cohort.deid_wfdb). Every other file is left out (it could hold anything).
+Output paths are keyed hashes of the input path components (file names often hold
+names or MRNs), so a patient / study / series folder maps to one output folder. The
+same key gives the same pseudonyms, UIDs and date shifts on a later run; keep it
+secret, and out of the output. An audit log (``<out>/deid_audit.jsonl``) lists per
+output file the attribute keywords and counts of what changed, never a value. Images
+flagged BurnedInAnnotation=YES are refused unless ``--allow-burned-in``. Exit code 1
+when any file was refused or unreadable.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import hmac
 import json
 import os
 import secrets
+import shutil
 import sys
 from collections import Counter
 from pathlib import Path
@@ -74,8 +77,9 @@ def deidentify_tree(src: Path, dst: Path, key: bytes, *, allow_burned_in: bool =
 
     from medmm.cohort.deid_dicom import DicomDeidentifier
     from medmm.cohort.deid_text import ReportScrubber
+    from medmm.cohort.deid_wfdb import deidentify_header, signal_files
     from medmm.cohort.scan import looks_like_dicom
-    from medmm.io.errors import MedmmInputError
+    from medmm.io.errors import CorruptFileError, MedmmInputError
 
     src, dst = src.resolve(), dst.resolve()
     if dst == src or src in dst.parents:
@@ -84,6 +88,7 @@ def deidentify_tree(src: Path, dst: Path, key: bytes, *, allow_burned_in: bool =
     dicom = [p for p in files if looks_like_dicom(p)]
     dicom_set = set(dicom)
     reports = [p for p in files if p not in dicom_set and p.suffix.lower() in REPORT_SUFFIXES]
+    headers = [p for p in files if p not in dicom_set and p.suffix == ".hea"]
     names, ids = collect_identifiers(dicom)
     deid = DicomDeidentifier(key, allow_burned_in=allow_burned_in)
     scrubber = ReportScrubber(names, ids)
@@ -122,7 +127,32 @@ def deidentify_tree(src: Path, dst: Path, key: bytes, *, allow_burned_in: bool =
             summary["reports_written"] += 1
             audit.write(json.dumps({"file": out.as_posix(), "kind": "report", "status": "written",
                                     "actions": {f"scrubbed:{k}": v for k, v in sorted(counts.items())}}) + "\n")
-    summary["other_files_left_out"] = len(files) - len(dicom) - len(reports)
+        consumed = set()
+        for path in headers:
+            out = pseudonymous_path(key, path.relative_to(src))
+            try:
+                text = path.read_text(encoding="ascii", errors="strict")
+                names = signal_files(text)
+                new_names = {n: pseudonymous_path(key, (path.parent / n).relative_to(src)).name for n in names}
+                clean, counts = deidentify_header(text, out.stem, new_names, where=str(path))
+                for n in names:
+                    if not (path.parent / n).is_file():
+                        raise CorruptFileError(path, f"signal file {n!r} named by the header is missing")
+            except (MedmmInputError, UnicodeDecodeError, IndexError) as exc:
+                summary["wfdb_unreadable"] += 1
+                refused.append(path)
+                audit.write(json.dumps({"file": None, "kind": "wfdb", "status": "unreadable",
+                                        "reason": type(exc).__name__}) + "\n")
+                continue
+            (dst / out).parent.mkdir(parents=True, exist_ok=True)
+            for n in names:
+                shutil.copyfile(path.parent / n, dst / out.parent / new_names[n])  # samples unchanged
+                consumed.add(path.parent / n)
+            (dst / out).write_text(clean, encoding="ascii")
+            summary["wfdb_written"] += 1
+            audit.write(json.dumps({"file": out.as_posix(), "kind": "wfdb", "status": "written",
+                                    "actions": dict(sorted(counts.items()))}) + "\n")
+    summary["other_files_left_out"] = len(files) - len(dicom) - len(reports) - len(headers) - len(consumed)
     return {"summary": dict(summary), "refused": refused}
 
 

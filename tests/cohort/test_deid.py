@@ -3,6 +3,7 @@ output byte; the CT series must still read as the same volume."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from datetime import date
 from pathlib import Path
@@ -18,7 +19,7 @@ from medmm.pipelines.deid import AUDIT_NAME, main
 
 NAME, ID, BIRTH, STUDY_DATE = "QUIXOTE^ZEBULON", "PHI778899X", "19470311", "20190314"
 PLANTED = ["Quixote", "Zebulon", ID, BIRTH, STUDY_DATE, "20190301", "ACC5550199", "Rocinante", "Sancho", "Panza",
-           "555-0199", "03/11/1947", "Dulcinea"]
+           "555-0199", "03/11/1947", "Dulcinea", "14/03/2019"]
 REPORT = ("INDICATION: Zebulon Quixote, MRN PHI778899X, DOB 03/11/1947, cough.\n"
           "COMPARISON: CT of 03/14/2019 (accession ACC5550199).\n"
           "FINDINGS: No pleural effusion. Discussed with Dr. Sancho Panza at (617) 555-0199.\n"
@@ -67,6 +68,12 @@ def phi_tree(tmp_path) -> tuple[Path, Path, np.ndarray]:
     ds.BurnedInAnnotation = "YES"
     ds.save_as(burned)
     (src / "report_Quixote.txt").write_text(REPORT)
+    import wfdb
+
+    ecg = np.random.default_rng(1).normal(0, 0.3, (250, 2))
+    wfdb.wrsamp("ecg_PHI778899X", fs=500, units=["mV", "mV"], sig_name=["I", "II"], p_signal=ecg, fmt=["16", "16"],
+                write_dir=str(src), comments=["Patient: Zebulon Quixote", "DOB: 03/11/1947"],
+                base_date=date(2019, 3, 14), base_time=datetime.time(10, 15))
     (src / "notes.docx").write_bytes(b"Zebulon Quixote")  # neither DICOM nor a report: left out
     return tmp_path / "in", tmp_path / "out", vol
 
@@ -83,7 +90,8 @@ def test_no_planted_phi_survives_and_the_series_reads_the_same(phi_tree, monkeyp
     assert "burned.dcm" in capsys.readouterr().err
 
     outputs = _all_output_bytes(out)
-    assert len(outputs) == 4 + 1 + 1 + 1  # CT slices, CR, report, audit log (no burned-in, no .docx)
+    # CT slices, CR, report, ECG header + signal, audit log (not the burned-in image, not the .docx)
+    assert len(outputs) == 4 + 1 + 1 + 2 + 1
     for rel, data in outputs:
         for value in PLANTED + [str(pydicom.dcmread(next(src.rglob("slice0000.dcm"))).StudyInstanceUID)]:
             for variant in {value, value.upper(), value.lower()}:
@@ -118,6 +126,13 @@ def test_no_planted_phi_survives_and_the_series_reads_the_same(phi_tree, monkeyp
 
     report = next((out / rel).read_text() for rel, _ in outputs if rel.endswith(".txt"))
     assert "No pleural effusion" in report and "[NAME]" in report and "[PHONE]" in report and "[DATE]" in report
+
+    from medmm.io.ecg import read_ecg
+
+    hea = next(out / rel for rel, _ in outputs if rel.endswith(".hea"))
+    before_ecg, after_ecg = read_ecg(src / "QUIXOTE_ZEBULON_PHI778899X/ecg_PHI778899X.hea"), read_ecg(hea)
+    np.testing.assert_array_equal(after_ecg.signal, before_ecg.signal)  # samples unchanged
+    assert after_ecg.fs == 500
 
     audit = [json.loads(line) for line in (out / AUDIT_NAME).read_text().splitlines()]
     written = [a for a in audit if a["status"] == "written" and a["kind"] == "dicom"]
