@@ -302,6 +302,9 @@ def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int 
     root, out = Path(root).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stats = IngestStats()
+    missing = [t.path for t in spec.tables if not (root / t.path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"tables named by the spec are missing under {root}: {missing}")
     sidecar = sidecar_path(out)
     fingerprint = rules_fingerprint(spec)
     cache = load_cache(sidecar, fingerprint)

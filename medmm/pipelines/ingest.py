@@ -43,7 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: data root {root} is not a folder", file=sys.stderr)
         return 2
     out = args.out or root / "manifest.parquet"
-    _, stats = ingest(spec, root, out, workers=args.workers, chunk=args.chunk)
+    try:
+        _, stats = ingest(spec, root, out, workers=args.workers, chunk=args.chunk)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"{spec.name}: {stats.n_patients} patients, {stats.n_studies} studies, {stats.n_rows} rows -> {out}\n"
           f"  files matched {stats.n_files_seen} (read {stats.n_files_read}, unchanged {stats.n_files_reused}), "
           f"table items {stats.n_items_from_tables}, links {stats.n_links}, "

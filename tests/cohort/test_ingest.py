@@ -149,3 +149,5 @@ def test_cli_writes_the_manifest_and_rejects_a_bad_spec(tmp_path, capsys):
     bad.write_text("name: x\nroot: .\nmodalities: [ct]\nfiles: [{modality: mr, format: nifti}]\n")
     assert main(["--spec", str(bad), "--root", str(tmp_path)]) == 2
     assert "not listed in 'modalities'" in capsys.readouterr().err
+    assert main(["--spec", str(REPO / "cohorts/ptbxl.yaml"), "--root", str(tmp_path / "btcv")]) == 2
+    assert "ptbxl_database.csv" in capsys.readouterr().err
