@@ -230,19 +230,17 @@ def item_table_rows(spec: TableSpec, root: Path) -> list[dict]:
     path = root / spec.path
     sha = file_sha256(path)
     rel = PurePosixPath(spec.path).as_posix()
-    items = []
-    if spec.orientation == "columns":
-        header = list(_read_table(path, header_only=True).columns)
-        keys = [(k, None, None) for k in header[1:]]  # first column names the rows (genes)
+    if spec.orientation == "columns":  # genes x samples: the first column names the rows
+        rows = [(key, {}) for key in list(_read_table(path, header_only=True).columns)[1:]]
     else:
         key_col = spec.key_column or spec.patient_column
         cols = list(dict.fromkeys(c for c in (key_col, spec.patient_column, spec.study_column, spec.time_column) if c))
-        table = _read_table(path, columns=cols)
-        keys = [(_clean_id(r[key_col]), r, None) for r in table.to_dict("records")]
-    for key, row, _ in keys:
+        rows = [(_clean_id(r[key_col]), r) for r in _read_table(path, columns=cols).to_dict("records")]
+    items = []
+    for key, row in rows:
         if key is None:
             continue
-        if row is not None and spec.patient_column:
+        if spec.patient_column and row:
             patient = _clean_id(row[spec.patient_column])
         else:  # a study-keyed table (demo labs) takes its patient from the files' studies, later
             patient = None if spec.study_column else key
@@ -250,8 +248,8 @@ def item_table_rows(spec: TableSpec, root: Path) -> list[dict]:
             m = re.search(spec.patient_pattern, patient)
             patient = m.group("patient") if m else None
         items.append({"patient_id": patient, "modality": spec.modality, "path": rel, "row_key": key,
-                      "study_id": _clean_id(row[spec.study_column]) if row is not None and spec.study_column else None,
-                      "time": _iso(row[spec.time_column]) if row is not None and spec.time_column else None,
+                      "study_id": _clean_id(row[spec.study_column]) if spec.study_column and row else None,
+                      "time": _iso(row[spec.time_column]) if spec.time_column and row else None,
                       "sha256": sha, "series_id": None})
     return items
 
