@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from medmm.cohort.manifest import Manifest
+from medmm.cohort.splits import verify_before_training
 from medmm.config.pretrain import DataConfig
 from medmm.data.augment import augment_ecg, augment_xray, normalise_xray, sample_rngs
 from medmm.data.decoded_cohort import DecodedCohort, decode_cohort
@@ -76,6 +77,7 @@ class PretrainDataModule(L.LightningDataModule):
         from medmm.models.encoders.text import load_tokenizer
 
         self.manifest = Manifest.load(self.cfg.root)
+        verify_before_training(self.manifest)  # no patient in two splits, before any batch
         cache_dir = self.cfg.cache_dir or Path(self.cfg.root) / ".cache"
         self.cohort = decode_cohort(self.manifest, image_size=self.cfg.image_size, ecg_fs=self.cfg.ecg_fs,
                                     strict=self.cfg.strict, cache_dir=cache_dir, limit=self.cfg.limit_studies)
