@@ -55,8 +55,8 @@ class PriorCorrection:
 
 
 def fit_prior_correction(queries: np.ndarray, candidates: np.ndarray, labels: np.ndarray, logit_scale: float,
-                         *, metric: str = "P@5", bandwidths: Sequence[float] = (0.01, 0.02, 0.05, 0.1, 0.2),
-                         weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0)) -> tuple[PriorCorrection, float]:
+                         *, metric: str = "P@5", bandwidths: Sequence[float] = (0.003, 0.01, 0.02, 0.05, 0.1, 0.2),
+                         weights: Sequence[float] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)) -> tuple[PriorCorrection, float]:
     """Grid search of (bandwidth, weight) maximising label-match ``metric`` on a validation
     split whose study i has query ``queries[i]``, candidate ``candidates[i]`` and finding
     labels ``labels[i]``. Weight 0 (plain similarity) is in the grid, so the correction
