@@ -294,10 +294,12 @@ def read_dicom(path: str | Path) -> DicomImage:
     rows, cols = int(ds.Rows), int(ds.Columns)
     colour = photometric in _COLOUR
     try:
+        # colour values are at most 16-bit integers: float32 holds them exactly, and
+        # skipping a float64 copy halves the memory of big multi-frame colour files
         if photometric == "PALETTE COLOR":
-            arr = np.asarray(apply_color_lut(raw, ds), dtype=np.float64)
+            arr = np.asarray(apply_color_lut(raw, ds), dtype=np.float32)
         elif colour:
-            arr = np.asarray(raw, dtype=np.float64)  # pydicom converts YBR -> RGB
+            arr = np.asarray(raw, dtype=np.float32)  # pydicom converts YBR -> RGB
         else:
             arr = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
