@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
     "CR_SOP_CLASS_UID",
@@ -204,8 +205,6 @@ def _check_pixel_length(ds: Any, path: str, keyword: str, transfer_syntax: Any) 
     *bits (rounded up to whole bytes). A surplus is tolerated only as the single byte
     that pads an odd length to even, or when it is all zero bytes (trailing padding,
     which pydicom also accepts); anything else means the header is wrong."""
-    if keyword == "PixelData" and transfer_syntax is not None and transfer_syntax.is_encapsulated:
-        return  # compressed: the decoder checks the frames
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel") or 1)
@@ -215,6 +214,10 @@ def _check_pixel_length(ds: Any, path: str, keyword: str, transfer_syntax: Any) 
     if rows <= 0 or cols <= 0:
         raise InconsistentDataError(path, f"Rows x Columns is {rows} x {cols}")
     frames = _frames(ds)
+    # before any decoding: a compressed file's header alone decides the allocation
+    check_declared_size(path, (frames, rows, cols, samples), 8, "pixel header (frames, rows, columns, samples)")
+    if keyword == "PixelData" and transfer_syntax is not None and transfer_syntax.is_encapsulated:
+        return  # compressed: the decoder checks the frames
     if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
         samples = 2  # chroma sub-sampled: 2 values per pixel on average
     n_bits = rows * cols * frames * samples * bits
@@ -251,6 +254,7 @@ def _monochrome1_reflection(ds: Any, apply_modality_lut: Any) -> float:
     return float(mapped.min() + mapped.max())
 
 
+@reader_boundary("DICOM image")
 def read_dicom(path: str | Path) -> DicomImage:
     """Read one DICOM image file (single- or multi-frame) into a :class:`DicomImage`.
 
@@ -308,8 +312,6 @@ def read_dicom(path: str | Path) -> DicomImage:
     expected_shape = ((frames,) if frames > 1 else ()) + (rows, cols) + ((3,) if colour else ())
     if arr.shape != expected_shape:
         raise InconsistentDataError(where, f"decoded pixel array has shape {arr.shape}, header implies {expected_shape}")
-    if not colour and not np.all(np.isfinite(arr)):
-        raise InconsistentDataError(where, "pixel data holds NaN or infinite values")
 
     window_center = _first_float(ds.get("WindowCenter"))
     window_width = _first_float(ds.get("WindowWidth"))
@@ -334,7 +336,15 @@ def read_dicom(path: str | Path) -> DicomImage:
         else:
             metadata[key] = _plain(ds.get(key))
 
-    pixels = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pixels = np.ascontiguousarray(arr, dtype=np.float32)
+    # checked on the float32 result: a damaged rescale (e.g. intercept -1e308) is finite in
+    # float64 and infinite once stored
+    if not np.all(np.isfinite(pixels)):
+        raise InconsistentDataError(
+            where, "pixel values are NaN or infinite, or overflow float32, after the Modality LUT "
+            "(check RescaleSlope / RescaleIntercept)"
+        )
     return DicomImage(
         pixels=pixels,
         spacing_mm=_spacing(ds),

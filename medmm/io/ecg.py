@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
     "STANDARD_LEADS",
@@ -225,6 +226,7 @@ def _wfdb_record_base(path: str | os.PathLike) -> Path:
     return p
 
 
+@reader_boundary("WFDB record")
 def read_wfdb(
     path: str | os.PathLike, *, to_millivolts: bool = True, allow_nan: bool = False
 ) -> ECGRecord:
@@ -257,6 +259,7 @@ def read_wfdb(
     sig_len = int(sig_len)
     if sig_len == 0:
         raise InconsistentDataError(hea, "WFDB header declares zero samples")
+    check_declared_size(hea, (n_sig, sig_len), 8, "WFDB header (leads, samples)")
 
     # Data files: existence and size against the header.
     spf = [int(s or 1) for s in (header.samps_per_frame or [1] * n_sig)]
@@ -298,10 +301,14 @@ def read_wfdb(
     signal = np.ascontiguousarray(sig.T, dtype=np.float64)
     names = tuple(normalize_lead_name(n) for n in rec.sig_name)
     units = tuple(str(u) if u else "NU" for u in (rec.units or ["NU"] * n_sig))
-    return _finish(signal, float(rec.fs), names, units, hea, to_millivolts, allow_nan)
+    fs = _positive_rate(rec.fs)
+    if fs is None:
+        raise InconsistentDataError(hea, f"WFDB header gives no valid sampling frequency ({rec.fs!r})")
+    return _finish(signal, fs, names, units, hea, to_millivolts, allow_nan)
 
 
 # -------------------------------------------------------------------------- DICOM
+@reader_boundary("DICOM waveform")
 def read_dicom_ecg(
     path: str | os.PathLike,
     *,
@@ -348,8 +355,8 @@ def read_dicom_ecg(
     n_ch = int(item.get("NumberOfWaveformChannels", 0) or 0)
     if n_ch == 0:
         raise InconsistentDataError(p, f"multiplex group {index} has zero channels")
-    fs = item.get("SamplingFrequency")
-    if fs is None or not float(fs) > 0:
+    fs = _positive_rate(item.get("SamplingFrequency"))
+    if fs is None:
         raise InconsistentDataError(p, f"multiplex group {index} has no valid Sampling Frequency")
     chdefs = item.get("ChannelDefinitionSequence")
     if chdefs is None or len(chdefs) != n_ch:
@@ -360,6 +367,8 @@ def read_dicom_ecg(
     n_samp = int(item.get("NumberOfWaveformSamples", 0) or 0)
     bits = int(item.get("WaveformBitsAllocated", 0) or 0)
     data = item.get("WaveformData")
+    if n_samp > 0:
+        check_declared_size(p, (n_samp, n_ch), 8, f"multiplex group {index} (samples, channels)")
     need = n_samp * n_ch * (bits // 8)
     if data is None or len(data) < need or n_samp == 0:
         raise InconsistentDataError(
@@ -380,7 +389,7 @@ def read_dicom_ecg(
         unit = str(useq[0].get("CodeValue", "")) if useq else ""
         units.append(unit or "NU")
     signal = np.ascontiguousarray(np.asarray(arr, dtype=np.float64).T)
-    return _finish(signal, float(fs), tuple(names), tuple(units), p, to_millivolts, allow_nan)
+    return _finish(signal, fs, tuple(names), tuple(units), p, to_millivolts, allow_nan)
 
 
 # ------------------------------------------------------------------------ dispatch
@@ -415,6 +424,15 @@ def _has_dicom_preamble(p: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _positive_rate(value) -> float | None:
+    """A sampling frequency as a positive finite float, else None (missing or damaged)."""
+    try:
+        fs = float(value)
+    except (TypeError, ValueError):
+        return None
+    return fs if np.isfinite(fs) and fs > 0 else None
 
 
 def _finish(
