@@ -42,6 +42,7 @@ __all__ = [
     "DX_SOP_CLASS_UID",
     "METADATA_KEYS",
     "DicomImage",
+    "image_from_dataset",
     "read_dicom",
     "write_cxr_dicom",
 ]
@@ -268,7 +269,6 @@ def read_dicom(path: str | Path) -> DicomImage:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     where = str(path)
     try:
@@ -280,6 +280,14 @@ def read_dicom(path: str | Path) -> DicomImage:
     except Exception as exc:  # noqa: BLE001 - any parser failure (EOFError, struct.error,
         # ValueError, ...) means a damaged file; report it as ours, naming the file
         raise CorruptFileError(where, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+    return image_from_dataset(ds, where)
+
+
+@reader_boundary("DICOM image", source_arg=1)
+def image_from_dataset(ds: Any, where: str) -> DicomImage:
+    """:func:`read_dicom` on a dataset already read by pydicom (``where`` names its file
+    in messages): lets the series reader parse each slice once, not twice."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:

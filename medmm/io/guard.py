@@ -76,18 +76,20 @@ def _describe(source: Any) -> str:
     return str(items[0]) if len(items) == 1 else f"{len(items)} files starting {items[0] if items else '-'}"
 
 
-def reader_boundary(what: str) -> Callable[[F], F]:
-    """Decorate a reader whose first argument is the file (or folder / list of files):
-    library errors escaping it become CorruptFileError("cannot read <what> ...")."""
+def reader_boundary(what: str, source_arg: int = 0) -> Callable[[F], F]:
+    """Decorate a reader whose positional argument ``source_arg`` names the file (or
+    folder / list of files): library errors escaping it become CorruptFileError("cannot
+    read <what> ...")."""
 
     def wrap(read: F) -> F:
         @functools.wraps(read)
-        def guarded(source, *args, **kwargs):
+        def guarded(*args, **kwargs):
             try:
-                return read(source, *args, **kwargs)
+                return read(*args, **kwargs)
             except MedmmInputError:
                 raise
             except _LIBRARY_ERRORS as exc:
+                source = args[source_arg] if len(args) > source_arg else "<unknown input>"
                 raise CorruptFileError(
                     _describe(source), f"cannot read {what}: a damaged value ({type(exc).__name__}: {str(exc)[:300]})"
                 ) from exc

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from medmm.io.dicom import read_dicom
+from medmm.io.dicom import image_from_dataset
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.guard import check_declared_size, reader_boundary
 
@@ -186,7 +186,9 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     slices: list[tuple[Path, Any]] = []
     for f in files:
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            # one parse per slice, pixels included (decoded later from this dataset);
+            # elements over 1 MB (a stray video, say) are read only if ever used
+            ds = pydicom.dcmread(str(f), defer_size="1 MB")
         except InvalidDicomError as exc:
             if from_folder:
                 continue  # a stray non-DICOM file in the folder
@@ -301,7 +303,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     array = np.empty((cols, rows, n), dtype=np.float32)
     for k, o in enumerate(order):
         f = slices[o][0]
-        pixels = read_dicom(f).pixels
+        pixels = image_from_dataset(slices[o][1], str(f)).pixels
         if pixels.shape != (rows, cols):
             raise InconsistentDataError(f, f"pixel array has shape {pixels.shape}, expected {(rows, cols)}")
         array[:, :, k] = pixels.T
