@@ -284,9 +284,11 @@ def read_dicom(path: str | Path) -> DicomImage:
 
 
 @reader_boundary("DICOM image", source_arg=1)
-def image_from_dataset(ds: Any, where: str) -> DicomImage:
+def image_from_dataset(ds: Any, where: str, *, describe: bool = True) -> DicomImage:
     """:func:`read_dicom` on a dataset already read by pydicom (``where`` names its file
-    in messages): lets the series reader parse each slice once, not twice."""
+    in messages): lets the series reader parse each slice once, not twice. With
+    ``describe=False`` only the pixels are filled (metadata empty, no spacing or window):
+    what a series needs per slice, at a third less time."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
@@ -336,7 +338,7 @@ def image_from_dataset(ds: Any, where: str) -> DicomImage:
             voi = (total - voi[0], voi[1])
 
     metadata: dict[str, Any] = {}
-    for key in METADATA_KEYS:
+    for key in METADATA_KEYS if describe else ():
         if key == "TransferSyntaxUID":
             metadata[key] = None if transfer_syntax is None else str(transfer_syntax)
         elif key == "NumberOfFrames":
@@ -355,7 +357,7 @@ def image_from_dataset(ds: Any, where: str) -> DicomImage:
         )
     return DicomImage(
         pixels=pixels,
-        spacing_mm=_spacing(ds),
+        spacing_mm=_spacing(ds) if describe else None,
         photometric=photometric,
         modality=str(ds.get("Modality", "") or ""),
         metadata=metadata,

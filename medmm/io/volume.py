@@ -303,7 +303,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     array = np.empty((cols, rows, n), dtype=np.float32)
     for k, o in enumerate(order):
         f = slices[o][0]
-        pixels = image_from_dataset(slices[o][1], str(f)).pixels
+        pixels = image_from_dataset(slices[o][1], str(f), describe=False).pixels
         if pixels.shape != (rows, cols):
             raise InconsistentDataError(f, f"pixel array has shape {pixels.shape}, expected {(rows, cols)}")
         array[:, :, k] = pixels.T

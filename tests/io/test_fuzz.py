@@ -483,9 +483,13 @@ def test_fuzz_wfdb(tmp_path):
 
     def check(i, rec):
         header = wfdb.rdheader(str(case / "rec"))
+        if header.sig_len is None or header.fs is None:
+            return "medmm read a record whose header wfdb cannot fully parse"
         shape = (int(header.n_sig), int(header.sig_len))
         if rec.signal.shape != shape:
             return f"signal {rec.signal.shape}, header declares {shape}"
+        if not np.isclose(rec.fs, float(header.fs)):
+            return f"fs {rec.fs}, header declares {header.fs}"
         if not np.all(np.isfinite(rec.signal)):
             return "non-finite samples"
         return None
