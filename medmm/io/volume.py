@@ -186,9 +186,8 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     slices: list[tuple[Path, Any]] = []
     for f in files:
         try:
-            # one parse per slice, pixels included (decoded later from this dataset);
-            # elements over 1 MB (a stray video, say) are read only if ever used
-            ds = pydicom.dcmread(str(f), defer_size="1 MB")
+            # one parse per slice, pixels included (decoded later from this dataset)
+            ds = pydicom.dcmread(str(f))
         except InvalidDicomError as exc:
             if from_folder:
                 continue  # a stray non-DICOM file in the folder
@@ -221,7 +220,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
         if frames > 1:
             raise MedmmInputError(f, f"multi-frame file ({frames} frames) in a slice series is not supported")
         iop = _floats(ds, "ImageOrientationPatient", 6, str(f))
-        if not np.allclose(iop, iop0, atol=_ORIENTATION_ATOL):
+        if np.abs(iop - iop0).max() > _ORIENTATION_ATOL:  # (np.allclose is slow on 6 numbers)
             raise InconsistentDataError(
                 where, f"mixed orientations: {f.name} has ImageOrientationPatient {iop.tolist()}, "
                 f"{f0.name} has {iop0.tolist()}"
@@ -230,7 +229,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
         if size != size0:
             raise InconsistentDataError(where, f"mismatched Rows/Columns: {f.name} is {size}, {f0.name} is {size0}")
         sp = _floats(ds, "PixelSpacing", 2, str(f))
-        if not np.allclose(sp, spacing0, rtol=1e-4):
+        if np.abs(sp - spacing0).max() > 1e-4 * np.abs(spacing0).max():
             raise InconsistentDataError(
                 where, f"mismatched PixelSpacing: {f.name} has {sp.tolist()}, {f0.name} has {spacing0.tolist()}"
             )
