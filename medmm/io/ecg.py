@@ -352,7 +352,7 @@ def read_wfdb(
         raise InconsistentDataError(
             hea, f"read {sig.shape[0]} samples x {sig.shape[1]} leads, header says {sig_len} x {n_sig}"
         )
-    signal = np.ascontiguousarray(sig.T, dtype=np.float64)
+    signal = sig.T  # a view: _finish writes the float32 result in one pass
     names = tuple(normalize_lead_name(n) for n in rec.sig_name)
     units = tuple(str(u) if u else "NU" for u in (rec.units or ["NU"] * n_sig))
     fs = _positive_rate(rec.fs)
@@ -504,27 +504,31 @@ def _finish(
         raise InconsistentDataError(path, "record has zero leads")
     if signal.shape[1] == 0:
         raise InconsistentDataError(path, "record has zero samples")
-    n_nan = int(np.isnan(signal).sum())
-    if n_nan and not allow_nan:
-        bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
-        raise InconsistentDataError(
-            path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
-        )
-    if np.isinf(signal).any():
-        raise InconsistentDataError(path, "signal has infinite values")
+    if not np.isfinite(signal).all():  # one pass when clean; diagnose only when not
+        n_nan = int(np.isnan(signal).sum())
+        if n_nan and not allow_nan:
+            bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
+            raise InconsistentDataError(
+                path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
+            )
+        if np.isinf(signal).any():
+            raise InconsistentDataError(path, "signal has infinite values")
+    factors = np.ones(len(names))
     if to_millivolts:
-        factors = []
-        for name, unit in zip(names, units):
+        for i, (name, unit) in enumerate(zip(names, units)):
             f = _TO_MV.get(unit.strip().lower())
             if f is None:
                 raise InconsistentDataError(
                     path, f"lead {name!r} is in unit {unit!r}, not a voltage: "
                     "cannot convert to mV (read with to_millivolts=False)"
                 )
-            factors.append(f)
-        signal = signal * np.asarray(factors)[:, None]
+            factors[i] = f
         units = ("mV",) * len(names)
-    return ECGRecord(signal.astype(np.float32), fs, names, units, str(path))
+    # scale and cast in one pass; handed over read-only so ECGRecord need not copy it
+    out = np.empty(signal.shape, dtype=np.float32)
+    np.multiply(signal, factors[:, None], out=out, casting="same_kind")
+    out.flags.writeable = False
+    return ECGRecord(out, fs, names, units, str(path))
 
 
 # --------------------------------------------------------------- record-level ops
