@@ -287,7 +287,7 @@ def read_dicom(path: str | Path) -> DicomImage:
 def image_from_dataset(ds: Any, where: str, *, describe: bool = True) -> DicomImage:
     """:func:`read_dicom` on a dataset already read by pydicom (``where`` names its file
     in messages): lets the series reader parse each slice once, not twice. With
-    ``describe=False`` only the pixels are filled (metadata empty, no spacing or window):
+    ``describe=False`` only the pixels are filled (metadata empty, no spacing, no window):
     what a series needs per slice, at a third less time."""
     from pydicom.pixels import apply_color_lut, apply_modality_lut
 
@@ -323,8 +323,8 @@ def image_from_dataset(ds: Any, where: str, *, describe: bool = True) -> DicomIm
     if arr.shape != expected_shape:
         raise InconsistentDataError(where, f"decoded pixel array has shape {arr.shape}, header implies {expected_shape}")
 
-    window_center = _first_float(ds.get("WindowCenter"))
-    window_width = _first_float(ds.get("WindowWidth"))
+    window_center = _first_float(ds.get("WindowCenter")) if describe else None
+    window_width = _first_float(ds.get("WindowWidth")) if describe else None
     voi: tuple[float, float] | None = None
     if window_center is not None and window_width is not None and window_width > 0:
         voi = (window_center, window_width)
