@@ -15,7 +15,9 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-from nibabel.nicom import dicomwrappers
+with warnings.catch_warnings():  # nibabel calls its DICOM wrappers experimental; the
+    warnings.simplefilter("ignore")  # per-slice geometry used here is the basic part
+    from nibabel.nicom import dicomwrappers
 
 from medmm.io.volume import LPS_TO_RAS, read_dicom_series, read_nifti, write_dicom_series
 
