@@ -9,7 +9,7 @@ DEMO := data/demo
 export HF_HUB_OFFLINE := 1
 export MEDMM_IU_REPORTS := $(abspath $(IU_WHEEL))
 
-.PHONY: venv data-cache demo demo-cohort test test-fast mlflow benchmark clean
+.PHONY: venv data-cache demo demo-cohort test test-fast mlflow benchmark clean invesalius-ct
 
 venv: $(STAMP)
 
@@ -37,10 +37,10 @@ $(DEMO)/manifest.parquet: | $(STAMP) $(IU_WHEEL)
 demo: venv data-cache demo-cohort
 	$(PY) -m medmm.pipelines.pretrain --config configs/pretrain/default.yaml
 
-test: venv data-cache
+test: venv data-cache invesalius-ct
 	$(PY) -m pytest -q
 
-test-fast: venv data-cache
+test-fast: venv data-cache invesalius-ct
 	$(PY) -m pytest -q -m "not slow"
 
 benchmark: venv data-cache demo-cohort
@@ -51,3 +51,18 @@ mlflow: venv
 
 clean:
 	rm -rf runs mlruns mlartifacts lightning_logs .pytest_cache
+
+# A real head CT (Debian's invesalius-examples, GPL-2 data) for the reader tests, fetched
+# at set-up with apt-get download (never at run time). Where apt-get cannot fetch it the
+# target only warns, and the tests that need it skip saying why.
+INVESALIUS_CT := data/cache/Cranium.inv3
+
+invesalius-ct:
+	@if [ -f $(INVESALIUS_CT) ]; then exit 0; fi; \
+	tmp=$$(mktemp -d) && mkdir -p data/cache && \
+	if (cd $$tmp && apt-get download -q invesalius-examples >/dev/null) && \
+	   dpkg -x $$tmp/invesalius-examples_*.deb $$tmp/x && \
+	   cp $$tmp/x/usr/share/doc/invesalius-examples/examples/Cranium.inv3 $(INVESALIUS_CT); \
+	then echo "fetched $(INVESALIUS_CT)"; \
+	else echo "WARNING: could not fetch invesalius-examples with apt-get; the real-CT tests will skip"; fi; \
+	rm -rf $$tmp

@@ -35,12 +35,14 @@ from typing import Any
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
     "CR_SOP_CLASS_UID",
     "DX_SOP_CLASS_UID",
     "METADATA_KEYS",
     "DicomImage",
+    "image_from_dataset",
     "read_dicom",
     "write_cxr_dicom",
 ]
@@ -204,8 +206,6 @@ def _check_pixel_length(ds: Any, path: str, keyword: str, transfer_syntax: Any) 
     *bits (rounded up to whole bytes). A surplus is tolerated only as the single byte
     that pads an odd length to even, or when it is all zero bytes (trailing padding,
     which pydicom also accepts); anything else means the header is wrong."""
-    if keyword == "PixelData" and transfer_syntax is not None and transfer_syntax.is_encapsulated:
-        return  # compressed: the decoder checks the frames
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel") or 1)
@@ -215,6 +215,10 @@ def _check_pixel_length(ds: Any, path: str, keyword: str, transfer_syntax: Any) 
     if rows <= 0 or cols <= 0:
         raise InconsistentDataError(path, f"Rows x Columns is {rows} x {cols}")
     frames = _frames(ds)
+    # before any decoding: a compressed file's header alone decides the allocation
+    check_declared_size(path, (frames, rows, cols, samples), 8, "pixel header (frames, rows, columns, samples)")
+    if keyword == "PixelData" and transfer_syntax is not None and transfer_syntax.is_encapsulated:
+        return  # compressed: the decoder checks the frames
     if str(ds.get("PhotometricInterpretation", "")).upper() == "YBR_FULL_422":
         samples = 2  # chroma sub-sampled: 2 values per pixel on average
     n_bits = rows * cols * frames * samples * bits
@@ -251,6 +255,7 @@ def _monochrome1_reflection(ds: Any, apply_modality_lut: Any) -> float:
     return float(mapped.min() + mapped.max())
 
 
+@reader_boundary("DICOM image")
 def read_dicom(path: str | Path) -> DicomImage:
     """Read one DICOM image file (single- or multi-frame) into a :class:`DicomImage`.
 
@@ -264,7 +269,6 @@ def read_dicom(path: str | Path) -> DicomImage:
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     where = str(path)
     try:
@@ -276,6 +280,16 @@ def read_dicom(path: str | Path) -> DicomImage:
     except Exception as exc:  # noqa: BLE001 - any parser failure (EOFError, struct.error,
         # ValueError, ...) means a damaged file; report it as ours, naming the file
         raise CorruptFileError(where, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from exc
+    return image_from_dataset(ds, where)
+
+
+@reader_boundary("DICOM image", source_arg=1)
+def image_from_dataset(ds: Any, where: str, *, describe: bool = True) -> DicomImage:
+    """:func:`read_dicom` on a dataset already read by pydicom (``where`` names its file
+    in messages): lets the series reader parse each slice once, not twice. With
+    ``describe=False`` only the pixels are filled (metadata empty, no spacing, no window):
+    what a series needs per slice, at a third less time."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
 
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
@@ -294,10 +308,12 @@ def read_dicom(path: str | Path) -> DicomImage:
     rows, cols = int(ds.Rows), int(ds.Columns)
     colour = photometric in _COLOUR
     try:
+        # colour values are at most 16-bit integers: float32 holds them exactly, and
+        # skipping a float64 copy halves the memory of big multi-frame colour files
         if photometric == "PALETTE COLOR":
-            arr = np.asarray(apply_color_lut(raw, ds), dtype=np.float64)
+            arr = np.asarray(apply_color_lut(raw, ds), dtype=np.float32)
         elif colour:
-            arr = np.asarray(raw, dtype=np.float64)  # pydicom converts YBR -> RGB
+            arr = np.asarray(raw, dtype=np.float32)  # pydicom converts YBR -> RGB
         else:
             arr = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
@@ -306,11 +322,9 @@ def read_dicom(path: str | Path) -> DicomImage:
     expected_shape = ((frames,) if frames > 1 else ()) + (rows, cols) + ((3,) if colour else ())
     if arr.shape != expected_shape:
         raise InconsistentDataError(where, f"decoded pixel array has shape {arr.shape}, header implies {expected_shape}")
-    if not colour and not np.all(np.isfinite(arr)):
-        raise InconsistentDataError(where, "pixel data holds NaN or infinite values")
 
-    window_center = _first_float(ds.get("WindowCenter"))
-    window_width = _first_float(ds.get("WindowWidth"))
+    window_center = _first_float(ds.get("WindowCenter")) if describe else None
+    window_width = _first_float(ds.get("WindowWidth")) if describe else None
     voi: tuple[float, float] | None = None
     if window_center is not None and window_width is not None and window_width > 0:
         voi = (window_center, window_width)
@@ -324,7 +338,7 @@ def read_dicom(path: str | Path) -> DicomImage:
             voi = (total - voi[0], voi[1])
 
     metadata: dict[str, Any] = {}
-    for key in METADATA_KEYS:
+    for key in METADATA_KEYS if describe else ():
         if key == "TransferSyntaxUID":
             metadata[key] = None if transfer_syntax is None else str(transfer_syntax)
         elif key == "NumberOfFrames":
@@ -332,10 +346,18 @@ def read_dicom(path: str | Path) -> DicomImage:
         else:
             metadata[key] = _plain(ds.get(key))
 
-    pixels = np.ascontiguousarray(arr, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        pixels = np.ascontiguousarray(arr, dtype=np.float32)
+    # checked on the float32 result: a damaged rescale (e.g. intercept -1e308) is finite in
+    # float64 and infinite once stored
+    if not np.all(np.isfinite(pixels)):
+        raise InconsistentDataError(
+            where, "pixel values are NaN or infinite, or overflow float32, after the Modality LUT "
+            "(check RescaleSlope / RescaleIntercept)"
+        )
     return DicomImage(
         pixels=pixels,
-        spacing_mm=_spacing(ds),
+        spacing_mm=_spacing(ds) if describe else None,
         photometric=photometric,
         modality=str(ds.get("Modality", "") or ""),
         metadata=metadata,

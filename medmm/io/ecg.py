@@ -27,6 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
     "STANDARD_LEADS",
@@ -216,6 +217,46 @@ def write_wfdb(
     return write_dir / f"{name}.hea"
 
 
+_RECORD_LINE = re.compile(r"^(\S+)\s+(\d+)(?:\s+(\S+)(?:\s+(\d+))?)?")
+_FORMAT_FIELD = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
+
+
+def _light_layout(hea: Path) -> dict | None:
+    """n_sig, sig_len and each signal's file / format / samples per frame / byte offset
+    from a plain single-segment header (PhysioNet's header(5) format); None for anything
+    else (multi-segment, odd syntax), which is then left to wfdb.rdheader."""
+    try:
+        text = hea.read_text(encoding="latin-1")
+    except OSError:
+        return None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        return None
+    m = _RECORD_LINE.match(lines[0])
+    if m is None or "/" in m.group(1):
+        return None
+    n_sig = int(m.group(2))
+    if len(lines) < 1 + n_sig:
+        return None
+    fs = None  # absent: the format's default (250 Hz), as wfdb reads it
+    if m.group(3) is not None:
+        fs = _positive_rate(m.group(3).split("/")[0].split("(")[0])
+        if fs is None:  # wfdb would silently fall back to 250 Hz here
+            return {"bad_fs": m.group(3)}
+    layout: dict = {"n_sig": n_sig, "sig_len": None if m.group(4) is None else int(m.group(4)), "fs": fs,
+                    "file_name": [], "fmt": [], "spf": [], "offset": []}
+    for line in lines[1:1 + n_sig]:
+        tokens = line.split()
+        f = _FORMAT_FIELD.match(tokens[1]) if len(tokens) > 1 else None
+        if f is None:
+            return None
+        layout["file_name"].append(tokens[0])
+        layout["fmt"].append(f.group(1))
+        layout["spf"].append(int(f.group(2) or 1))
+        layout["offset"].append(int(f.group(4) or 0))
+    return layout
+
+
 def _wfdb_record_base(path: str | os.PathLike) -> Path:
     p = Path(path)
     if p.suffix == ".hea":
@@ -225,6 +266,7 @@ def _wfdb_record_base(path: str | os.PathLike) -> Path:
     return p
 
 
+@reader_boundary("WFDB record")
 def read_wfdb(
     path: str | os.PathLike, *, to_millivolts: bool = True, allow_nan: bool = False
 ) -> ECGRecord:
@@ -242,33 +284,48 @@ def read_wfdb(
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         raise CorruptFileError(hea, "WFDB header file not found")
-    try:
-        header = wfdb.rdheader(str(base))
-    except Exception as exc:  # wfdb raises HeaderSyntaxError, IndexError, ValueError ...
-        raise CorruptFileError(hea, f"not a valid WFDB header ({type(exc).__name__}: {exc})") from exc
-    if getattr(header, "n_seg", None) is not None:
-        raise CorruptFileError(hea, "multi-segment WFDB records are not supported")
-    n_sig = int(header.n_sig or 0)
+    # wfdb parses a header slowly (pandas lookups), and rdrecord parses it again: the
+    # checks below read the layout from a light parse, wfdb.rdheader only when that fails
+    layout = _light_layout(hea)
+    if layout is None:
+        try:
+            header = wfdb.rdheader(str(base))
+        except Exception as exc:  # wfdb raises HeaderSyntaxError, IndexError, ValueError ...
+            raise CorruptFileError(hea, f"not a valid WFDB header ({type(exc).__name__}: {exc})") from exc
+        if getattr(header, "n_seg", None) is not None:
+            raise CorruptFileError(hea, "multi-segment WFDB records are not supported")
+        n_sig = int(header.n_sig or 0)
+        layout = {
+            "n_sig": n_sig,
+            "sig_len": header.sig_len,
+            "file_name": list(header.file_name or []),
+            "fmt": [str(f) for f in (header.fmt or [])],
+            "spf": [int(x or 1) for x in (header.samps_per_frame or [1] * n_sig)],
+            "offset": [int(b or 0) for b in (header.byte_offset or [0] * n_sig)],
+        }
+    if "bad_fs" in layout:
+        raise InconsistentDataError(hea, f"WFDB header's sampling frequency {layout['bad_fs']!r} is not a positive number")
+    n_sig = int(layout["n_sig"])
     if n_sig == 0:
         raise InconsistentDataError(hea, "WFDB header declares zero leads")
-    sig_len = header.sig_len
+    sig_len = layout["sig_len"]
     if sig_len is None:
         raise InconsistentDataError(hea, "WFDB header gives no signal length")
     sig_len = int(sig_len)
     if sig_len == 0:
         raise InconsistentDataError(hea, "WFDB header declares zero samples")
+    check_declared_size(hea, (n_sig, sig_len), 8, "WFDB header (leads, samples)")
 
     # Data files: existence and size against the header.
-    spf = [int(s or 1) for s in (header.samps_per_frame or [1] * n_sig)]
-    offsets = [int(b or 0) for b in (header.byte_offset or [0] * n_sig)]
+    spf, offsets = layout["spf"], layout["offset"]
     per_file: dict[str, list[int]] = {}
-    for ch, fname in enumerate(header.file_name):
+    for ch, fname in enumerate(layout["file_name"]):
         per_file.setdefault(fname, []).append(ch)
     for fname, chans in per_file.items():
         dat = hea.parent / fname
         if not dat.is_file():
             raise CorruptFileError(dat, f"data file named by WFDB header {hea.name} not found")
-        fmt = str(header.fmt[chans[0]])
+        fmt = str(layout["fmt"][chans[0]])
         bps = _WFDB_BYTES_PER_SAMPLE.get(fmt)
         if bps is None:
             continue  # compressed / unusual format: rely on the length check below
@@ -295,13 +352,19 @@ def read_wfdb(
         raise InconsistentDataError(
             hea, f"read {sig.shape[0]} samples x {sig.shape[1]} leads, header says {sig_len} x {n_sig}"
         )
-    signal = np.ascontiguousarray(sig.T, dtype=np.float64)
+    signal = sig.T  # a view: _finish writes the float32 result in one pass
     names = tuple(normalize_lead_name(n) for n in rec.sig_name)
     units = tuple(str(u) if u else "NU" for u in (rec.units or ["NU"] * n_sig))
-    return _finish(signal, float(rec.fs), names, units, hea, to_millivolts, allow_nan)
+    fs = _positive_rate(rec.fs)
+    if fs is None:
+        raise InconsistentDataError(hea, f"WFDB header gives no valid sampling frequency ({rec.fs!r})")
+    if layout.get("fs") is not None and not np.isclose(fs, layout["fs"]):
+        raise InconsistentDataError(hea, f"WFDB header's sampling frequency is ambiguous ({layout['fs']} or {fs})")
+    return _finish(signal, fs, names, units, hea, to_millivolts, allow_nan)
 
 
 # -------------------------------------------------------------------------- DICOM
+@reader_boundary("DICOM waveform")
 def read_dicom_ecg(
     path: str | os.PathLike,
     *,
@@ -348,8 +411,8 @@ def read_dicom_ecg(
     n_ch = int(item.get("NumberOfWaveformChannels", 0) or 0)
     if n_ch == 0:
         raise InconsistentDataError(p, f"multiplex group {index} has zero channels")
-    fs = item.get("SamplingFrequency")
-    if fs is None or not float(fs) > 0:
+    fs = _positive_rate(item.get("SamplingFrequency"))
+    if fs is None:
         raise InconsistentDataError(p, f"multiplex group {index} has no valid Sampling Frequency")
     chdefs = item.get("ChannelDefinitionSequence")
     if chdefs is None or len(chdefs) != n_ch:
@@ -360,6 +423,8 @@ def read_dicom_ecg(
     n_samp = int(item.get("NumberOfWaveformSamples", 0) or 0)
     bits = int(item.get("WaveformBitsAllocated", 0) or 0)
     data = item.get("WaveformData")
+    if n_samp > 0:
+        check_declared_size(p, (n_samp, n_ch), 8, f"multiplex group {index} (samples, channels)")
     need = n_samp * n_ch * (bits // 8)
     if data is None or len(data) < need or n_samp == 0:
         raise InconsistentDataError(
@@ -380,7 +445,7 @@ def read_dicom_ecg(
         unit = str(useq[0].get("CodeValue", "")) if useq else ""
         units.append(unit or "NU")
     signal = np.ascontiguousarray(np.asarray(arr, dtype=np.float64).T)
-    return _finish(signal, float(fs), tuple(names), tuple(units), p, to_millivolts, allow_nan)
+    return _finish(signal, fs, tuple(names), tuple(units), p, to_millivolts, allow_nan)
 
 
 # ------------------------------------------------------------------------ dispatch
@@ -417,6 +482,15 @@ def _has_dicom_preamble(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _positive_rate(value) -> float | None:
+    """A sampling frequency as a positive finite float, else None (missing or damaged)."""
+    try:
+        fs = float(value)
+    except (TypeError, ValueError):
+        return None
+    return fs if np.isfinite(fs) and fs > 0 else None
+
+
 def _finish(
     signal: np.ndarray,
     fs: float,
@@ -430,27 +504,31 @@ def _finish(
         raise InconsistentDataError(path, "record has zero leads")
     if signal.shape[1] == 0:
         raise InconsistentDataError(path, "record has zero samples")
-    n_nan = int(np.isnan(signal).sum())
-    if n_nan and not allow_nan:
-        bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
-        raise InconsistentDataError(
-            path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
-        )
-    if np.isinf(signal).any():
-        raise InconsistentDataError(path, "signal has infinite values")
+    if not np.isfinite(signal).all():  # one pass when clean; diagnose only when not
+        n_nan = int(np.isnan(signal).sum())
+        if n_nan and not allow_nan:
+            bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
+            raise InconsistentDataError(
+                path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
+            )
+        if np.isinf(signal).any():
+            raise InconsistentDataError(path, "signal has infinite values")
+    factors = np.ones(len(names))
     if to_millivolts:
-        factors = []
-        for name, unit in zip(names, units):
+        for i, (name, unit) in enumerate(zip(names, units)):
             f = _TO_MV.get(unit.strip().lower())
             if f is None:
                 raise InconsistentDataError(
                     path, f"lead {name!r} is in unit {unit!r}, not a voltage: "
                     "cannot convert to mV (read with to_millivolts=False)"
                 )
-            factors.append(f)
-        signal = signal * np.asarray(factors)[:, None]
+            factors[i] = f
         units = ("mV",) * len(names)
-    return ECGRecord(signal.astype(np.float32), fs, names, units, str(path))
+    # scale and cast in one pass; handed over read-only so ECGRecord need not copy it
+    out = np.empty(signal.shape, dtype=np.float32)
+    np.multiply(signal, factors[:, None], out=out, casting="same_kind")
+    out.flags.writeable = False
+    return ECGRecord(out, fs, names, units, str(path))
 
 
 # --------------------------------------------------------------- record-level ops

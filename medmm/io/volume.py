@@ -38,8 +38,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from medmm.io.dicom import read_dicom
+from medmm.io.dicom import image_from_dataset
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
     "CT_SOP_CLASS_UID",
@@ -103,6 +104,37 @@ class Volume:
 # --------------------------------------------------------------------------- DICOM read
 
 
+_SPACING_RANGE_MM = (1e-6, 1e6)  # a nanometre to a kilometre: anything else is a damaged header
+
+
+def _check_affine(where: str, affine: np.ndarray) -> None:
+    """An affine a volume can carry: finite, invertible (determinant not negligible
+    against the product of the column lengths, i.e. the axes are not nearly parallel),
+    and voxel sizes in a physical range (a flipped byte can make a spacing 1e-28 mm,
+    which is invertible on paper and meaningless)."""
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InconsistentDataError(where, "affine is missing or not finite")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    det = float(np.linalg.det(affine[:3, :3]))
+    scale = float(np.prod(spacing))
+    if scale == 0.0 or not np.isfinite(det) or abs(det) < 1e-6 * scale:
+        raise InconsistentDataError(where, f"affine is not invertible (determinant {det:.3g}): {affine.tolist()}")
+    lo, hi = _SPACING_RANGE_MM
+    if spacing.min() < lo or spacing.max() > hi:
+        raise InconsistentDataError(
+            where, f"voxel size {spacing.tolist()} mm is outside [{lo:g}, {hi:g}] mm: the geometry header is damaged"
+        )
+
+
+def _first_number(value: Any) -> float | None:
+    """A positive finite number from a DICOM value, else None (missing or damaged)."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) and x > 0 else None
+
+
 def _floats(ds: Any, keyword: str, n: int, where: str) -> np.ndarray:
     value = ds.get(keyword)
     try:
@@ -130,6 +162,7 @@ def _list_files(paths_or_dir: str | Path | Iterable[str | Path]) -> tuple[str, l
     return where, files, False
 
 
+@reader_boundary("DICOM series")
 def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume:
     """Assemble one DICOM series (a folder, or a list of files) into a :class:`Volume`.
 
@@ -153,7 +186,8 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     slices: list[tuple[Path, Any]] = []
     for f in files:
         try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+            # one parse per slice, pixels included (decoded later from this dataset)
+            ds = pydicom.dcmread(str(f))
         except InvalidDicomError as exc:
             if from_folder:
                 continue  # a stray non-DICOM file in the folder
@@ -186,7 +220,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
         if frames > 1:
             raise MedmmInputError(f, f"multi-frame file ({frames} frames) in a slice series is not supported")
         iop = _floats(ds, "ImageOrientationPatient", 6, str(f))
-        if not np.allclose(iop, iop0, atol=_ORIENTATION_ATOL):
+        if np.abs(iop - iop0).max() > _ORIENTATION_ATOL:  # (np.allclose is slow on 6 numbers)
             raise InconsistentDataError(
                 where, f"mixed orientations: {f.name} has ImageOrientationPatient {iop.tolist()}, "
                 f"{f0.name} has {iop0.tolist()}"
@@ -195,7 +229,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
         if size != size0:
             raise InconsistentDataError(where, f"mismatched Rows/Columns: {f.name} is {size}, {f0.name} is {size0}")
         sp = _floats(ds, "PixelSpacing", 2, str(f))
-        if not np.allclose(sp, spacing0, rtol=1e-4):
+        if np.abs(sp - spacing0).max() > 1e-4 * np.abs(spacing0).max():
             raise InconsistentDataError(
                 where, f"mismatched PixelSpacing: {f.name} has {sp.tolist()}, {f0.name} has {spacing0.tolist()}"
             )
@@ -253,20 +287,22 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
                 where, f"slice {names[a]} lies {off_line[a]:.4f} mm off the straight line through the slice positions"
             )
     else:
-        thickness = ds0.get("SpacingBetweenSlices") or ds0.get("SliceThickness") or 1.0
-        step = normal * float(thickness)
+        thickness = _first_number(ds0.get("SpacingBetweenSlices")) or _first_number(ds0.get("SliceThickness")) or 1.0
+        step = normal * thickness
 
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_cos * spacing0[1]
     affine_lps[:3, 1] = col_cos * spacing0[0]
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = pos[0]
+    _check_affine(where, affine_lps)
 
     rows, cols = size0
+    check_declared_size(where, (cols, rows, n), 4, "series (columns, rows, slices)")
     array = np.empty((cols, rows, n), dtype=np.float32)
     for k, o in enumerate(order):
         f = slices[o][0]
-        pixels = read_dicom(f).pixels
+        pixels = image_from_dataset(slices[o][1], str(f), describe=False).pixels
         if pixels.shape != (rows, cols):
             raise InconsistentDataError(f, f"pixel array has shape {pixels.shape}, expected {(rows, cols)}")
         array[:, :, k] = pixels.T
@@ -284,6 +320,7 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
 # --------------------------------------------------------------------------- NIfTI read
 
 
+@reader_boundary("NIfTI")
 def read_nifti(path: str | Path) -> Volume:
     """Read a NIfTI-1/2 file (``.nii`` or ``.nii.gz``) with nibabel into a :class:`Volume`.
 
@@ -311,6 +348,17 @@ def read_nifti(path: str | Path) -> Volume:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise MedmmInputError(where, f"expected a 3-D image, got shape {shape}")
+    check_declared_size(where, shape[:3], 4, "NIfTI header (dim)")
+    header = img.header
+    try:
+        need = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+    except (TypeError, ValueError) as exc:
+        raise CorruptFileError(where, f"NIfTI header has an invalid data type or offset ({exc})") from exc
+    if not where.endswith(".gz") and Path(where).stat().st_size < need:
+        raise InconsistentDataError(
+            where, f"header declares {shape} voxels of {header.get_data_dtype()} ending at byte {need}, "
+            f"the file holds {Path(where).stat().st_size} bytes (truncated, or a wrong header)"
+        )
     try:
         data = img.get_fdata(dtype=np.float32)
     except Exception as exc:  # noqa: BLE001 - EOFError / ValueError on truncated data
@@ -319,15 +367,27 @@ def read_nifti(path: str | Path) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InconsistentDataError(where, "affine is missing or not finite")
-    det = float(np.linalg.det(affine[:3, :3]))
-    scale = float(np.prod(np.linalg.norm(affine[:3, :3], axis=0)))
-    if scale == 0.0 or abs(det) < 1e-6 * scale or not np.isfinite(det):
-        raise InconsistentDataError(where, f"affine is not invertible (determinant {det:.3g}): {affine.tolist()}")
-    if not np.all(np.isfinite(data)):
+    _check_affine(where, affine)
+    if not _finite_by_construction(header) and not np.all(np.isfinite(data)):
         raise InconsistentDataError(where, "image holds NaN or infinite voxels")
     version = 2 if isinstance(img, nib.Nifti2Image) else 1
     metadata = {"source": "nifti", "modality": "", "n_slices": shape[2], "nifti_version": version}
     return Volume(array=data, affine=affine, path=where, metadata=metadata)
+
+
+def _finite_by_construction(header: Any) -> bool:
+    """Integer voxels scaled by a finite slope / intercept that cannot leave float32's
+    range are finite without looking at them (skips a pass over the whole volume)."""
+    dtype = header.get_data_dtype()
+    if dtype.kind not in "iub":
+        return False
+    slope, inter = header.get_slope_inter()
+    slope = 1.0 if slope is None else float(slope)
+    inter = 0.0 if inter is None else float(inter)
+    if not (np.isfinite(slope) and np.isfinite(inter)):
+        return False
+    biggest = float(max(abs(np.iinfo(dtype).min), np.iinfo(dtype).max)) if dtype.kind != "b" else 1.0
+    return biggest * abs(slope) + abs(inter) < 1e38
 
 
 # --------------------------------------------------------------------------- DICOM write
