@@ -87,7 +87,8 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     from medmm.metrics.survival import (bootstrap_ci, evaluation_times, kaplan_meier_figure, risk_groups,
                                         structured, survival_scores)
     from medmm.tasks.survival import fit_predict_baseline, fit_predict_torch, make_split
-    from medmm.tracking.run_context import MLFLOW_PARAM_MAX, default_tracking_uri, git_state, log_json_artifact
+    from medmm.tracking.run_context import (MLFLOW_PARAM_MAX, default_tracking_uri, git_state, log_json_artifact,
+                                            pseudonym)
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -111,8 +112,11 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
         client.log_metric(run_id, f"data.n_{name}", len(rows))
         client.log_metric(run_id, f"data.n_{name}_events", int(data.event[rows].sum()))
     client.log_metric(run_id, "data.n_skipped", len(data.skipped))
-    client.log_text(run_id, json.dumps([{"file": Path(s["path"]).name, "problem": s["problem"]}
-                                        for s in data.skipped], indent=2), "run/skipped_files.json")
+    # Slide names of real cohorts embed patient barcodes: log a keyed hash, never the name.
+    client.log_text(run_id, json.dumps([{"study": pseudonym(s["study_id"], data.content_hash),
+                                         "suffix": Path(s["path"]).suffix, "problem": s["problem"].replace(
+                                             s["path"], "<file>")} for s in data.skipped], indent=2),
+                    "run/skipped_files.json")
     from medmm.config.core import to_yaml
 
     client.log_text(run_id, to_yaml(cfg), "run/config.yaml")

@@ -58,6 +58,9 @@ def test_pathology_cmta_run_skips_a_corrupt_slide(tiny_pathology_cohort, tmp_pat
     outcome = run(cfg)
     r = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id)
     assert r.data.metrics["data.n_skipped"] == 1
+    client = MlflowClient(outcome.tracking_uri)
+    skipped = open(_artifact(client, outcome.run_id, "run/skipped_files.json", tmp_path)).read()
+    assert victim.stem not in skipped and "DEMO-" not in skipped and json.loads(skipped)[0]["suffix"] == ".tiff"
     assert r.data.metrics["data.n_train"] + r.data.metrics["data.n_val"] + r.data.metrics["data.n_test"] == 23
     for name in ("cmta", "genomics", "coxnet"):
         assert 0.0 <= r.data.metrics[f"test.{name}.harrell_c"] <= 1.0
