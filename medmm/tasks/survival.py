@@ -134,8 +134,7 @@ def fit_predict_torch(name: str, data: SurvivalData, split: Split, cfg: Survival
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     t = cfg.train
-    inputs = _Inputs(data, split.train, t.batch_size)
-    inputs.bag_size = cfg.data.bag_size
+    inputs = _Inputs(data, split.train, cfg.data.bag_size)
     model = build_torch_model(name, cfg, data)
     edges = quantile_bins(data.time[split.train], data.event[split.train], t.n_bins)
     time_t = torch.tensor(data.time, dtype=torch.float32)
@@ -168,7 +167,8 @@ def fit_predict_torch(name: str, data: SurvivalData, split: Split, cfg: Survival
             waited += 1
             if waited >= t.patience:
                 break
-    model.load_state_dict(best_state)
+    if best_state is not None:  # else the validation loss was never finite: keep the last weights
+        model.load_state_dict(best_state)
     model.eval()
     train_all = split.train_all
     with torch.no_grad():
