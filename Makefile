@@ -66,3 +66,24 @@ invesalius-ct:
 	then echo "fetched $(INVESALIUS_CT)"; \
 	else echo "WARNING: could not fetch invesalius-examples with apt-get; the real-CT tests will skip"; fi; \
 	rm -rf $$tmp
+# The real H&E tile of the pathology demo cohort ships inside the tiatoolbox wheel; like the
+# IU reports it is fetched from the package registry at set-up and read out of the zip.
+HE_WHEEL := data/cache/tiatoolbox-2.1.3-py3-none-any.whl
+DEMO_PATHOLOGY := data/demo_pathology
+export MEDMM_HE_WHEEL := $(abspath $(HE_WHEEL))
+
+data-cache: $(HE_WHEEL)
+
+$(HE_WHEEL): | $(STAMP)
+	mkdir -p data/cache
+	$(PY) -m pip download -q --no-deps tiatoolbox==2.1.3 -d data/cache
+
+.PHONY: demo-pathology survival
+demo-pathology: $(DEMO_PATHOLOGY)/manifest.parquet
+
+$(DEMO_PATHOLOGY)/manifest.parquet: | $(STAMP) $(HE_WHEEL)
+	$(PY) -m medmm.pipelines.make_demo_pathology --out $(DEMO_PATHOLOGY)
+
+survival: venv data-cache demo-pathology
+	$(PY) -m medmm.pipelines.survival --config configs/survival/breast_cancer.yaml
+	$(PY) -m medmm.pipelines.survival --config configs/survival/demo_pathology.yaml
