@@ -54,8 +54,10 @@ def per_class_scores(pred: np.ndarray, label: np.ndarray, classes: list[int], sp
             yp = torch.from_numpy(p)[None, None].float()
             yg = torch.from_numpy(g)[None, None].float()
             dice = float(compute_dice(yp, yg, include_background=True)[0, 0])
-            hd = float(compute_hausdorff_distance(yp, yg, include_background=True, percentile=95,
-                                                  spacing=[float(s) for s in spacing])[0, 0])
+            with warnings.catch_warnings():  # a deprecation notice MONAI raises from inside itself
+                warnings.simplefilter("ignore", FutureWarning)
+                hd = float(compute_hausdorff_distance(yp, yg, include_background=True, percentile=95,
+                                                      spacing=[float(s) for s in spacing])[0, 0])
             out[c] = {"dice": dice, "hd95": hd, "status": "scored"}
         elif has_g:
             out[c] = {"dice": 0.0, "hd95": diagonal, "status": "missed"}

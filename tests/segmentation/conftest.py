@@ -24,3 +24,15 @@ def tiny_volume_cohort(tmp_path_factory) -> Path:
 def seg_overrides(cohort: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [f"data.root={cohort}", f"output_dir={tmp_path / 'runs'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_volume_cohort, tmp_path_factory):
+    """One tiny tracked run (both variants, 4 steps): (SegmentOutcome, its folder)."""
+    from medmm.config.core import build_config
+    from medmm.config.segment import SegmentConfig
+    from medmm.pipelines.segment import train
+
+    tmp = tmp_path_factory.mktemp("segrun")
+    cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(tiny_volume_cohort, tmp))
+    return train(cfg), tmp
