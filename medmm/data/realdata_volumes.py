@@ -11,7 +11,7 @@
 
 Each volume is reduced to CPU scale (block mean of the image, block majority of the
 labels) and cut along the slice axis into slabs; every third slab is a test case, the
-rest train. No voxel is in two slabs, so training and testing never see the same voxels
+rest train (a slab with no signal at all is left out). No voxel is in two slabs, so training and testing never see the same voxels
 (they are, however, of one person each: read the figures as within-subject).
 
 Geometry of the CT: the InVesalius matrix is ``[slice, row, column]`` of an axial
@@ -165,6 +165,8 @@ def write_real_volume_cohort(out: str | Path, *, invesalius_root: str | Path | N
         labels = _block_reduce(labels, factors, labels=True)
         affine = _scaled_affine(affine, factors)
         for s, (a, b) in enumerate(slabs(image.shape[2], n_slabs)):
+            if np.ptp(image[:, :, a:b]) == 0:
+                continue  # a slab of empty field of view (the MNI box above the head) is no case
             case = f"{modality}-slab{s}"
             slab_affine = affine.copy()
             slab_affine[:3, 3] = affine[:3, :3] @ np.array([0.0, 0.0, a]) + affine[:3, 3]

@@ -46,18 +46,22 @@ class VolumeCohort:
 
 
 def normalise_intensity(array: np.ndarray, modality: str, data_cfg) -> np.ndarray:
-    """CT: the HU window -> [0, 1] (clipped); MR: the given percentiles -> [0, 1] (clipped)."""
-    from monai.transforms import ScaleIntensityRange, ScaleIntensityRangePercentiles
+    """CT: the HU window -> [0, 1] (clipped); MR: the given percentiles -> [0, 1] (clipped).
+    An MR volume without contrast between those percentiles becomes all zeros (MONAI would
+    divide by zero)."""
+    from monai.transforms import ScaleIntensityRange
 
+    array = np.asarray(array, dtype=np.float32)
     if modality == "ct":
         lo, hi = data_cfg.ct_window
-        t = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
     elif modality == "mr":
-        lo, hi = data_cfg.mr_percentiles
-        t = ScaleIntensityRangePercentiles(lower=lo, upper=hi, b_min=0.0, b_max=1.0, clip=True)
+        lo, hi = (float(v) for v in np.percentile(array, data_cfg.mr_percentiles))
+        if hi <= lo:
+            return np.zeros_like(array)
     else:
         raise ValueError(f"unknown modality {modality!r}")
-    return np.asarray(t(np.asarray(array, dtype=np.float32)), dtype=np.float32)
+    t = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(t(array), dtype=np.float32)
 
 
 def read_input_volume(path: str | Path):

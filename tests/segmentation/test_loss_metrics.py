@@ -91,3 +91,16 @@ def test_policy_for_missed_false_positive_and_absent_classes():
     assert summary["dice"] == pytest.approx(0.4)
     assert summary["hd95"] == pytest.approx((2.0 + diagonal) / 2)
     assert (summary["n_cases"], summary["n_missed"]) == (2, 1)
+
+
+def test_intensity_normalisation_matches_its_definition():
+    from medmm.config.segment import SegDataConfig
+    from medmm.data.segmentation import normalise_intensity
+
+    cfg = SegDataConfig()
+    hu = np.array([[[-1000.0, -175.0, 37.5, 250.0, 900.0]]])
+    np.testing.assert_allclose(normalise_intensity(hu, "ct", cfg), [[[0.0, 0.0, 0.5, 1.0, 1.0]]], atol=1e-6)
+    mr = np.random.default_rng(0).gamma(2.0, 100.0, (8, 8, 8))
+    lo, hi = np.percentile(mr, [0.5, 99.5])
+    np.testing.assert_allclose(normalise_intensity(mr, "mr", cfg), np.clip((mr - lo) / (hi - lo), 0, 1), atol=1e-5)
+    assert not normalise_intensity(np.zeros((4, 4, 4)), "mr", cfg).any()  # no contrast: zeros, no NaN

@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REPO
 from medmm.data.realdata_volumes import (RealDataMissing, find_cranium, load_invesalius_head_ct, load_mni152_t1,
                                          slab_split, slabs)
 
 
 def invesalius_root() -> Path:
-    root = os.environ.get("MEDMM_INVESALIUS")
+    # the variable, else a copy that a set-up step extracted under data/cache
+    cached = sorted((REPO / "data/cache").glob("invesalius*"))
+    root = os.environ.get("MEDMM_INVESALIUS") or (str(cached[0]) if cached else None)
     if not root:
         pytest.skip("MEDMM_INVESALIUS not set: apt-get download invesalius-examples; dpkg -x it; point the "
                     "variable at that folder")
