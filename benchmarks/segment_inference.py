@@ -34,7 +34,7 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def measure_one(config: str, size: int, variant: str, threads: int | None) -> dict:
+def measure_one(config: str, size: int, variant: str, threads: int | None, overrides: list[str]) -> dict:
     import numpy as np
     import torch
     from monai.data.utils import dense_patch_slices
@@ -46,7 +46,7 @@ def measure_one(config: str, size: int, variant: str, threads: int | None) -> di
 
     if threads:
         torch.set_num_threads(threads)
-    cfg = build_config(SegmentConfig, config)
+    cfg = build_config(SegmentConfig, config, overrides)
     classes = ["background", "liver", "kidney", "spleen", "spine"]
     torch.manual_seed(0)
     model = create_model(cfg.model.name, cfg.model, class_names=classes, conditioning=variant).eval()
@@ -74,13 +74,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default="benchmarks/results/segment_inference.json")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child process mode
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.sw_overlap=0")
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(measure_one(args.config, args.one, args.variant, args.threads)))
+        print(json.dumps(measure_one(args.config, args.one, args.variant, args.threads, args.overrides)))
         return
     rows = []
     for size in args.sizes:
-        cmd = [sys.executable, __file__, "--config", args.config, "--variant", args.variant, "--one", str(size)]
+        cmd = [sys.executable, __file__, "--config", args.config, "--variant", args.variant, "--one", str(size),
+               *args.overrides]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
@@ -89,13 +91,13 @@ def main() -> None:
         print(f"{size:4d}^3: {row['seconds']:7.1f} s, {row['windows']:5d} windows, "
               f"{row['voxels_per_s'] / 1e6:.2f} Mvox/s, peak RSS {row['peak_rss_mb']:.0f} MB "
               f"(+{row['peak_rise_mb']:.0f} MB during inference)", flush=True)
-    load = os.getloadavg()
-    result = {"benchmark": "segment sliding-window inference (CPU)", "config": args.config, "rows": rows,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "load_average_1_5_15": list(load)},
-              "note": "timings on a shared machine are inflated by contention: compare the growth, not the level"}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
+        row["load_average_1min"] = os.getloadavg()[0]
+        result = {"benchmark": "segment sliding-window inference (CPU)", "config": args.config,
+                  "overrides": args.overrides, "rows": rows,
+                  "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+                  "note": "timings on a shared machine are inflated by contention: compare the growth, not the level"}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2))  # after every size: a partial run keeps its rows
     print(f"written {args.out}")
 
 
