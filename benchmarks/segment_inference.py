@@ -75,7 +75,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/segment_inference.json")
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)  # child process mode
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. trainer.sw_overlap=0")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     if args.one is not None:
         print(json.dumps(measure_one(args.config, args.one, args.variant, args.threads, args.overrides)))
         return
