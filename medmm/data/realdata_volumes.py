@@ -49,7 +49,9 @@ def find_cranium(root: str | Path | None) -> Path:
         raise RealDataMissing(f"no invesalius-examples folder given; {hint}")
     root = Path(root)
     if root.is_file():
-        return root
+        if root.suffix == ".inv3":
+            return root
+        raise RealDataMissing(f"{root}: not a Cranium.inv3 file (a .deb must be extracted first); {hint}")
     for candidate in (root / CRANIUM, root / "examples/Cranium.inv3", root / "Cranium.inv3"):
         if candidate.is_file():
             return candidate

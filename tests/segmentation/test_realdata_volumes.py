@@ -32,6 +32,10 @@ def test_missing_package_is_reported_with_the_way_to_get_it(tmp_path):
         find_cranium(tmp_path)
     with pytest.raises(RealDataMissing):
         find_cranium(None)
+    deb = tmp_path / "invesalius-examples_3.1.99998-4_all.deb"
+    deb.write_bytes(b"!<arch>\n")
+    with pytest.raises(RealDataMissing, match="extracted first"):
+        find_cranium(deb)
 
 
 def test_slabs_are_disjoint_and_cover_the_volume():
