@@ -25,7 +25,7 @@ class SegModelConfig(StrictModel):
 
     @field_validator("feature_width")
     @classmethod
-    def _even(cls, v: int) -> int:
+    def _wide_enough(cls, v: int) -> int:
         if v < 2:
             raise ValueError("feature_width must be >= 2")
         return v

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -25,7 +25,6 @@ class VolumeCase:
     affine: np.ndarray
     spacing: tuple[float, float, float]
     source: str = ""
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass
