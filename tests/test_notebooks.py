@@ -12,8 +12,9 @@ from nbclient import NotebookClient
 from tests.conftest import REPO, TINY_CONFIG, tiny_overrides
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-# Notebooks that read another pipeline's runs are executed by their own tests.
-OWN_TESTS = {"survival.ipynb"}  # tests/survival/test_notebook.py
+# Notebooks that read another pipeline's runs are executed by that pipeline's tests.
+OWN_TESTS = {"survival.ipynb": "tests/survival/test_notebook.py",
+             "segmentation.ipynb": "tests/segmentation/test_notebook.py"}
 PRETRAIN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name not in OWN_TESTS]
 
 
@@ -43,3 +44,9 @@ def test_notebook_executes(path: Path, tracked_run, monkeypatch):
 
 def test_there_are_notebooks():
     assert NOTEBOOKS, "notebooks/ holds no notebook"
+
+
+def test_every_notebook_with_its_own_test_has_that_test():
+    for name, test in OWN_TESTS.items():
+        assert (REPO / "notebooks" / name).exists(), name
+        assert (REPO / test).exists() and name in (REPO / test).read_text(), f"{test} does not execute {name}"

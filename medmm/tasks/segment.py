@@ -1,0 +1,113 @@
+"""Training and evaluation of one segmentation variant (MulModSeg text-conditioned heads or
+the plain head), with MulModSeg's alternating CT / MR optimiser steps."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmm.data.segmentation import VolumeCase, VolumeCohort, alternating_batches, patch_loader
+from medmm.metrics.segmentation import per_class_scores
+from medmm.models.segmentation import MODALITY_INDEX
+
+
+def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
+    warm = max(1, int(round(warmup_fraction * total)))
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model, optim_cfg, total_steps: int):
+    # Only trainable parameters: the frozen text embeddings are a buffer, never optimised.
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: warmup_cosine(s, total_steps, optim_cfg.warmup_fraction))
+    return opt, sched
+
+
+def train_steps(model, loaders: dict, loss_fn, opt, sched, n_steps: int, clip: float | None = None,
+                on_step=None) -> list[tuple[str, float]]:
+    """``n_steps`` optimiser steps over the alternating stream; each batch (one modality)
+    gets its own forward, backward and step. Returns (modality, loss) per step."""
+    history = []
+    stream = alternating_batches(loaders)
+    model.train()
+    for step in range(n_steps):
+        modality, batch = next(stream)
+        logits = model(batch["image"], MODALITY_INDEX[modality])
+        loss = loss_fn(logits, batch["label"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        sched.step()
+        history.append((modality, float(loss.detach())))
+        if on_step is not None:
+            on_step(step, modality, float(loss.detach()))
+    return history
+
+
+def train_variant(model, cohort: VolumeCohort, cfg, on_step=None) -> dict:
+    from medmm.losses.segmentation import dice_ce_loss
+
+    loaders = {}
+    for i, m in enumerate(cfg.data.modalities):
+        cases = cohort.select("train", m)
+        loaders[m] = patch_loader(cases, cfg.data, seed=cfg.seed + 101 * i) if cases else None
+    opt, sched = build_optimizer(model, cfg.optim, cfg.trainer.max_steps)
+    start = time.perf_counter()
+    history = train_steps(model, loaders, dice_ce_loss(), opt, sched, cfg.trainer.max_steps,
+                          cfg.trainer.gradient_clip_val, on_step)
+    return {"history": history, "train_s": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def predict_volume(model, image: np.ndarray, modality: str, roi, sw_batch_size: int = 4,
+                   overlap: float = 0.25) -> np.ndarray:
+    """Sliding-window inference (MONAI) over a ``[1, i, j, k]`` input -> integer label map."""
+    from monai.inferers import sliding_window_inference
+
+    model.eval()
+    x = torch.from_numpy(np.ascontiguousarray(image))[None]
+    index = MODALITY_INDEX[modality]
+    logits = sliding_window_inference(x, roi_size=tuple(int(r) for r in roi), sw_batch_size=sw_batch_size,
+                                      predictor=lambda patch: model(patch, index), overlap=overlap,
+                                      mode="gaussian")
+    return logits.argmax(1)[0].numpy().astype(np.uint8)
+
+
+def evaluate_cases(model, cases: list[VolumeCase], cohort: VolumeCohort, cfg, variant: str,
+                   mask_dir: Path | None = None) -> list[dict]:
+    """Per (case, class) Dice / HD95 rows; masks written as NIfTI with the source affine."""
+    rows = []
+    for case in cases:
+        pred = predict_volume(model, case.image, case.modality, cfg.data.roi, cfg.trainer.sw_batch_size,
+                              cfg.trainer.sw_overlap)
+        if mask_dir is not None:
+            save_mask(pred, case.affine, Path(mask_dir) / f"{case.case_id}.nii.gz")
+        scores = per_class_scores(pred, case.label[0], cohort.class_indices(case.modality), case.spacing)
+        for c, s in scores.items():
+            rows.append({"variant": variant, "modality": case.modality, "class": cohort.classes[c],
+                         "case": case.case_id, **s})
+    return rows
+
+
+def save_mask(mask: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    """uint8 NIfTI whose affine is the source image's (both qform and sform), so the mask
+    overlays the image in any viewer."""
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), np.asarray(affine, dtype=np.float64))
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    nib.save(img, path)
+    return path
