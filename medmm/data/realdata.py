@@ -19,7 +19,7 @@ import numpy as np
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.volume import Volume
 
-__all__ = ["INVESALIUS_ENV", "invesalius_ct_path", "load_invesalius_ct"]
+__all__ = ["INVESALIUS_ENV", "invesalius_ct_path", "load_invesalius_ct", "load_invesalius_masks"]
 
 INVESALIUS_ENV = "MEDMM_INVESALIUS_CT"
 _DEFAULT = Path("data/cache/Cranium.inv3")
@@ -78,3 +78,29 @@ def load_invesalius_ct(path: str | Path) -> Volume:
     affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
     metadata = {"source": "invesalius", "modality": str(main.get("modality", "")), "n_slices": shape[0]}
     return Volume(array=array, affine=affine, path=str(where), metadata=metadata)
+
+
+def load_invesalius_masks(path: str | Path) -> np.ndarray:
+    """The project's two threshold masks as one label map on the CT's grid (``[i, j, k]``
+    like :func:`load_invesalius_ct`): 1 bone (the higher threshold), 2 soft tissue, 0 else."""
+    where = Path(path)
+    if not where.is_file():
+        raise MedmmInputError(where, "no such file (run `make invesalius-ct`)")
+    try:
+        with tarfile.open(where, "r:gz") as tar:
+            main = plistlib.loads(_member(tar, "main.plist", where))
+            masks = []
+            for plist_name in main["masks"].values():
+                info = plistlib.loads(_member(tar, plist_name, where))
+                raw = np.frombuffer(_member(tar, info["mask_file"], where), dtype=np.uint8)
+                # InVesalius masks carry one extra leading slice / row / column of flags.
+                masks.append((int(info["threshold_range"][0]), raw.reshape(tuple(info["mask_shape"]))[1:, 1:, 1:] > 127))
+    except (tarfile.TarError, OSError, EOFError, KeyError, TypeError, ValueError, plistlib.InvalidFileException) as exc:
+        raise CorruptFileError(where, f"no readable InVesalius masks ({type(exc).__name__}: {exc})") from exc
+    if len(masks) != 2:
+        raise CorruptFileError(where, f"expected 2 masks (bone, soft tissue), found {len(masks)}")
+    (_, soft), (_, bone) = sorted(masks, key=lambda m: m[0])
+    labels = np.zeros(soft.shape, dtype=np.uint8)
+    labels[soft] = 2
+    labels[bone] = 1
+    return np.ascontiguousarray(labels.transpose(2, 1, 0))

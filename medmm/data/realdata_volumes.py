@@ -21,13 +21,11 @@ posterior, slices superior) and converted to RAS+ as :mod:`medmm.io.volume` does
 
 from __future__ import annotations
 
-import plistlib
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from medmm.io.errors import CorruptFileError
+from medmm.data.realdata import invesalius_ct_path, load_invesalius_ct, load_invesalius_masks
 
 __all__ = ["REAL_CLASSES", "RealDataMissing", "find_cranium", "load_invesalius_head_ct", "load_mni152_t1",
            "write_real_volume_cohort"]
@@ -41,13 +39,11 @@ class RealDataMissing(RuntimeError):
     """A real data source is not installed here; the message says how to get it."""
 
 
-def find_cranium(root: str | Path | None) -> Path:
-    """``Cranium.inv3`` under an extracted ``invesalius-examples`` package (or the file)."""
-    hint = ("get it with: apt-get download invesalius-examples && dpkg -x invesalius-examples_*.deb <folder>, "
-            "then pass that folder")
-    if root is None:
-        raise RealDataMissing(f"no invesalius-examples folder given; {hint}")
-    root = Path(root)
+def find_cranium(root: str | Path | None = None) -> Path:
+    """``Cranium.inv3``: the file, or under an extracted ``invesalius-examples`` package;
+    with no ``root``, where ``make invesalius-ct`` keeps it (:func:`invesalius_ct_path`)."""
+    hint = "run `make invesalius-ct` (apt-get download invesalius-examples; dpkg -x; Cranium.inv3 to data/cache)"
+    root = invesalius_ct_path() if root is None else Path(root)
     if root.is_file():
         if root.suffix == ".inv3":
             return root
@@ -55,14 +51,7 @@ def find_cranium(root: str | Path | None) -> Path:
     for candidate in (root / CRANIUM, root / "examples/Cranium.inv3", root / "Cranium.inv3"):
         if candidate.is_file():
             return candidate
-    raise RealDataMissing(f"{root}: no {CRANIUM} found; {hint}")
-
-
-def _member(tar: tarfile.TarFile, name: str, where: Path) -> bytes:
-    for info in tar.getmembers():
-        if info.isfile() and Path(info.name).name == name:
-            return tar.extractfile(info).read()
-    raise CorruptFileError(where, f"archive lacks {name}")
+    raise RealDataMissing(f"{root}: no Cranium.inv3 found; {hint}")
 
 
 def _block_reduce(array: np.ndarray, factors: tuple[int, int, int], labels: bool) -> np.ndarray:
@@ -86,36 +75,11 @@ def _scaled_affine(affine: np.ndarray, factors: tuple[int, int, int]) -> np.ndar
     return out
 
 
-def load_invesalius_head_ct(root: str | Path | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_invesalius_head_ct(root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (HU image [i, j, k] float32, labels uint8 (1 bone, 2 soft tissue), RAS+ affine)."""
-    from medmm.io.volume import LPS_TO_RAS
-
     path = find_cranium(root)
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            main = plistlib.loads(_member(tar, "main.plist", path))
-            shape = tuple(int(s) for s in main["matrix"]["shape"])
-            matrix = np.frombuffer(_member(tar, main["matrix"]["filename"], path),
-                                   dtype=np.dtype(main["matrix"]["dtype"]).newbyteorder("<")).reshape(shape)
-            masks = []
-            for plist_name in main["masks"].values():
-                info = plistlib.loads(_member(tar, plist_name, path))
-                raw = np.frombuffer(_member(tar, info["mask_file"], path), dtype=np.uint8)
-                # InVesalius masks carry one extra leading slice / row / column of flags.
-                mask = raw.reshape(tuple(info["mask_shape"]))[1:, 1:, 1:] > 127
-                masks.append((int(info["threshold_range"][0]), mask))
-    except (tarfile.TarError, OSError, KeyError, ValueError, plistlib.InvalidFileException) as exc:
-        raise CorruptFileError(path, f"not a readable InVesalius project ({type(exc).__name__}: {exc})") from exc
-    if len(masks) != 2:
-        raise CorruptFileError(path, f"expected 2 masks (bone, soft tissue), found {len(masks)}")
-    (_, soft), (_, bone) = sorted(masks, key=lambda m: m[0])  # the higher threshold is bone
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[soft] = 2
-    labels[bone] = 1
-    sx, sy, sz = (float(s) for s in main["spacing"])
-    affine = LPS_TO_RAS @ np.diag([sx, sy, sz, 1.0])
-    # [slice, row, column] -> [i = column, j = row, k = slice]
-    return matrix.transpose(2, 1, 0).astype(np.float32), labels.transpose(2, 1, 0), affine
+    volume = load_invesalius_ct(path)
+    return volume.array, load_invesalius_masks(path), volume.affine
 
 
 def load_mni152_t1() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", action="store_true",
                         help="write the real-volume cohort instead (head CT of invesalius-examples + MNI152 T1)")
     parser.add_argument("--invesalius", type=Path, default=None,
-                        help="with --real: folder where the invesalius-examples .deb was extracted (dpkg -x)")
+                        help="with --real: Cranium.inv3 or the folder where invesalius-examples was extracted "
+                             "(default: data/cache/Cranium.inv3 from `make invesalius-ct`)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.real:

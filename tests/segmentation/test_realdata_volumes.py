@@ -8,30 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
 from medmm.data.realdata_volumes import (RealDataMissing, find_cranium, load_invesalius_head_ct, load_mni152_t1,
                                          slab_split, slabs)
 
 
 def invesalius_root() -> Path:
-    # the variable, else a copy that a set-up step extracted under data/cache
-    cached = sorted((REPO / "data/cache").glob("invesalius*"))
-    root = os.environ.get("MEDMM_INVESALIUS") or (str(cached[0]) if cached else None)
-    if not root:
-        pytest.skip("MEDMM_INVESALIUS not set: apt-get download invesalius-examples; dpkg -x it; point the "
-                    "variable at that folder")
+    # $MEDMM_INVESALIUS (an extracted package or the file), else where `make invesalius-ct` keeps it
     try:
-        find_cranium(root)
+        return find_cranium(os.environ.get("MEDMM_INVESALIUS") or None)
     except RealDataMissing as exc:
         pytest.skip(str(exc))
-    return Path(root)
 
 
 def test_missing_package_is_reported_with_the_way_to_get_it(tmp_path):
-    with pytest.raises(RealDataMissing, match="apt-get download invesalius-examples"):
+    with pytest.raises(RealDataMissing, match="make invesalius-ct"):
         find_cranium(tmp_path)
-    with pytest.raises(RealDataMissing):
-        find_cranium(None)
     deb = tmp_path / "invesalius-examples_3.1.99998-4_all.deb"
     deb.write_bytes(b"!<arch>\n")
     with pytest.raises(RealDataMissing, match="extracted first"):
