@@ -24,7 +24,7 @@ def fake_batch(cfg, n=4):
             "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [n for n in list_models() if n != "ptunifier"])  # own schema: tests/ptunifier
 @pytest.mark.parametrize("xray", ["cnn", "vit"])
 def test_every_registered_model_embeds_to_unit_vectors(name, xray):
     cfg = tiny_cfg(f"model.name={name}", f"model.xray.name={xray}", "model.xray.patch_size=16",
