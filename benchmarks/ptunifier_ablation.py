@@ -80,9 +80,35 @@ def markdown(table: dict[str, dict[str, float | None]], variants: list[str]) -> 
     names = {"pool": "PTUnifier, prompt pool", "static": "PTUnifier, static prompts",
              "none": "PTUnifier, no prompts", "more": "contrastive dual encoder (more)"}
     for v in variants:
-        cells = [("n/a" if table[v].get(c) is None else f"{table[v][c]:.3f}") for c in cols]
+        cells = [("not run" if c not in table[v] else "n/a" if table[v][c] is None else f"{table[v][c]:.3f}")
+                 for c in cols]
         lines.append(f"| {names[v]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def collect(uris: list[str]) -> dict[str, dict]:
+    """The table from the fine-tuning runs already in MLflow (runs named variant-task-fraction):
+    joins ablations run in several processes / stores."""
+    from mlflow.tracking import MlflowClient
+
+    table: dict[str, dict] = {}
+    for uri in uris:
+        client = MlflowClient(uri)
+        exp = client.get_experiment_by_name("medmm-ptunifier-ablation-finetune")
+        if exp is None:
+            continue
+        for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]):
+            if run.info.status != "FINISHED":
+                continue
+            variant, task, fraction = run.data.tags["mlflow.runName"].split("-")
+            for col, t, f, metric in DOWNSTREAM:
+                if t == task and abs(f - float(fraction)) < 1e-9:
+                    value = run.data.metrics.get("test." + metric.replace("@", "_at_"))
+                    table.setdefault(variant, {})[col] = value
+    for v in table:
+        if v == "more":
+            table[v].update({c: None for c, t, *_ in DOWNSTREAM if t == "vqa"})
+    return table
 
 
 def main() -> int:
@@ -96,12 +122,20 @@ def main() -> int:
     p.add_argument("--finetune-steps", type=int, default=20)
     p.add_argument("--max-test", type=int, default=300)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ptunifier_ablation.json")
+    p.add_argument("--collect", nargs="+", default=None, metavar="URI",
+                   help="no runs: build the table from the fine-tuning runs in these MLflow stores")
     args = p.parse_args()
     import mlflow
 
     from medmm.tracking.run_context import default_tracking_uri
 
     uri = args.tracking_uri or default_tracking_uri()
+    if args.collect:
+        table = collect(args.collect)
+        variants = [v for v in ("pool", "static", "none", "more") if v in table]
+        sizes = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
+                 "max_test_studies": args.max_test, "root": str(args.root)}
+        return _write(table, variants, sizes, {}, args, uri)
     common = [f"data.root={args.root}", f"tracking.uri={uri}"]
     if args.cache_dir:
         common.append(f"data.cache_dir={args.cache_dir}")
@@ -122,9 +156,15 @@ def main() -> int:
                 timings[f"finetune.{v}.{task}.{fraction}"] = time.perf_counter() - t0
             table[v][col] = done[(task, fraction)].get(metric)
         print(markdown(table, list(table)), flush=True)
-    md = markdown(table, variants)
     sizes = {"pretrain_steps": args.pretrain_steps, "finetune_steps": args.finetune_steps,
              "max_test_studies": args.max_test, "root": str(args.root)}
+    return _write(table, variants, sizes, timings, args, uri)
+
+
+def _write(table, variants, sizes, timings, args, uri) -> int:
+    import mlflow
+
+    md = markdown(table, variants)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"table": table, "sizes": sizes, "timings_s": timings}, indent=2))
     args.out.with_suffix(".md").write_text(md + "\n")
