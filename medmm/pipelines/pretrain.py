@@ -99,8 +99,28 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
     )
 
 
+def config_class(path: Path | None, overrides: list[str]) -> type:
+    """The config schema of the model the YAML (or a ``model.name=`` override) names."""
+    from medmm.config.core import apply_override, load_yaml
+
+    data = load_yaml(path) if path is not None else {}
+    for override in overrides:
+        if override.split("=", 1)[0].strip() == "model.name":
+            apply_override(data, override)
+    model = data.get("model")
+    if isinstance(model, dict) and model.get("name") == "ptunifier":
+        from medmm.config.ptunifier import PTUnifierPretrainConfig
+
+        return PTUnifierPretrainConfig
+    return PretrainConfig
+
+
 def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if cfg.model.name == "ptunifier":  # a second pretraining family, its own task and evaluation
+        from medmm.pipelines.ptunifier_pretrain import run as run_ptunifier
+
+        return run_ptunifier(cfg, resume)
     # The text encoder's frozen, cached lower layers stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     import lightning as L
@@ -197,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        cfg = build_config(PretrainConfig, args.config, args.overrides)
+        cfg = build_config(config_class(args.config, args.overrides), args.config, args.overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from medmm.config.core import build_config
 from medmm.config.pretrain import PretrainConfig
 from medmm.models.encoders.text import MiniLMLoRATextEncoder, load_tokenizer, masked_mean
 from medmm.models.registry import create_model, list_models
-from tests.conftest import TINY_CONFIG
+from tests.conftest import REPO, TINY_CONFIG
 
 
 def tiny_cfg(*overrides):
@@ -24,8 +24,16 @@ def fake_batch(cfg, n=4):
             "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
 
 
-# Segmentation models take volumes, not studies: tests/segmentation walks them.
-CONTRASTIVE_MODELS = [n for n in list_models() if n != "segmenter"]
+# Models with their own config schema and inputs (volumes; prompt-pool fusion) are walked
+# by their own tests; every other registered model embeds studies like "more".
+OWN_TESTS = {"segmenter": "tests/segmentation", "ptunifier": "tests/ptunifier"}
+CONTRASTIVE_MODELS = [n for n in list_models() if n not in OWN_TESTS]
+
+
+def test_models_outside_the_contrastive_walk_have_their_own_tests():
+    for name, folder in OWN_TESTS.items():
+        assert name in list_models(), name
+        assert any((REPO / folder).glob("test_*.py")), f"{name}: no tests in {folder}"
 
 
 @pytest.mark.parametrize("name", CONTRASTIVE_MODELS)
