@@ -3,7 +3,6 @@ that each planted finding is measurable (also after preprocessing to 100 Hz)."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -188,14 +187,3 @@ def test_emphysema_right_axis_and_p_pulmonale():
         p_region = [x[II, p - int(0.2 * FS): p - int(0.06 * FS)].max() for p in beats if p > 0.2 * FS]
         p_region_n = [n[II, p - int(0.2 * FS): p - int(0.06 * FS)].max() for p in beat_times(ecg({}, s)) if p > 0.2 * FS]
         assert np.median(p_region) > 0.2 and np.median(p_region) > np.median(p_region_n)
-
-
-def test_speed():
-    rng = np.random.default_rng(0)
-    synthesize_ecg({"support_devices": True, "cardiomegaly": True}, rng)
-    n = 20
-    t0 = time.perf_counter()
-    for k in range(n):
-        synthesize_ecg(COMBOS[k % len(COMBOS)], rng)
-    per_record = (time.perf_counter() - t0) / n
-    assert per_record < 0.020, f"{per_record * 1e3:.1f} ms per record"

@@ -3,7 +3,6 @@ voltage preservation, NaN handling and speed."""
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -106,15 +105,3 @@ def test_remove_baseline_against_medfilt():
         base = np.stack([median_filter(r, size=size, mode="nearest") for r in base])
     np.testing.assert_array_equal(got, x - base)
     np.testing.assert_array_equal(remove_baseline(x[1], 100), got[1])
-
-
-def test_speed_under_5ms_per_record():
-    x = ecg()
-    preprocess_ecg(x, 500)
-    n = 30
-    t0 = time.perf_counter()
-    for _ in range(n):
-        preprocess_ecg(x, 500)
-    per = (time.perf_counter() - t0) / n
-    # target < 5 ms on one core; allow headroom for busy test machines
-    assert per < 0.010, f"{per * 1e3:.2f} ms per record"

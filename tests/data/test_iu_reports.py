@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import tarfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -96,11 +95,8 @@ def test_real_report_content(iu_reports: list[IUReport]) -> None:
     assert "Stable calcified granuloma within the right upper lung." in cxr10.sections["FINDINGS"]
 
 
-def test_real_wheel_loads_fast_and_matches_tgz_and_folder(iu_source: Path, iu_reports: list[IUReport], tmp_path: Path) -> None:
+def test_real_wheel_matches_tgz_and_folder(iu_source: Path, iu_reports: list[IUReport], tmp_path: Path) -> None:
     if zipfile.is_zipfile(iu_source):
-        t0 = time.perf_counter()
-        load_iu_reports(iu_source)
-        assert time.perf_counter() - t0 < 10.0  # ~1 s on a laptop core; generous for CI
         with zipfile.ZipFile(iu_source) as zf:
             tgz = zf.read(WHEEL_MEMBER)
         (tmp_path / "r.tgz").write_bytes(tgz)
