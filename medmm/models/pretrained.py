@@ -80,7 +80,7 @@ def load_pretrained(source: str, kind: str = "more", tracking_uri: str | None = 
 
 
 @register_pretrained_loader("more")
-def _load_more(weights: Path, config: Path) -> PretrainedModel:
+def load_more_files(weights: Path, config: Path) -> PretrainedModel:
     from safetensors.torch import load_file
 
     from medmm.config.core import build_config

@@ -58,12 +58,12 @@ class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
         if "xray" not in model_input.columns:
             raise ValueError("the input needs an 'xray' column of DICOM paths")
         size, fs = self.pretrain_cfg.data.image_size, self.pretrain_cfg.data.ecg_fs
-        batch = {"xray": normalise_xray(torch.from_numpy(np.stack([load_xray_input(p, size)
+        batch = {"xray": normalise_xray(torch.from_numpy(np.stack([load_xray_input(p, size).astype(np.float32)
                                                                    for p in model_input["xray"]])))}
         if self.cfg.decoder.use_ecg:
             if "ecg" not in model_input.columns:
                 raise ValueError("this model is conditioned on ECG too: give an 'ecg' column")
-            batch["ecg"] = torch.from_numpy(np.stack([load_ecg_input(p, fs) for p in model_input["ecg"]]))
+            batch["ecg"] = torch.from_numpy(np.stack([load_ecg_input(p, fs) for p in model_input["ecg"]]).astype(np.float32))
         g = self.cfg.generation
         beams = int((params or {}).get("num_beams", g.beams[0]))
         ids = self.model.generate(batch, bos=self.tokenizer.cls_token_id, eos=self.tokenizer.sep_token_id,
