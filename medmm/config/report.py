@@ -46,6 +46,7 @@ class GenerationConfig(StrictModel):
 
 class ReportEvalConfig(StrictModel):
     split: str = Field("test", description="held-out split the report metrics are computed on")
+    max_studies: int | None = Field(None, description="score only the first N studies of the split (None = all)")
     n_examples: int = Field(6, description="generated-vs-reference examples logged (text + figure)")
 
 

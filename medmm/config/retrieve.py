@@ -20,7 +20,7 @@ class IndexConfig(StrictModel):
     approximate: Literal["hnsw", "ivf"] = Field("hnsw", description="index past exact_max studies")
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 128
     ivf_nlist: int | None = Field(None, description="IVF cells (None: 4 sqrt(n))")
     ivf_nprobe: int = 16
 

@@ -89,8 +89,13 @@ def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -
     from medmm.metrics.report_generation import report_generation_metrics
     from medmm.tasks.report import generate_reports, most_frequent_report, nearest_report
 
+    from torch.utils.data import DataLoader, Subset
+
     cohort, tok = dm.cohort, pretrained.tokenizer
     loader = dm.loader(split, batch_size=cfg.generation.batch_size)
+    if cfg.eval.max_studies is not None and cfg.eval.max_studies < len(loader.dataset):
+        loader = DataLoader(Subset(loader.dataset, range(cfg.eval.max_studies)), batch_size=loader.batch_size,
+                            collate_fn=loader.collate_fn)
     outputs: dict[str, list[str]] = {}
     index = None
     g = cfg.generation

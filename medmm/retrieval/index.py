@@ -33,7 +33,7 @@ class IndexParams:
     approximate: str = "hnsw"  # hnsw | ivf
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
+    hnsw_ef_search: int = 128
     ivf_nlist: int | None = None  # None: 4 * sqrt(n)
     ivf_nprobe: int = 16
 
