@@ -162,7 +162,8 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     from medmm.models.heads.report_decoder import ReportGenerator
     from medmm.models.pretrained import load_pretrained
     from medmm.tasks.report import ReportGenerationTask
-    from medmm.tracking.pipeline_run import finish, log_context, log_metrics, register_with_aliases
+    from medmm.tracking.pipeline_run import (finish, log_cohort_summary, log_context, log_metrics,
+                                             register_with_aliases)
     from medmm.tracking.report_pyfunc import log_report_model
     from medmm.tracking.run_context import default_tracking_uri
 
@@ -188,6 +189,7 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     log_context(client, run_id, "report", cfg, dm.manifest, dm.cohort.skipped)
     client.set_tag(run_id, "pretrained_weights_sha256", pretrained.weights_sha256)
     client.set_tag(run_id, "pretrained_kind", pretrained.kind)
+    log_cohort_summary(client, run_id, dm.cohort)
     log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
                                  **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
     clock["data"] = time.perf_counter()

@@ -86,7 +86,8 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
     from medmm.metrics.retrieval import retrieval_metrics
     from medmm.retrieval.index import StudyIndex
     from medmm.tasks.pretrain_eval import embed_loader
-    from medmm.tracking.pipeline_run import finish, log_context, log_json, log_metrics, start_run
+    from medmm.tracking.pipeline_run import (finish, log_cohort_summary, log_context, log_figure, log_json,
+                                             log_metrics, start_run)
     from medmm.tracking.run_context import default_tracking_uri
 
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
@@ -132,10 +133,51 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
         metrics.update({f"test.xray_to_report.{k.replace('@', '_at_')}": v
                         for k, v in retrieval_metrics(sim, ks=(1, 5)).items()})
     log_metrics(client, run_id, metrics)
+    log_cohort_summary(client, run_id, dm.cohort)
+    if len(test) > 1:  # test-split embeddings + findings for the notebooks' embedding map (no identifiers)
+        _log_test_embeddings(client, run_id, embeddings, dm.cohort.labels[order][test], test)
+        log_figure(client, run_id, embedding_map_figure(embeddings[modalities[0]][test], dm.cohort.labels[order][test],
+                                                        modalities[0]), "embedding_map")
     log_json(client, run_id, "index_meta.json", {k: v for k, v in index.meta.items() if k != "pretrained_source"}
              | {"pretrained_source": pretrained.source})
     finish(client, run_id)
     return BuildOutcome(run_id, tracking_uri, Path(cfg.index.path), metrics)
+
+
+def _log_test_embeddings(client, run_id, embeddings, labels, rows) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test_embeddings.npz"
+        np.savez(path, labels=labels, **{m: e[rows] for m, e in embeddings.items()})
+        client.log_artifact(run_id, str(path), artifact_path="results")
+
+
+def embedding_map_figure(vectors: np.ndarray, labels: np.ndarray, modality: str):
+    """2-D PCA map of the test split's embeddings, one panel per finding (positive in colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    from medmm.io.findings import FINDINGS
+
+    xy = PCA(n_components=2, random_state=0).fit_transform(vectors)
+    cols = 3
+    rows = -(-len(FINDINGS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (j, finding) in zip(axes.flat, enumerate(FINDINGS)):
+        pos = labels[:, j] > 0
+        ax.scatter(xy[~pos, 0], xy[~pos, 1], s=6, c="#cccccc")
+        ax.scatter(xy[pos, 0], xy[pos, 1], s=8, c="#d62728")
+        ax.set_title(f"{finding} ({int(pos.sum())})", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in list(axes.flat)[len(FINDINGS):]:
+        ax.axis("off")
+    fig.suptitle(f"test split, {modality} embeddings (PCA)", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def query(cfg: RetrieveConfig, kind: str, value: str, k: int, against: str) -> list[dict]:

@@ -81,7 +81,9 @@ def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric
         client.get_registered_model(name)
     except MlflowException:
         client.create_registered_model(name)
-    version = client.create_model_version(name, model_uri, run_id=run_id).version
+    # a logged model's URI (models:/m-<id>) must name its model id, or a REST server refuses it
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id).version
     client.set_registered_model_alias(name, LATEST, version)
     mine = client.get_run(run_id).data.metrics.get(metric)
     try:
@@ -98,3 +100,26 @@ def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric
 
 def finish(client, run_id: str, status: str = "FINISHED") -> None:
     client.set_terminated(run_id, status=status)
+
+
+def log_cohort_summary(client, run_id: str, cohort) -> None:
+    """Aggregate counts only (no identifiers): studies and positive findings per split,
+    report length in words; ``results/cohort_summary.json`` (the cohort-overview notebook reads it)."""
+    import numpy as np
+
+    from medmm.io.findings import FINDINGS
+
+    summary = {"findings": list(FINDINGS), "skipped": len(cohort.skipped), "splits": {}}
+    for split in ("train", "val", "test"):
+        idx = cohort.indices(split)
+        if not len(idx):
+            continue
+        words = np.array([len(str(t).split()) for t in cohort.report_text[idx]])
+        summary["splits"][split] = {
+            "studies": int(len(idx)),
+            "positives": {f: int(v) for f, v in zip(FINDINGS, cohort.labels[idx].sum(0))},
+            "no_finding": int((cohort.labels[idx].sum(1) == 0).sum()),
+            "report_words_median": float(np.median(words)), "report_words_p90": float(np.percentile(words, 90)),
+            "xray_shape": list(cohort.xray.shape[1:]), "ecg_shape": list(cohort.ecg.shape[1:]),
+        }
+    log_json(client, run_id, "cohort_summary.json", summary)
