@@ -21,13 +21,22 @@ def run_cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
-def test_help_and_config_errors():
+def run_main(capsys, *args):
+    """The CLI in-process (the command-line module's own main; a subprocess costs the imports again)."""
+    from medmm.pipelines.report import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_and_config_errors(capsys):
     out = run_cli("--help", timeout=120)
     assert out.returncode == 0 and "decoder.use_ecg" in out.stdout and "generation.beams" in out.stdout
-    out = run_cli("train", "--config", str(TINY_REPORT_CONFIG), "decoder.num_layer=2", timeout=120)
-    assert out.returncode == 2 and "unknown config key 'decoder.num_layer'" in out.stderr
-    out = run_cli("train", "--config", str(TINY_REPORT_CONFIG), timeout=120)  # no pretrained.source
-    assert out.returncode == 2 and "pretrained.source is required" in out.stderr
+    code, _, err = run_main(capsys, "train", "--config", str(TINY_REPORT_CONFIG), "decoder.num_layer=2")
+    assert code == 2 and "unknown config key 'decoder.num_layer'" in err
+    code, _, err = run_main(capsys, "train", "--config", str(TINY_REPORT_CONFIG))  # no pretrained.source
+    assert code == 2 and "pretrained.source is required" in err
 
 
 @pytest.mark.slow
@@ -42,16 +51,16 @@ def test_tiny_training_scores_model_and_both_baselines(tracked_runs):
 
 
 @pytest.mark.slow
-def test_generate_cli_writes_json_reports_and_names_a_bad_file(tracked_runs, tmp_path):
+def test_generate_cli_writes_json_reports_and_names_a_bad_file(tracked_runs, tmp_path, capsys):
     xray = sorted(tracked_runs.cohort.glob("patients/*/*/xray.dcm"))[0]
     common = ["--config", str(TINY_REPORT_CONFIG), f"tracking.uri={tracked_runs.uri}"]
-    out = run_cli("generate", "--model", "models:/medmm-report-tiny@champion", "--xray", str(xray), "--ecg",
-                  str(xray.with_name("ecg.hea")), "--json", *common)
-    assert out.returncode == 0, out.stderr[-2000:]
-    rows = json.loads(out.stdout)
+    code, out, err = run_main(capsys, "generate", "--model", "models:/medmm-report-tiny@champion", "--xray", str(xray),
+                              "--ecg", str(xray.with_name("ecg.hea")), "--json", *common)
+    assert code == 0, err[-2000:]
+    rows = json.loads(out[out.index("["):])
     assert len(rows) == 1 and isinstance(rows[0]["report"], str) and rows[0]["xray"] == str(xray)
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(xray.read_bytes()[:600])
-    out = run_cli("generate", "--model", "models:/medmm-report-tiny@champion", "--xray", str(bad), "--ecg",
-                  str(xray.with_name("ecg.hea")), *common)
-    assert out.returncode != 0 and "bad.dcm" in out.stderr
+    code, out, err = run_main(capsys, "generate", "--model", "models:/medmm-report-tiny@champion", "--xray", str(bad),
+                              "--ecg", str(xray.with_name("ecg.hea")), *common)
+    assert code == 2 and "bad.dcm" in err

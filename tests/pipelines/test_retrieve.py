@@ -21,6 +21,15 @@ def run_cli(*args, timeout=600):
                           text=True, timeout=timeout)
 
 
+def run_main(capsys, *args):
+    """The CLI in-process (a subprocess per call would cost the imports again)."""
+    from medmm.pipelines.retrieve import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
 def _query(tracked_runs, kind, value, against):
     from medmm.config.core import build_config
     from medmm.config.retrieve import RetrieveConfig
@@ -48,15 +57,15 @@ def test_index_is_approximate_past_exact_max_and_queries_by_every_input(tracked_
 
 
 @pytest.mark.slow
-def test_cli_json_table_and_stale_index(tracked_runs, tmp_path):
+def test_cli_json_table_and_stale_index(tracked_runs, tmp_path, capsys):
     common = ["--config", str(TINY_RETRIEVE_CONFIG), *tracked_runs.common, f"index.path={tracked_runs.tmp / 'index'}",
               f"pretrained.source={tracked_runs.source}"]
     out = run_cli("query", "--text", "small left pleural effusion", "-k", "2", "--json", *common)
     assert out.returncode == 0, out.stderr[-2000:]
     payload = json.loads(out.stdout)
     assert len(payload["hits"]) == 2 and {"study_id", "score", "report", "rank"} <= set(payload["hits"][0])
-    out = run_cli("query", "--text", "cardiomegaly", *common)
-    assert out.returncode == 0 and out.stdout.splitlines()[0].split()[:3] == ["rank", "score", "study"]
+    code, out, err = run_main(capsys, "query", "--text", "cardiomegaly", *common)
+    assert code == 0 and out.splitlines()[0].split()[:3] == ["rank", "score", "study"]
     # another model (the report generator is no pretraining model) or other weights: refused
     stale = tmp_path / "stale"
     import shutil
@@ -65,5 +74,5 @@ def test_cli_json_table_and_stale_index(tracked_runs, tmp_path):
     meta = json.loads((stale / "index.json").read_text())
     meta["checkpoint_sha256"] = "0" * 64
     (stale / "index.json").write_text(json.dumps(meta))
-    out = run_cli("query", "--text", "cardiomegaly", *common, f"index.path={stale}")
-    assert out.returncode == 2 and "stale index" in out.stderr and str(stale) in out.stderr
+    code, _, err = run_main(capsys, "query", "--text", "cardiomegaly", *common, f"index.path={stale}")
+    assert code == 2 and "stale index" in err and str(stale) in err
