@@ -36,7 +36,8 @@ def report_table(client) -> str:
              f"{run.data.params.get('eval.max_studies')} of them; **bold** = best per column)", "",
              "| system | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for r in rows:
-        cells = [f"**{r[m]:.3f}**" if best[m] == r["system"] else f"{r[m]:.3f}" for m in METRICS]
+        tied = {m for m in METRICS if len({x[m] for x in rows}) == 1}  # nobody wins a column all share
+        cells = [f"**{r[m]:.3f}**" if best[m] == r["system"] and m not in tied else f"{r[m]:.3f}" for m in METRICS]
         lines.append(f"| {r['system']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
