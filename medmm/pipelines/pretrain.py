@@ -135,7 +135,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     from medmm.tasks.pretrain_eval import evaluate_contrastive, format_table
     from medmm.tracking.figures import retrieval_examples_figure
     from medmm.tracking.pyfunc_model import log_and_register
-    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+    from medmm.tracking.pipeline_run import log_context, register_with_aliases
+    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact
 
     clock = {"start": time.perf_counter()}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -171,7 +172,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         for s in dm.cohort.skipped:
             print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
     client = MlflowClient(tracking_uri)
-    log_run_context(client, run_id, cfg, dm.manifest, dm.cohort.skipped)
+    log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
     client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
     for split in ("train", "val", "test"):
         client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
@@ -206,7 +207,10 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         client.log_figure(run_id, fig, "results/retrieval_examples.png")
     model_uri = None
     if cfg.tracking.register_model:
-        model_uri = log_and_register(run_id, task.model, cfg, cfg.tracking.registered_name)
+        # registered here (not by log_model) so that every pipeline's versions get the same aliases
+        model_uri = log_and_register(run_id, task.model, cfg, None)
+        register_with_aliases(client, model_uri, cfg.tracking.registered_name, run_id, "val/loss",
+                              higher_is_better=False)
     client.set_terminated(run_id)
     timing = ", ".join(f"{k[5:-2]} {v:.0f} s" for k, v in timings.items())
     return PretrainOutcome(run_id, tracking_uri, result.metrics, f"{table}\n\ntime: {timing}", model_uri,

@@ -17,39 +17,39 @@ import numpy as np
 PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "peft", "pydicom", "wfdb", "safetensors"]
 
 
+def input_batch(column: str, values: list, cfg, tokenizer) -> dict:
+    """Files or texts of one input kind -> the model's batch (the served model and the
+    retrieval index's queries both go through here)."""
+    import torch
+
+    from medmm.data.augment import normalise_xray
+    from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
+
+    if column == "report":
+        enc = tokenizer(list(values), padding=True, truncation=True, max_length=cfg.model.text.max_tokens,
+                        return_tensors="pt")
+        return {"report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
+    if column == "xray":
+        # float32 explicitly: the percentile scaling can promote the pixels to float64
+        images = np.stack([load_xray_input(p, cfg.data.image_size) for p in values]).astype(np.float32)
+        return {"xray": normalise_xray(torch.from_numpy(images))}
+    if column == "ecg":
+        signals = np.stack([load_ecg_input(p, cfg.data.ecg_fs) for p in values]).astype(np.float32)
+        return {"ecg": torch.from_numpy(signals)}
+    raise ValueError(f"unknown input column {column!r}: use report, xray or ecg")
+
+
 class ContrastiveEmbedder(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        import torch  # noqa: F401
-        from safetensors.torch import load_file
+        from pathlib import Path
 
-        from medmm.config.core import build_config
-        from medmm.config.pretrain import PretrainConfig
-        from medmm.models.encoders.text import load_tokenizer
-        from medmm.models.registry import create_model
+        from medmm.models.pretrained import load_more_files
 
-        self.cfg = build_config(PretrainConfig, context.artifacts["config"])
-        self.model = create_model(self.cfg.model.name, self.cfg.model, image_size=self.cfg.data.image_size)
-        self.model.load_state_dict(load_file(context.artifacts["weights"]))
-        self.model.eval()
-        self.tokenizer = load_tokenizer(self.cfg.model.text.model_path)
+        loaded = load_more_files(Path(context.artifacts["weights"]), Path(context.artifacts["config"]))
+        self.cfg, self.model, self.tokenizer = loaded.config, loaded.model, loaded.tokenizer
 
     def _batch(self, column: str, values: list) -> dict:
-        import torch
-
-        from medmm.data.augment import normalise_xray
-        from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
-
-        if column == "report":
-            enc = self.tokenizer(list(values), padding=True, truncation=True,
-                                 max_length=self.cfg.model.text.max_tokens, return_tensors="pt")
-            return {"report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
-        if column == "xray":
-            images = np.stack([load_xray_input(p, self.cfg.data.image_size) for p in values])
-            return {"xray": normalise_xray(torch.from_numpy(images))}
-        if column == "ecg":
-            signals = np.stack([load_ecg_input(p, self.cfg.data.ecg_fs) for p in values]).astype(np.float32)
-            return {"ecg": torch.from_numpy(signals)}
-        raise ValueError(f"unknown input column {column!r}: use report, xray or ecg")
+        return input_batch(column, values, self.cfg, self.tokenizer)
 
     def predict(self, context, model_input, params=None):
         import torch

@@ -1,0 +1,125 @@
+"""The one shape every medmm pipeline leaves in MLflow, so runs of different pipelines
+read alike in the dashboard and in notebooks:
+
+* tags: ``medmm.pipeline`` (pretrain, report, retrieve, ...), ``git_commit``, ``git_dirty``,
+  ``manifest_sha256``; params: the flattened resolved config;
+* artifacts: ``run/`` (config.yaml, pseudonymised manifest, its hash, git.json, skipped
+  files: :func:`medmm.tracking.run_context.log_run_context`), ``results/`` (JSON / text
+  tables), ``figures/`` (PNG);
+* metrics: ``<split>.<name>`` for evaluations (``test.bleu4``), ``train/...`` and
+  ``val/...`` for curves, ``time.<phase>_s`` for phase timings, ``data.n_<split>_studies``;
+* the model: a pyfunc logged under ``model`` and registered with two aliases:
+  ``newest`` (this run) and ``champion`` (moved only when this run's selection metric
+  beats the current champion's).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+
+# "latest" is reserved by MLflow (models:/name/latest), hence "newest"
+LATEST, CHAMPION = "newest", "champion"
+
+
+def metric_name(name: str) -> str:
+    """MLflow-safe metric key (``P@5`` -> ``P_at_5``; only [A-Za-z0-9_-./ ] kept)."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name.replace("@", "_at_"))
+
+
+def start_run(tracking_uri: str | None, experiment: str, run_name: str | None, pipeline: str):
+    """Create a run; returns (client, run_id, tracking_uri)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags={"medmm.pipeline": pipeline})
+    return client, run.info.run_id, uri
+
+
+def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: list[dict]) -> None:
+    """Params, git / manifest tags and the ``run/`` artifacts, plus the pipeline tag."""
+    log_run_context(client, run_id, config, manifest, skipped)
+    client.set_tag(run_id, "medmm.pipeline", pipeline)
+
+
+def log_metrics(client, run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    from mlflow.entities import Metric
+    import time
+
+    now = int(time.time() * 1000)
+    batch = [Metric(metric_name(f"{prefix}{k}"), float(v), now, step) for k, v in metrics.items()
+             if v is not None and math.isfinite(float(v))]
+    for i in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def log_figure(client, run_id: str, figure, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    client.log_figure(run_id, figure, f"figures/{name}.png")
+    plt.close(figure)
+
+
+def log_json(client, run_id: str, name: str, payload: Any) -> None:
+    log_json_artifact(client, run_id, name, payload, artifact_path="results")
+
+
+def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric: str, higher_is_better: bool) -> str:
+    """Register ``model_uri`` as a new version of ``name``; alias it ``newest``, and
+    ``champion`` when its run's ``metric`` beats the current champion's. Returns the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        client.create_registered_model(name)
+    # a logged model's URI (models:/m-<id>) must name its model id, or a REST server refuses it
+    model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+    version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id).version
+    client.set_registered_model_alias(name, LATEST, version)
+    mine = client.get_run(run_id).data.metrics.get(metric)
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+        theirs = client.get_run(current.run_id).data.metrics.get(metric)
+    except MlflowException:
+        theirs = None
+    better = theirs is None or (mine is not None and (mine > theirs if higher_is_better else mine < theirs))
+    if better:
+        client.set_registered_model_alias(name, CHAMPION, version)
+    client.set_model_version_tag(name, version, "selection_metric", f"{metric}={mine}")
+    return str(version)
+
+
+def finish(client, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status=status)
+
+
+def log_cohort_summary(client, run_id: str, cohort) -> None:
+    """Aggregate counts only (no identifiers): studies and positive findings per split,
+    report length in words; ``results/cohort_summary.json`` (the cohort-overview notebook reads it)."""
+    import numpy as np
+
+    from medmm.io.findings import FINDINGS
+
+    summary = {"findings": list(FINDINGS), "skipped": len(cohort.skipped), "splits": {}}
+    for split in ("train", "val", "test"):
+        idx = cohort.indices(split)
+        if not len(idx):
+            continue
+        words = np.array([len(str(t).split()) for t in cohort.report_text[idx]])
+        summary["splits"][split] = {
+            "studies": int(len(idx)),
+            "positives": {f: int(v) for f, v in zip(FINDINGS, cohort.labels[idx].sum(0))},
+            "no_finding": int((cohort.labels[idx].sum(1) == 0).sum()),
+            "report_words_median": float(np.median(words)), "report_words_p90": float(np.percentile(words, 90)),
+            "xray_shape": list(cohort.xray.shape[1:]), "ecg_shape": list(cohort.ecg.shape[1:]),
+        }
+    log_json(client, run_id, "cohort_summary.json", summary)
