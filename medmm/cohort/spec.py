@@ -33,6 +33,8 @@ class CohortSpec(StrictModel):
     modalities: list[str]
     required_modalities: list[str] = []
     split: SplitSpec = SplitSpec()
+    missing: dict[str, float] = Field(
+        {}, description="demo generator only: probability that a study lacks each modality, e.g. {ecg: 0.3}")
 
 
 def load_cohort_spec(path: str | Path) -> CohortSpec:

@@ -94,7 +94,9 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         precision=precision, logger=logger, callbacks=[checkpoint],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
-        gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
+        # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
+        gradient_clip_val=None if cfg.trainer.grad_cache_chunk else cfg.trainer.gradient_clip_val,
+        enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False,
     )
 
