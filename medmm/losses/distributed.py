@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from medmm.losses.contrastive import _log_scale_tensor, _zero_with_grad, label_aware_targets, pair_key
+from medmm.losses.contrastive import _log_scale_tensor, _zero_with_grad, known_label_targets, pair_key
 from medmm.losses.symile import Negatives, symile_logits
 
 __all__ = ["world", "gather_with_grad", "gather_no_grad", "gathered_clip_loss", "gathered_symile_loss"]
@@ -72,7 +72,8 @@ def gathered_clip_loss(
     """:func:`medmm.losses.contrastive.multi_modal_clip_loss` over the global batch.
 
     ``labels`` ([n, F], -1 rows = unknown) with ``label_aware_weight`` > 0 give the
-    label-aware soft targets of the global batch (unknown rows keep the hard target)."""
+    label-aware soft targets of the global batch (unknown rows keep the hard target).
+    Under DDP each process returns its share (see the module doc), not the global value."""
     rank, size = world()
     present = present or {}
     first = next(iter(embeddings.values()))
@@ -86,10 +87,6 @@ def gathered_clip_loss(
     labels_all = None
     if labels is not None and label_aware_weight > 0:
         labels_all = gather_no_grad(labels.to(first.device))
-        unknown = (labels_all < 0).any(1)
-        # unknown findings: a unique label vector each, so they match only themselves
-        labels_all = torch.where(unknown[:, None], -1 - torch.arange(len(labels_all), device=first.device)[:, None],
-                                 labels_all)
     per_pair: dict[str, Tensor] = {}
     active: list[Tensor] = []
     local = torch.arange(offset, offset + n, device=first.device)
@@ -105,7 +102,8 @@ def gathered_clip_loss(
         pos = position[rows]
         targets = None
         if labels_all is not None:
-            t = label_aware_targets(labels_all[valid_all], label_aware_weight)
+            # built on the whole batch, then restricted (as multi_modal_clip_loss does)
+            t = known_label_targets(labels_all, label_aware_weight)[valid_all][:, valid_all]
             targets = (t[pos], t.T[pos])  # a-rows over b's, b-rows over a's (column-normalised T)
         a_all, b_all = emb_all[m1][valid_all], emb_all[m2][valid_all]
         a_loc, b_loc = emb_all[m1][rows], emb_all[m2][rows]
@@ -128,7 +126,7 @@ def gathered_symile_loss(reps: Sequence[Tensor], logit_scale: Tensor | nn.Module
     rank, size = world()
     n = reps[0].shape[0]
     log_scale = _log_scale_tensor(logit_scale, reps[0])
-    reps_all = [gather_with_grad(r.float()) for r in reps]
+    reps_all = [gather_with_grad(r.float() if r.dtype in (torch.float16, torch.bfloat16) else r) for r in reps]
     n_all = reps_all[0].shape[0]
     losses = []
     for i in range(len(reps)):
@@ -138,5 +136,6 @@ def gathered_symile_loss(reps: Sequence[Tensor], logit_scale: Tensor | nn.Module
         if negatives == "n":
             perms = [torch.randperm(n_all, generator=generator).to(anchor.device) for _ in others]
         logits, target = symile_logits(anchor, others, negatives, row_offset=rank * n, perms=perms)
-        losses.append(F.cross_entropy(log_scale.exp() * logits, target, reduction="sum") * size / n_all)
+        scale = log_scale.to(logits.dtype).exp()
+        losses.append(F.cross_entropy(scale * logits, target, reduction="sum") * size / n_all)
     return torch.stack(losses).mean()

@@ -10,20 +10,12 @@ import lightning as L
 import torch
 
 from medmm.config.pretrain import PretrainConfig
-from medmm.losses.contrastive import label_aware_targets, multi_modal_clip_loss
+from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss
 from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss, world
 from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
 from medmm.tasks.grad_cache import grad_cache_backward, split_batch
 from medmm.tasks.schedule import cosine_with_warmup
-
-
-def known_label_targets(labels: torch.Tensor, weight: float) -> torch.Tensor:
-    """Label-aware targets where a study without a report (labels -1: findings unknown)
-    matches only itself."""
-    unknown = (labels < 0).any(1)
-    unique = -1 - torch.arange(len(labels), device=labels.device)[:, None]
-    return label_aware_targets(torch.where(unknown[:, None], unique, labels), weight)
 
 
 class ContrastivePretrainTask(L.LightningModule):
