@@ -167,7 +167,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     reference = _reference_levels(dm)
     result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
                                   max_tokens=cfg.model.text.max_tokens, ks=tuple(cfg.eval.retrieval_ks),
-                                  label_ks=tuple(cfg.eval.label_ks))
+                                  label_ks=tuple(cfg.eval.label_ks), scoring=cfg.loss.name)
     clock["eval"] = time.perf_counter()
     step = int(trainer.global_step)
     timings = {"time.data_s": clock["data"] - clock["start"], "time.train_s": clock["train"] - clock["data"],
