@@ -143,6 +143,7 @@ class TrainerConfig(StrictModel):
     limit_train_batches: int | float | None = None
     gradient_clip_val: float | None = 1.0
     threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
+    num_nodes: int = Field(1, description="machines in a multi-node run (torchrun / SLURM recipes in pipelines/)")
     grad_cache_chunk: int | None = Field(
         None, description="GradCache: encode the batch in chunks of this size and cache embedding gradients, so "
                           "a contrastive batch of data.batch_size fits in the memory of one chunk (None = off)")

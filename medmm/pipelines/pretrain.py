@@ -92,6 +92,7 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
                                  save_last=True, save_top_k=1, monitor="val/loss", mode="min")
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         precision=precision, logger=logger, callbacks=[checkpoint],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)

@@ -41,3 +41,11 @@ def test_symile_solves_xor_and_clip_stays_at_chance():
 def test_symile_solves_xor_with_missing_training_data():
     result = run_xor("symile", missing=0.2, **FAST)
     assert result.accuracy >= 0.95, result
+
+
+@pytest.mark.slow
+def test_symile_solves_the_8_variable_xor():
+    """v_8 = v_1 XOR ... XOR v_7 (the paper's 8-variable version): Symile >= 0.95, CLIP ~ 0.5."""
+    kw = dict(n_vars=8, n_train=2000, n_test=2000, batch_size=250, epochs=30, lr=0.05)
+    assert run_xor("symile", **kw).accuracy >= 0.95
+    assert abs(run_xor("clip", **kw).accuracy - 0.5) < 0.05
