@@ -76,8 +76,8 @@ def cohort_section(work: Path, studies: int, epochs: int) -> list[dict]:
             rows.append({"cohort": name, "loss": loss, "seconds": round(time.perf_counter() - start),
                          **{k: m.get(k) for k in ("xray_to_report.R@1", "xray_to_report.P@5", "ecg_to_report.P@5",
                                                   "xray_to_ecg.R@5", "zeroshot_xray.planted_mean",
-                                                  "zeroshot_ecg.planted_mean", "xray_from_ecg+labs.acc10",
-                                                  "xray_from_ecg+labs+report.acc10")}})
+                                                  "zeroshot_ecg.planted_mean", "xray_from_ecg-labs.acc10",
+                                                  "xray_from_ecg-labs-report.acc10")}})
             print(rows[-1], flush=True)
     return rows
 

@@ -81,7 +81,7 @@ def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tup
     for r in range(2, len(others) + 1):
         for query in itertools.combinations(others, r):
             s = score([torch.from_numpy(emb[m]) for m in query], torch.from_numpy(emb["xray"])).numpy()
-            name = f"xray_from_{'+'.join(query)}.acc{k}"
+            name = f"xray_from_{'-'.join(query)}.acc{k}"  # MLflow names: no '+'
             metrics[name] = candidate_accuracy(s, k)
             rows.append(_row(f"X-ray among {k} from {'+'.join(query)}", metrics[name], 1.0 / k, 1.0))
     return metrics, rows
