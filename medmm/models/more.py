@@ -57,7 +57,7 @@ class MultiModalContrastiveModel(nn.Module):
         else:
             feats = self.encoders[modality](batch[modality])
         present = batch.get("present", {}).get(modality) if isinstance(batch.get("present"), dict) else None
-        if present is not None and not bool(present.all()):
+        if present is not None:  # always in the graph, so DDP sees the parameter used
             feats = torch.where(present.to(feats.device).reshape(-1, 1), feats, self.missing[modality].to(feats.dtype))
         return F.normalize(self.projections[modality](feats), dim=-1)
 
