@@ -160,15 +160,14 @@ def main() -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     result = {"settings": vars(args) | {"work": str(args.work), "out": str(args.out)}, "load_average": os.getloadavg()}
-    if "xor" not in args.skip:
-        result["xor"] = xor_section()
-    if "throughput" not in args.skip:
-        result["throughput"] = throughput_section(args.batch, args.chunk, args.steps)
-    if "cohort" not in args.skip:
-        result["cohort"] = cohort_section(args.work, args.studies, args.epochs)
-    result["load_average_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    sections = {"xor": xor_section, "throughput": lambda: throughput_section(args.batch, args.chunk, args.steps),
+                "cohort": lambda: cohort_section(args.work, args.studies, args.epochs)}
+    for name, section in sections.items():
+        if name not in args.skip:
+            result[name] = section()
+            result["load_average_end"] = os.getloadavg()
+            args.out.write_text(json.dumps(result, indent=2))  # after each section: a killed run keeps the rest
     print(f"wrote {args.out}")
     return 0
 
