@@ -112,6 +112,8 @@ class CohortSpec(StrictModel):
     modalities: list[str]
     required_modalities: list[str] = []
     split: SplitSpec = SplitSpec()
+    missing: dict[str, float] = Field(
+        {}, description="demo generator only: probability that a study lacks each modality, e.g. {ecg: 0.3}")
     files: list[FileRule] = Field([], description="file rules for `python -m medmm.pipelines.ingest`")
     tables: list[TableSpec] = []
     links: list[LinkRule] = []

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medmm.config.core import StrictModel
 
-MODALITIES = ("xray", "ecg", "report")
+MODALITIES = ("xray", "ecg", "report", "labs")
+DEMO_LAB_COLUMNS = ["bnp", "wbc", "crp", "hemoglobin", "creatinine", "sodium"]
 
 
 class XrayEncoderConfig(StrictModel):
@@ -47,14 +48,23 @@ class TextEncoderConfig(StrictModel):
     max_tokens: int = Field(96, description="report truncation length in tokens")
 
 
+class LabsEncoderConfig(StrictModel):
+    """Symile-MIMIC's labs encoder: training-set percentiles + missingness flags into an MLP."""
+
+    hidden: list[int] = Field([256, 1024], description="MLP hidden widths (Symile-MIMIC: 256, 1024)")
+
+
 class ModelConfig(StrictModel):
     name: Literal["more"] = Field("more", description="registry name of the pretraining model")
+    modalities: list[Literal["xray", "ecg", "report", "labs"]] = Field(
+        ["xray", "ecg", "report"], description="encoders the model builds (add labs for the Symile-MIMIC setting)")
     embed_dim: int = Field(128, description="shared embedding size")
     proj_hidden: int = Field(256, description="projection head hidden size")
     init_temperature: float = Field(0.07, description="initial softmax temperature (learned)")
     xray: XrayEncoderConfig = XrayEncoderConfig()
     ecg: ECGEncoderConfig = ECGEncoderConfig()
     text: TextEncoderConfig = TextEncoderConfig()
+    labs: LabsEncoderConfig = LabsEncoderConfig()
 
 
 class DataConfig(StrictModel):
@@ -67,10 +77,18 @@ class DataConfig(StrictModel):
     augment: bool = True
     strict: bool = Field(False, description="raise on the first bad file instead of skipping and counting it")
     limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
+    lab_columns: list[str] = Field(DEMO_LAB_COLUMNS, description="columns of <root>/labs.csv fed to the labs encoder")
 
 
 class LossConfig(StrictModel):
-    name: Literal["clip"] = "clip"
+    name: Literal["clip", "symile"] = Field(
+        "clip", description="clip: pairwise InfoNCE over `pairs`; symile: multilinear inner product over `modalities`")
+    modalities: list[str] = Field(
+        [], description="modalities of the Symile loss (default: every modality named in `pairs`)")
+    negatives: Literal["n", "n_squared"] = Field(
+        "n", description="Symile negatives: n = O(N) independent shuffles; n_squared = all combinations")
+    gather: bool = Field(True, description="under DDP, contrast against every process's batch (gathered with "
+                                           "gradients, open_clip local_loss semantics)")
     pairs: list[tuple[str, str]] = Field(
         [("xray", "report"), ("ecg", "report"), ("xray", "ecg")], description="modality pairs contrasted by InfoNCE"
     )
@@ -91,6 +109,22 @@ class LossConfig(StrictModel):
                 raise ValueError(f"pair ({a}, {b}) contrasts a modality with itself")
         return pairs
 
+    @field_validator("modalities")
+    @classmethod
+    def _known_modalities(cls, modalities: list[str]) -> list[str]:
+        for m in modalities:
+            if m not in MODALITIES:
+                raise ValueError(f"unknown modality {m!r} (known: {', '.join(MODALITIES)})")
+        if modalities and len(set(modalities)) < 2:
+            raise ValueError("the Symile loss needs at least two distinct modalities")
+        return modalities
+
+    def used_modalities(self) -> tuple[str, ...]:
+        """The modalities this loss contrasts, sorted."""
+        if self.name == "symile" and self.modalities:
+            return tuple(sorted(set(self.modalities)))
+        return tuple(sorted({m for pair in self.pairs for m in pair}))
+
 
 class OptimConfig(StrictModel):
     lr: float = 2e-3
@@ -109,6 +143,10 @@ class TrainerConfig(StrictModel):
     limit_train_batches: int | float | None = None
     gradient_clip_val: float | None = 1.0
     threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
+    num_nodes: int = Field(1, description="machines in a multi-node run (torchrun / SLURM recipes in pipelines/)")
+    grad_cache_chunk: int | None = Field(
+        None, description="GradCache: encode the batch in chunks of this size and cache embedding gradients, so "
+                          "a contrastive batch of data.batch_size fits in the memory of one chunk (None = off)")
 
 
 class TrackingConfig(StrictModel):
@@ -135,3 +173,10 @@ class PretrainConfig(StrictModel):
     trainer: TrainerConfig = TrainerConfig()
     tracking: TrackingConfig = TrackingConfig()
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _loss_modalities_are_built(self) -> "PretrainConfig":
+        unbuilt = sorted(set(self.loss.used_modalities()) - set(self.model.modalities))
+        if unbuilt:
+            raise ValueError(f"the loss uses {unbuilt}, which model.modalities {self.model.modalities} lacks")
+        return self

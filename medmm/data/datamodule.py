@@ -19,9 +19,11 @@ from medmm.data.decoded_cohort import DecodedCohort, decode_cohort
 class StudyDataset(Dataset):
     """Index into a DecodedCohort; returns raw arrays, the collate does the tensor work."""
 
-    def __init__(self, cohort: DecodedCohort, indices: np.ndarray, token_ids: np.ndarray, token_len: np.ndarray):
+    def __init__(self, cohort: DecodedCohort, indices: np.ndarray, token_ids: np.ndarray, token_len: np.ndarray,
+                 labs: np.ndarray | None = None):
         self.cohort, self.indices = cohort, indices
         self.token_ids, self.token_len = token_ids, token_len
+        self.labs = labs  # [N, 2L] percentiles + missingness flags, or None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -34,8 +36,9 @@ class StudyCollate:
     """Gathers a batch of study indices into tensors; augments when training.
 
     Returns ``xray`` [B,1,S,S], ``ecg`` [B,12,T], ``report_ids`` / ``report_mask`` [B,L]
-    trimmed to the longest report of the batch, ``labels`` [B,F], ``index`` [B] and
-    ``present`` (modality -> BoolTensor[B]).
+    trimmed to the longest report of the batch, ``labels`` [B,F] (-1 where the report is
+    missing), ``index`` [B], ``labs`` [B, 2L] when the cohort has labs, and ``present``
+    (modality -> BoolTensor[B]; False where the study lacks that modality).
     """
 
     def __init__(self, dataset: StudyDataset, augment: bool, seed: int):
@@ -52,15 +55,23 @@ class StudyCollate:
         ids = torch.from_numpy(self.ds.token_ids[idx, :length].astype(np.int64))
         mask = (torch.arange(length)[None, :] < torch.from_numpy(self.ds.token_len[idx])[:, None]).long()
         n = len(idx)
-        return {
+        present = {m: torch.from_numpy(c.present[m][idx]) if m in c.present else torch.ones(n, dtype=torch.bool)
+                   for m in ("xray", "ecg", "report")}
+        batch = {
             "xray": normalise_xray(xray),
             "ecg": ecg,
             "report_ids": ids,
             "report_mask": mask,
             "labels": torch.from_numpy(c.labels[idx].astype(np.int64)),
             "index": torch.tensor(idx),
-            "present": {m: torch.ones(n, dtype=torch.bool) for m in ("xray", "ecg", "report")},
+            "present": present,
         }
+        if self.ds.labs is not None:
+            labs = torch.from_numpy(self.ds.labs[idx])
+            batch["labs"] = labs
+            n_labs = labs.shape[1] // 2
+            present["labs"] = labs[:, n_labs:].sum(1) < n_labs  # at least one value measured
+        return batch
 
 
 class PretrainDataModule(L.LightningDataModule):
@@ -86,10 +97,31 @@ class PretrainDataModule(L.LightningDataModule):
                   return_tensors="np")
         self.token_ids = enc["input_ids"].astype(np.int32)
         self.token_len = enc["attention_mask"].sum(1).astype(np.int64)
+        self.labs = self._load_labs()
+
+    def _load_labs(self) -> np.ndarray | None:
+        """<root>/labs.csv -> [N, 2L] training-set percentiles + missingness flags (None
+        without the file). A study without a labs row counts as all values missing."""
+        import pandas as pd
+
+        from medmm.data.labs_percentiles import LabPercentiles
+        from medmm.io.errors import MedmmInputError
+
+        path = Path(self.cfg.root) / "labs.csv"
+        if not path.exists():
+            return None
+        table = pd.read_csv(path, dtype={"study_id": str})
+        absent = sorted(set(self.cfg.lab_columns) - set(table.columns))
+        if "study_id" not in table.columns or absent:
+            raise MedmmInputError(path, f"labs table lacks column(s) {absent or ['study_id']}")
+        values = table.set_index("study_id").reindex(self.cohort.study_ids)[self.cfg.lab_columns]
+        values = values.apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+        percentiles = LabPercentiles.fit(values[self.cohort.indices("train")])
+        return percentiles.transform(values)
 
     def dataset(self, split: str) -> StudyDataset:
         assert self.cohort is not None, "call setup() first"
-        return StudyDataset(self.cohort, self.cohort.indices(split), self.token_ids, self.token_len)
+        return StudyDataset(self.cohort, self.cohort.indices(split), self.token_ids, self.token_len, self.labs)
 
     def loader(self, split: str, *, train: bool = False, batch_size: int | None = None) -> DataLoader:
         ds = self.dataset(split)

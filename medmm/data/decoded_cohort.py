@@ -22,7 +22,7 @@ from medmm.cohort.manifest import Manifest, resolve_under
 from medmm.io.errors import MedmmInputError
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -32,8 +32,9 @@ class DecodedCohort:
     xray: np.ndarray  # [N, 1, S, S] float16 in [0, 1]
     ecg: np.ndarray  # [N, 12, T] float16, preprocessed
     report_text: np.ndarray  # [N] str (FINDINGS + IMPRESSION)
-    labels: np.ndarray  # [N, F] int8, from the report labeler
+    labels: np.ndarray  # [N, F] int8, from the report labeler; -1 where the report is missing
     skipped: list[dict] = field(default_factory=list)  # {"path": relative path, "problem": str}
+    present: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> [N] bool (absent key: all present)
 
     def __len__(self) -> int:
         return len(self.study_ids)
@@ -77,14 +78,26 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
     row, root, image_size, ecg_fs = args
     from medmm.io.reports import read_report
 
+    from medmm.io.findings import FINDINGS
+
+    has = {m: isinstance(row.get(m), str) and bool(row.get(m)) for m in ("xray", "ecg", "report")}
     current = None
     try:
-        current = row["xray"]
+        current = row.get("xray")
+        if not has["xray"]:
+            raise MedmmInputError(row["study_id"], "the study has no X-ray (every study needs one)")
         image = load_xray_input(resolve_under(root, current), image_size)
-        current = row["ecg"]
-        ecg = load_ecg_input(resolve_under(root, current), ecg_fs)
-        current = row["report"]
-        report = read_report(resolve_under(root, current))
+        # A missing ECG or report (no manifest row) is not an error: the study keeps a
+        # placeholder and a presence flag of False.
+        ecg = np.zeros((12, ecg_fs * 10), np.float32)
+        if has["ecg"]:
+            current = row["ecg"]
+            ecg = load_ecg_input(resolve_under(root, current), ecg_fs)
+        text, labels = "", np.full(len(FINDINGS), -1, np.int8)
+        if has["report"]:
+            current = row["report"]
+            report = read_report(resolve_under(root, current))
+            text, labels = report.text, report.labels.as_vector().astype(np.int8)
     except (MedmmInputError, OSError) as exc:
         problem = exc.problem if isinstance(exc, MedmmInputError) else (exc.strerror or type(exc).__name__)
         return None, {"study_id": row["study_id"], "path": current, "problem": problem}
@@ -93,8 +106,10 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
         "split": row["split"],
         "xray": image.astype(np.float16),
         "ecg": ecg.astype(np.float16),
-        "text": report.text,
-        "labels": report.labels.as_vector().astype(np.int8),
+        "text": text,
+        "labels": labels,
+        "present_ecg": has["ecg"],
+        "present_report": has["report"],
     }, None
 
 
@@ -119,7 +134,7 @@ def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: b
                 if strict and skipped:
                     raise MedmmInputError(skipped[0]["path"], skipped[0]["problem"])
                 return DecodedCohort(z["study_ids"], z["splits"], z["xray"], z["ecg"], z["report_text"],
-                                     z["labels"], skipped)
+                                     z["labels"], skipped, {"ecg": z["present_ecg"], "report": z["present_report"]})
     studies = manifest.studies()
     if limit is not None:
         studies = studies.iloc[:limit]
@@ -145,11 +160,13 @@ def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: b
         report_text=np.array([r["text"] for r in good]),
         labels=np.stack([r["labels"] for r in good]),
         skipped=skipped,
+        present={m: np.array([r[f"present_{m}"] for r in good], bool) for m in ("ecg", "report")},
     )
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".tmp.npz")
         np.savez(tmp, study_ids=cohort.study_ids, splits=cohort.splits, xray=cohort.xray, ecg=cohort.ecg,
-                 report_text=cohort.report_text, labels=cohort.labels, skipped=json.dumps(skipped))
+                 report_text=cohort.report_text, labels=cohort.labels, skipped=json.dumps(skipped),
+                 present_ecg=cohort.present["ecg"], present_report=cohort.present["report"])
         tmp.replace(cache_path)
     return cohort

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LogitScale", "info_nce", "label_aware_targets", "multi_modal_clip_loss", "pair_key"]
+__all__ = ["LogitScale", "info_nce", "label_aware_targets", "known_label_targets", "multi_modal_clip_loss", "pair_key"]
 
 LOG_SCALE_INIT = math.log(1.0 / 0.07)
 LOG_SCALE_MAX = math.log(100.0)
@@ -112,6 +112,14 @@ def label_aware_targets(labels: Tensor, weight: float) -> Tensor:
     same = (labels[:, None, :] == labels[None, :, :]).all(-1).float()
     eye = torch.eye(len(labels), device=labels.device)
     return (1.0 - weight) * eye + weight * same / same.sum(1, keepdim=True)
+
+
+def known_label_targets(labels: Tensor, weight: float) -> Tensor:
+    """:func:`label_aware_targets` where a study whose findings are unknown (a row of -1:
+    no report) matches only itself."""
+    unknown = (labels < 0).any(1)
+    unique = -1 - torch.arange(len(labels), device=labels.device)[:, None]
+    return label_aware_targets(torch.where(unknown[:, None], unique, labels), weight)
 
 
 def pair_key(pair: tuple[str, str]) -> str:

@@ -16,24 +16,31 @@ from torch import nn
 from medmm.config.pretrain import ModelConfig
 from medmm.losses.contrastive import LogitScale
 from medmm.models.encoders.ecg import build_ecg_encoder
+from medmm.models.encoders.labs import build_labs_encoder
 from medmm.models.encoders.text import build_text_encoder
 from medmm.models.encoders.xray import build_xray_encoder
 from medmm.models.heads.projection import projection_head
 from medmm.models.registry import register_model
 
 class MultiModalContrastiveModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, image_size: int):
+    def __init__(self, cfg: ModelConfig, image_size: int, n_labs: int = 6):
         super().__init__()
         self.cfg = cfg
-        self.encoders = nn.ModuleDict(
-            {
-                "xray": build_xray_encoder(cfg.xray, image_size),
-                "ecg": build_ecg_encoder(cfg.ecg),
-                "report": build_text_encoder(cfg.text),
-            }
-        )
+        builders = {
+            "xray": lambda: build_xray_encoder(cfg.xray, image_size),
+            "ecg": lambda: build_ecg_encoder(cfg.ecg),
+            "report": lambda: build_text_encoder(cfg.text),
+            "labs": lambda: build_labs_encoder(cfg.labs, n_labs),
+        }
+        self.encoders = nn.ModuleDict({m: builders[m]() for m in builders if m in cfg.modalities})
         self.projections = nn.ModuleDict(
             {m: projection_head(enc.out_dim, cfg.proj_hidden, cfg.embed_dim) for m, enc in self.encoders.items()}
+        )
+        # A learned "missing" input per modality (Symile's missing-data handling): a study
+        # without its ECG / report / labs gets this feature vector in place of the
+        # encoder's output, so it still has a representation (needed by Symile's MIP).
+        self.missing = nn.ParameterDict(
+            {m: nn.Parameter(torch.randn(enc.out_dim) * 0.02) for m, enc in self.encoders.items()}
         )
         # A submodule holding an nn.Parameter, so the optimiser sees it (MoRE's reference
         # code left its temperature out of the optimiser).
@@ -49,6 +56,9 @@ class MultiModalContrastiveModel(nn.Module):
             feats = self.encoders["report"](batch["report_ids"], batch["report_mask"])
         else:
             feats = self.encoders[modality](batch[modality])
+        present = batch.get("present", {}).get(modality) if isinstance(batch.get("present"), dict) else None
+        if present is not None:  # always in the graph, so DDP sees the parameter used
+            feats = torch.where(present.to(feats.device).reshape(-1, 1), feats, self.missing[modality].to(feats.dtype))
         return F.normalize(self.projections[modality](feats), dim=-1)
 
     def forward(self, batch: dict[str, torch.Tensor], modalities: tuple[str, ...] | None = None):
@@ -56,5 +66,5 @@ class MultiModalContrastiveModel(nn.Module):
 
 
 @register_model("more")
-def build_more(cfg: ModelConfig, image_size: int = 128) -> MultiModalContrastiveModel:
-    return MultiModalContrastiveModel(cfg, image_size)
+def build_more(cfg: ModelConfig, image_size: int = 128, n_labs: int = 6) -> MultiModalContrastiveModel:
+    return MultiModalContrastiveModel(cfg, image_size, n_labs)

@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iu-source", type=Path, default=None,
                         help="IU reports: the torchxrayvision wheel, its NLMCXR_reports.tgz or an extracted folder "
                              "(default: $MEDMM_IU_REPORTS or data/cache/torchxrayvision-1.5.7-py3-none-any.whl)")
+    parser.add_argument("--missing", type=str, default=None,
+                        help="drop modalities at random from train/val studies, e.g. ecg=0.3,report=0.3 "
+                             "(default: the spec's `missing`; droppable: ecg, report, labs)")
     args = parser.parse_args(argv)
 
     from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
@@ -30,9 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_cohort_spec(args.spec) if args.spec.exists() else CohortSpec(
         name="demo", root=args.out, modalities=["xray", "ecg", "report", "labs"], split=SplitSpec())
     seed = spec.split.seed if args.seed is None else args.seed
+    missing = dict(spec.missing)
+    if args.missing:
+        try:
+            missing = {k.strip(): float(v) for k, v in (item.split("=") for item in args.missing.split(","))}
+        except ValueError:
+            parser.error(f"--missing expects modality=probability[,...], got {args.missing!r}")
     start = time.perf_counter()
     manifest = build_demo_cohort(args.out, n_studies=args.n_studies, seed=seed, workers=args.workers,
-                                 iu_source=args.iu_source, split_fractions=spec.split.as_tuple())
+                                 iu_source=args.iu_source, split_fractions=spec.split.as_tuple(),
+                                 missing=missing)
     studies = manifest.studies()
     counts = studies["split"].value_counts().to_dict()
     levels = json.loads((args.out / "reference_levels.json").read_text())

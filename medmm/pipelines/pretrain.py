@@ -92,9 +92,12 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
                                  save_last=True, save_top_k=1, monitor="val/loss", mode="min")
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
+        num_nodes=cfg.trainer.num_nodes,
         precision=precision, logger=logger, callbacks=[checkpoint],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
-        gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
+        # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
+        gradient_clip_val=None if cfg.trainer.grad_cache_chunk else cfg.trainer.gradient_clip_val,
+        enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=False,
     )
 
@@ -186,7 +189,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     reference = _reference_levels(dm)
     result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
                                   max_tokens=cfg.model.text.max_tokens, ks=tuple(cfg.eval.retrieval_ks),
-                                  label_ks=tuple(cfg.eval.label_ks), val_loader=dm.val_dataloader())
+                                  label_ks=tuple(cfg.eval.label_ks), scoring=cfg.loss.name,
+                                  val_loader=dm.val_dataloader())
     clock["eval"] = time.perf_counter()
     step = int(trainer.global_step)
     timings = {"time.data_s": clock["data"] - clock["start"], "time.train_s": clock["train"] - clock["data"],

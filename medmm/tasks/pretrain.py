@@ -10,8 +10,11 @@ import lightning as L
 import torch
 
 from medmm.config.pretrain import PretrainConfig
-from medmm.losses.contrastive import label_aware_targets, multi_modal_clip_loss
+from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss
+from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss, world
+from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
+from medmm.tasks.grad_cache import grad_cache_backward, split_batch
 from medmm.tasks.schedule import cosine_with_warmup
 
 
@@ -19,15 +22,54 @@ class ContrastivePretrainTask(L.LightningModule):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.cfg = cfg
-        self.model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size)
-        self.modalities = tuple(sorted({m for pair in cfg.loss.pairs for m in pair}))
+        self.model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size,
+                                  n_labs=len(cfg.data.lab_columns))
+        self.modalities = cfg.loss.used_modalities()
+        # GradCache drives its own two-pass backward, so Lightning hands over the optimiser.
+        self.automatic_optimization = cfg.trainer.grad_cache_chunk is None
+
+    def _loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
+        """The configured loss; in training under DDP over the gathered global batch."""
+        cfg = self.cfg.loss
+        gather = stage == "train" and cfg.gather and world()[1] > 1
+        if cfg.name == "symile":
+            # The same O(N) shuffles on every process: seeded by the step, not the rank.
+            generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + int(self.global_step))
+            reps = [emb[m] for m in self.modalities]
+            fn = gathered_symile_loss if gather else symile_loss
+            return fn(reps, self.model.logit_scale, cfg.negatives, generator), {}
+        if gather:
+            return gathered_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], batch["labels"],
+                                      cfg.label_aware_weight)
+        weight = cfg.label_aware_weight
+        targets = known_label_targets(batch["labels"], weight) if weight > 0 else None
+        return multi_modal_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], targets=targets)
+
+    def _grad_cache_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        opt, schedule = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad()
+        parts: dict = {}
+
+        def loss_fn(emb: dict) -> torch.Tensor:
+            loss, p = self._loss(emb, batch, "train")
+            parts.update(p)
+            return loss
+
+        chunks = split_batch(batch, self.cfg.trainer.grad_cache_chunk)
+        loss = grad_cache_backward(lambda c: self.model(c, self.modalities), chunks, loss_fn,
+                                   backward=self.manual_backward)
+        if self.cfg.trainer.gradient_clip_val:
+            self.clip_gradients(opt, gradient_clip_val=self.cfg.trainer.gradient_clip_val,
+                                gradient_clip_algorithm="norm")
+        opt.step()
+        schedule.step()
+        return loss, {k: v.detach() for k, v in parts.items()}
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        emb = self.model(batch, self.modalities)
-        weight = self.cfg.loss.label_aware_weight
-        targets = label_aware_targets(batch["labels"], weight) if weight > 0 else None
-        loss, parts = multi_modal_clip_loss(emb, self.cfg.loss.pairs, self.model.logit_scale, batch["present"],
-                                            targets=targets)
+        if stage == "train" and not self.automatic_optimization:
+            loss, parts = self._grad_cache_step(batch)
+        else:
+            loss, parts = self._loss(self.model(batch, self.modalities), batch, stage)
         n = len(batch["index"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, on_step=stage == "train", on_epoch=True)
         for name, value in parts.items():

@@ -65,14 +65,37 @@ def _row(name: str, value: float | None, chance: float | None, oracle: float | N
             "contrastive_optimum": contrastive_optimum, "gap_closed": gap}
 
 
+def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tuple[dict[str, float], list[dict]]:
+    """Symile-MIMIC's task: which of k candidate X-rays belongs with a query made of two
+    or more other modalities (e.g. ECG + labs); chance 1 / k. Symile scores a candidate
+    with the product of the query representations, CLIP with the sum of dot products."""
+    import itertools
+
+    from medmm.losses.symile import clip_scores, symile_scores
+    from medmm.metrics.candidates import candidate_accuracy
+
+    metrics, rows = {}, []
+    others = [m for m in ("ecg", "labs", "report") if m in emb]
+    if "xray" not in emb or len(emb["xray"]) < k:
+        return metrics, rows
+    score = symile_scores if scoring == "symile" else clip_scores
+    for r in range(2, len(others) + 1):
+        for query in itertools.combinations(others, r):
+            s = score([torch.from_numpy(emb[m]) for m in query], torch.from_numpy(emb["xray"])).numpy()
+            name = f"xray_from_{'-'.join(query)}.acc{k}"  # MLflow names: no '+'
+            metrics[name] = candidate_accuracy(s, k)
+            rows.append(_row(f"X-ray among {k} from {'+'.join(query)}", metrics[name], 1.0 / k, 1.0))
+    return metrics, rows
+
+
 def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
-                         ks=(1, 5, 10), label_ks=(1, 5), val_loader=None) -> EvalResult:
+                         ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None) -> EvalResult:
     """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
     (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
     ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
     retrieval is also reported prior-corrected (:mod:`medmm.tasks.gallery_prior`), its
     bandwidth and weight chosen on the validation split."""
-    modalities = tuple(m for m in ("xray", "ecg", "report") if m in model.modalities)
+    modalities = tuple(m for m in ("xray", "ecg", "report", "labs") if m in model.modalities)
     emb, labels, indices = embed_loader(model, loader, modalities)
     val = embed_loader(model, val_loader, modalities)[:2] if val_loader is not None else None
     logit_scale = float(model.logit_scale().detach().exp()) if hasattr(model, "logit_scale") else 1.0
@@ -101,6 +124,9 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
                     metrics[f"{q}_to_{c}.prior_corrected.{name}"] = value
                     rows.append(_row(f"{q}->{c} {name} prior-corrected", value, levels["chance"].get(name),
                                      levels["oracle"].get(name)))
+    extra_metrics, extra_rows = candidate_rows(emb, scoring)
+    metrics.update(extra_metrics)
+    rows.extend(extra_rows)
     pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
     for modality in ("xray", "ecg"):
         if modality not in emb:

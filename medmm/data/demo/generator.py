@@ -55,8 +55,19 @@ def _assign_patients(n_studies: int, rng: np.random.Generator) -> list[str]:
     return patients
 
 
-def _write_study(args: tuple[StudySpec, str, int]) -> dict[str, str]:
-    spec, out, seed = args
+MISSABLE = ("ecg", "report", "labs")  # the X-ray anchors every study
+
+
+def _dropped(seed: int, index: int, missing: dict[str, float]) -> set[str]:
+    """Modalities removed from this study, from their own generator (so the cohort's other
+    content is identical with and without missingness)."""
+    rng = np.random.default_rng([seed, index, 0x4D495353])
+    draws = rng.random(len(MISSABLE))
+    return {m for m, u in zip(MISSABLE, draws) if u < missing.get(m, 0.0)}
+
+
+def _write_study(args: tuple[StudySpec, str, int, set[str]]) -> dict[str, str]:
+    spec, out, seed, dropped = args
     from pydicom.uid import generate_uid
 
     from medmm.data.demo.ecg_synth import LEADS, synthesize_ecg
@@ -70,7 +81,8 @@ def _write_study(args: tuple[StudySpec, str, int]) -> dict[str, str]:
     folder = Path(out) / "patients" / spec.patient_id / spec.study_id
     folder.mkdir(parents=True, exist_ok=True)
     report_text = format_report(spec.sections, strict=False)  # real text may hold "WORD:" mid-sentence
-    (folder / MODALITY_FILES["report"]).write_text(report_text, encoding="utf-8")
+    if "report" not in dropped:
+        (folder / MODALITY_FILES["report"]).write_text(report_text, encoding="utf-8")
     report = read_report(report_text)
     findings = report.labels.findings
 
@@ -85,8 +97,11 @@ def _write_study(args: tuple[StudySpec, str, int]) -> dict[str, str]:
         photometric="MONOCHROME1" if rng.random() < 0.2 else "MONOCHROME2",
     )
     ecg = synthesize_ecg(findings, rng, fs=500, seconds=10.0)
-    write_wfdb(str(folder / "ecg"), ecg, 500, LEADS)
+    if "ecg" not in dropped:
+        write_wfdb(str(folder / "ecg"), ecg, 500, LEADS)
     labs = synthesize_labs(findings, rng)
+    if "labs" in dropped:
+        labs = {k: float("nan") for k in labs}
     return {"study_id": spec.study_id, **{k: float(v) for k, v in labs.items()}}
 
 
@@ -112,12 +127,31 @@ def _study_specs(n_studies: int | None, seed: int, iu_source: str | Path | None)
 
 def build_demo_cohort(out: str | Path, *, n_studies: int | None = None, seed: int = 0, workers: int = 2,
                       iu_source: str | Path | None = None,
-                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> Manifest:
-    """Write the demo cohort under ``out`` and return its manifest (split by patient)."""
+                      split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+                      missing: dict[str, float] | None = None,
+                      missing_splits: tuple[str, ...] = ("train", "val")) -> Manifest:
+    """Write the demo cohort under ``out`` and return its manifest (split by patient).
+
+    ``missing`` (e.g. ``{"ecg": 0.3, "report": 0.3}``): each study of ``missing_splits``
+    loses each listed modality with that probability, independently (its file is not
+    written and has no manifest row; missing labs are an empty labs row). The test split
+    stays complete by default, so metrics compare with the complete cohort's (as in
+    Symile's missing-data experiment, whose test data is complete).
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    missing = dict(missing or {})
+    unknown = sorted(set(missing) - set(MISSABLE))
+    if unknown:
+        raise ValueError(f"missing: cannot drop {unknown}; droppable modalities: {', '.join(MISSABLE)}")
+    for m, p in missing.items():
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"missing: probability of {m} must be in [0, 1), got {p}")
     specs = _study_specs(n_studies, seed, iu_source)
-    jobs = [(s, str(out), seed) for s in specs]
+    split_of = patient_level_split([s.patient_id for s in specs], split_fractions, seed)
+    dropped = {s.study_id: _dropped(seed, s.index, missing) if split_of[s.patient_id] in missing_splits else set()
+               for s in specs}
+    jobs = [(s, str(out), seed, dropped[s.study_id]) for s in specs]
     if workers > 1:
         with mp.get_context("fork").Pool(workers) as pool:
             labs_rows = pool.map(_write_study, jobs, chunksize=16)
@@ -125,11 +159,12 @@ def build_demo_cohort(out: str | Path, *, n_studies: int | None = None, seed: in
         labs_rows = [_write_study(j) for j in jobs]
     pd.DataFrame(labs_rows).to_csv(out / "labs.csv", index=False)
 
-    split_of = patient_level_split([s.patient_id for s in specs], split_fractions, seed)
     rows = []
     for s in specs:
         folder = Path("patients") / s.patient_id / s.study_id
         for modality, name in MODALITY_FILES.items():
+            if modality in dropped[s.study_id]:
+                continue
             rel = folder / name
             extra = (out / folder / "ecg.dat",) if modality == "ecg" else ()
             rows.append((s.patient_id, s.study_id, modality, rel.as_posix(), file_sha256(out / rel, extra),
