@@ -299,13 +299,17 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
 
     rows, cols = size0
     check_declared_size(where, (cols, rows, n), 4, "series (columns, rows, slices)")
-    array = np.empty((cols, rows, n), dtype=np.float32)
+    # Slices are written contiguously and the [column, row, slice] array is a transposed
+    # view of them: writing each slice into the last axis directly is a strided scatter
+    # that cost a third of the read.
+    stack = np.empty((n, rows, cols), dtype=np.float32)
     for k, o in enumerate(order):
         f = slices[o][0]
         pixels = image_from_dataset(slices[o][1], str(f), describe=False).pixels
         if pixels.shape != (rows, cols):
             raise InconsistentDataError(f, f"pixel array has shape {pixels.shape}, expected {(rows, cols)}")
-        array[:, :, k] = pixels.T
+        stack[k] = pixels
+    array = stack.transpose(2, 1, 0)
 
     metadata = {
         "source": "dicom",
