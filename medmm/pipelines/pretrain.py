@@ -102,6 +102,41 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
     )
 
 
+def start_or_resume_run(cfg, resume: bool):
+    """Seed, threads and the MLflow run of a pretraining pipeline: a new run, or with
+    ``resume`` the run and newest readable checkpoint that ``output_dir``'s run state
+    names. Returns (logger, tracking_uri, checkpoint to resume from or None, run folder)."""
+    import lightning as L
+    import mlflow
+    import torch
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from medmm.tracking.run_context import default_tracking_uri
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    output_dir = Path(cfg.output_dir)
+    state_path = output_dir / RUN_STATE
+    ckpt_path = None
+    if resume:
+        if not state_path.exists():
+            raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
+        state = json.loads(state_path.read_text())
+        ckpt_path = _latest_readable_checkpoint(Path(state["ckpt_dir"]))
+        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
+        print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
+    else:
+        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
+                              tracking_uri=tracking_uri)
+    run_dir = output_dir / logger.run_id
+    output_dir.mkdir(parents=True, exist_ok=True)
+    state_path.write_text(json.dumps({"run_id": logger.run_id, "ckpt_dir": str(run_dir / "checkpoints")}))
+    return logger, tracking_uri, ckpt_path, run_dir
+
+
 def config_class(path: Path | None, overrides: list[str]) -> type:
     """The config schema of the model the YAML (or a ``model.name=`` override) names."""
     from medmm.config.core import apply_override, load_yaml
@@ -126,10 +161,6 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         return run_ptunifier(cfg, resume)
     # The text encoder's frozen, cached lower layers stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    import lightning as L
-    import mlflow
-    import torch
-    from lightning.pytorch.loggers import MLFlowLogger
     from mlflow.tracking import MlflowClient
 
     from medmm.data.datamodule import PretrainDataModule
@@ -139,32 +170,12 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     from medmm.tracking.figures import retrieval_examples_figure
     from medmm.tracking.pyfunc_model import log_and_register
     from medmm.tracking.pipeline_run import log_context, register_with_aliases
-    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact
+    from medmm.tracking.run_context import log_json_artifact
 
     clock = {"start": time.perf_counter()}
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-
-    output_dir = Path(cfg.output_dir)
-    state_path = output_dir / RUN_STATE
-    ckpt_path = None
-    if resume:
-        if not state_path.exists():
-            raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
-        state = json.loads(state_path.read_text())
-        ckpt_path = _latest_readable_checkpoint(Path(state["ckpt_dir"]))
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
-        print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
-    else:
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                              tracking_uri=tracking_uri)
+    logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
     run_id = logger.run_id
-    ckpt_dir = output_dir / run_id / "checkpoints"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"run_id": run_id, "ckpt_dir": str(ckpt_dir)}))
+    ckpt_dir = run_dir / "checkpoints"
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=cfg.model.text.model_path)

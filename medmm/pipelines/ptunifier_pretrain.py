@@ -9,7 +9,6 @@ by ITC retrieval in both directions.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from medmm.config.core import ConfigError
 from medmm.config.ptunifier import PTUnifierPretrainConfig
 
 EXPORT_DIR = "export"
@@ -60,39 +58,16 @@ def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)) -> tuple[dict[s
 
 def run(cfg: PTUnifierPretrainConfig, resume: bool = False):
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    import lightning as L
-    import mlflow
-    import torch
-    from lightning.pytorch.loggers import MLFlowLogger
     from mlflow.tracking import MlflowClient
 
     from medmm.data.datamodule import PretrainDataModule
-    from medmm.pipelines.pretrain import RUN_STATE, PretrainOutcome, _latest_readable_checkpoint, _trainer
+    from medmm.pipelines.pretrain import PretrainOutcome, _trainer, start_or_resume_run
     from medmm.tasks.ptunifier_pretrain import PTUnifierPretrainTask
-    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+    from medmm.tracking.run_context import log_json_artifact, log_run_context
 
     start = time.perf_counter()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    output_dir = Path(cfg.output_dir)
-    state_path = output_dir / RUN_STATE
-    ckpt_path = None
-    if resume:
-        if not state_path.exists():
-            raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
-        state = json.loads(state_path.read_text())
-        ckpt_path = _latest_readable_checkpoint(Path(state["ckpt_dir"]))
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
-    else:
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                              tracking_uri=tracking_uri)
+    logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
     run_id = logger.run_id
-    run_dir = output_dir / run_id
-    output_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"run_id": run_id, "ckpt_dir": str(run_dir / "checkpoints")}))
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=cfg.model.text.model_path)
