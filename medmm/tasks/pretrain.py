@@ -15,10 +15,11 @@ from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss, w
 from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
 from medmm.tasks.grad_cache import grad_cache_backward, split_batch
+from medmm.tasks.epoch_seeding import EpochSeededData
 from medmm.tasks.schedule import cosine_with_warmup
 
 
-class ContrastivePretrainTask(L.LightningModule):
+class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
     def __init__(self, cfg: PretrainConfig):
         super().__init__()
         self.cfg = cfg
@@ -84,11 +85,6 @@ class ContrastivePretrainTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
-
-    def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
         opt_cfg = self.cfg.optim

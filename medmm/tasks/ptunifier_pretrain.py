@@ -16,6 +16,7 @@ from medmm.config.ptunifier import PTUnifierLossConfig, PTUnifierPretrainConfig
 from medmm.losses.ptunifier import (itc_loss, itm_loss, mlm_loss, sample_hard_negatives, whole_word_mask,
                                     word_starts)
 from medmm.models.registry import create_model
+from medmm.tasks.epoch_seeding import EpochSeededData
 from medmm.tasks.schedule import cosine_with_warmup
 
 
@@ -98,7 +99,7 @@ def param_groups(model, lr: float, head_lr_mult: float, weight_decay: float) -> 
             for (head, d), ps in groups.items()]
 
 
-class PTUnifierPretrainTask(L.LightningModule):
+class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
     def __init__(self, cfg: PTUnifierPretrainConfig):
         super().__init__()
         from medmm.models.encoders.text import load_tokenizer
@@ -125,11 +126,6 @@ class PTUnifierPretrainTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
-
-    def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
         o = self.cfg.optim

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from medmm.config.report import ReportConfig
+from medmm.tasks.epoch_seeding import EpochSeededData
 from medmm.tasks.schedule import cosine_with_warmup
 
 
-class ReportGenerationTask(L.LightningModule):
+class ReportGenerationTask(EpochSeededData, L.LightningModule):
     def __init__(self, cfg: ReportConfig, model: torch.nn.Module):
         super().__init__()
         self.cfg, self.model = cfg, model
@@ -37,11 +38,6 @@ class ReportGenerationTask(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self.log("val/loss", self.model(batch), batch_size=len(batch["index"]), on_step=False, on_epoch=True)
-
-    def on_train_epoch_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "set_epoch"):
-            dm.set_epoch(self.current_epoch)
 
     def configure_optimizers(self):
         o = self.cfg.optim
