@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="manifest path (default: <root>/manifest.parquet)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="reader processes")
     parser.add_argument("--chunk", type=int, default=64, help="files per worker task")
+    parser.add_argument("--memory-limit", default=None,
+                        help="cap on the ingest database's buffer, e.g. 64MB (default) or 1GB; past it, it works on disk")
     parser.add_argument("--stats-json", type=Path, default=None, help="also write the run's counts here")
     args = parser.parse_args(argv)
 
@@ -44,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or root / "manifest.parquet"
     try:
-        _, stats = ingest(spec, root, out, workers=args.workers, chunk=args.chunk)
-    except FileNotFoundError as exc:
+        limit = {"memory_limit": args.memory_limit} if args.memory_limit else {}
+        stats = ingest(spec, root, out, workers=args.workers, chunk=args.chunk, **limit)
+    except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"{spec.name}: {stats.n_patients} patients, {stats.n_studies} studies, {stats.n_rows} rows -> {out}\n"

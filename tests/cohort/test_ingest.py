@@ -17,8 +17,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def run(name: str, root: Path, workers: int = 1) -> tuple[pd.DataFrame, object]:
-    return ingest(load_cohort_spec(REPO / "cohorts" / f"{name}.yaml"), root, root / "manifest.parquet",
-                  workers=workers, chunk=2)
+    stats = ingest(load_cohort_spec(REPO / "cohorts" / f"{name}.yaml"), root, root / "manifest.parquet",
+                   workers=workers, chunk=2)
+    return pd.read_parquet(root / "manifest.parquet"), stats
 
 
 def studies_of(table: pd.DataFrame) -> dict[str, set[str]]:
@@ -41,6 +42,7 @@ def test_mimic_cxr_groups_by_content_patient_study_series_and_reads_only_new_fil
     assert file_sha256(tmp_path / row["path"]) == row["sha256"]
     assert table.groupby("patient_id")["split"].nunique().max() == 1
     assert stats.n_files_read == stats.n_files_seen and stats.n_files_reused == 0
+    assert not list(tmp_path.glob(".ingest-*")) and not list(tmp_path.glob(".*.tmp"))  # working files removed
 
     replicas.write_cxr(tmp_path / "files/p10/p10000034/s50000004/eeee5555.dcm", "10000034", "s4", 1, "21800606")
     (tmp_path / "files/p10/p10000034/s50000004.txt").write_text("IMPRESSION: Small left effusion.\n")
@@ -120,7 +122,8 @@ def test_amos_and_btcv_volumes_with_labels(tmp_path):
 
 
 def test_demo_cohort_ingest_matches_its_generator(tiny_cohort, tmp_path):
-    table, _ = ingest(load_cohort_spec(REPO / "cohorts/demo.yaml"), tiny_cohort, tmp_path / "m.parquet", workers=1)
+    ingest(load_cohort_spec(REPO / "cohorts/demo.yaml"), tiny_cohort, tmp_path / "m.parquet", workers=1)
+    table = pd.read_parquet(tmp_path / "m.parquet")
     generated = pd.read_parquet(tiny_cohort / "manifest.parquet")
     cols = ["patient_id", "study_id", "modality", "path", "sha256"]
     files = table[table["modality"] != "labs"][cols].sort_values(cols).reset_index(drop=True)
