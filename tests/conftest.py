@@ -90,3 +90,103 @@ def tracked_runs(tiny_cohort, mlflow_server, tmp_path_factory):
                                                                             f"pretrained.source={source}"]))
     return SimpleNamespace(uri=uri, cohort=tiny_cohort, tmp=tmp, pretrain=pre, report=rep, index=idx, source=source,
                            common=common)
+
+
+# --- the tiny tracked runs of the PTUnifier pretraining, finetune, survival and segment
+# pipelines (issue 7: every pipeline leaves one shape), each run once per session and shared
+# by the pipeline's own tests and tests/tracking/test_pipeline_shape.py.
+FINETUNE_TASKS = ("image_classification", "text_classification", "retrieval", "vqa")
+
+
+@pytest.fixture(scope="session")
+def ptunifier_pretrained(tiny_cohort, tmp_path_factory):
+    """A tiny PTUnifier pretraining run through the pretrain CLI, its export registered as
+    ``ptunifier-tiny``."""
+    from mlflow.tracking import MlflowClient
+
+    from medmm.pipelines.pretrain import main
+    from tests.ptunifier.conftest import PTU_TINY
+
+    tmp = tmp_path_factory.mktemp("ptu")
+    overrides = tiny_overrides(tiny_cohort, tmp)
+    assert main(["--config", str(PTU_TINY), *overrides, "trainer.limit_train_batches=3",
+                 "tracking.register_model=true", "tracking.registered_name=ptunifier-tiny"]) == 0
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("medmm-tiny").experiment_id])[0]
+    export = next(Path(tmp / "runs" / run.info.run_id).glob("export"))
+    return {"tmp": tmp, "uri": uri, "run": run, "export": export, "overrides": overrides,
+            "registered": "ptunifier-tiny"}
+
+
+def finetune_cli(pretrained: dict, checkpoint, task: str, *extra: str) -> int:
+    """``python -m medmm.pipelines.finetune`` (in process) on the tiny cohort, into the
+    PTUnifier run's store, run name = task."""
+    from medmm.pipelines.finetune import main
+
+    tmp = pretrained["tmp"]
+    over = [f"checkpoint={checkpoint}", f"data.root={pretrained['overrides'][0].split('=', 1)[1]}",
+            f"data.cache_dir={tmp / 'cache'}", f"tracking.uri={pretrained['uri']}", f"output_dir={tmp / 'ft'}",
+            "epochs=1", "limit_train_batches=2", "data.batch_size=8", f"tracking.run_name={task}", *extra]
+    return main(["--config", str(REPO / f"configs/finetune/{task}.yaml"), *over])
+
+
+def last_finetune_run(uri: str, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("medmm-finetune")
+    return client.search_runs([exp.experiment_id], filter_string=f"tags.mlflow.runName = '{name}'",
+                              order_by=["attributes.start_time DESC"])[0]
+
+
+@pytest.fixture(scope="session")
+def ptunifier_finetunes(ptunifier_pretrained):
+    """Every downstream task fine-tuned from the tiny PTUnifier run (half the labels): task ->
+    its MLflow run. Retrieval starts from the registered export (``models:/ptunifier-tiny@champion``),
+    the others from the export folder; image classification is registered (``medmm-finetune-
+    image_classification``; the others are not, to keep the 60 MB copies of the tiny model off disk)."""
+    runs = {}
+    for task in FINETUNE_TASKS:
+        checkpoint = (f"models:/{ptunifier_pretrained['registered']}@champion" if task == "retrieval"
+                      else ptunifier_pretrained["export"])
+        register = f"tracking.register_model={str(task == 'image_classification').lower()}"
+        assert finetune_cli(ptunifier_pretrained, checkpoint, task, "data.label_fraction=0.5", register) == 0, task
+        runs[task] = last_finetune_run(ptunifier_pretrained["uri"], task)
+    return runs
+
+
+@pytest.fixture(scope="session")
+def tiny_survival_run(tmp_path_factory):
+    """One tiny tracked run of every tabular head and both baselines (breast cancer), shared
+    by the survival pipeline and notebook tests; the Cox head is registered."""
+    from medmm.config.core import build_config
+    from medmm.config.survival import SurvivalConfig
+    from medmm.pipelines.survival import run
+    from tests.survival.conftest import TINY_SURVIVAL, survival_overrides
+
+    tmp = tmp_path_factory.mktemp("survival_run")
+    return run(build_config(SurvivalConfig, TINY_SURVIVAL, survival_overrides(tmp)))
+
+
+@pytest.fixture(scope="session")
+def tiny_volume_cohort(tmp_path_factory) -> Path:
+    """A tiny CT + MR phantom cohort in real formats (NIfTI, DICOM series, manifest)."""
+    from medmm.data.demo.volumes import write_volume_cohort
+
+    root = tmp_path_factory.mktemp("volumes") / "demo_volumes"
+    write_volume_cohort(root, n_per_modality=3, size=24, spacing_mm=12.0, seed=3)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_segment_run(tiny_volume_cohort, tmp_path_factory):
+    """One tiny tracked segmentation run (both variants, 4 steps): (SegmentOutcome, its folder)."""
+    from medmm.config.core import build_config
+    from medmm.config.segment import SegmentConfig
+    from medmm.pipelines.segment import train
+    from tests.segmentation.conftest import TINY_SEG_CONFIG, seg_overrides
+
+    tmp = tmp_path_factory.mktemp("segrun")
+    cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(tiny_volume_cohort, tmp))
+    return train(cfg), tmp

@@ -31,6 +31,9 @@ class FinetuneTrackingConfig(StrictModel):
     uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
     experiment: str = "medmm-finetune"
     run_name: str | None = None
+    register_model: bool = Field(True, description="register the fine-tuned model in the model registry (alias "
+                                                   "newest; no champion: nothing is selected on validation data)")
+    registered_name: str | None = Field(None, description="registered model name (default: medmm-finetune-<task>)")
 
 
 class FinetuneConfig(StrictModel):

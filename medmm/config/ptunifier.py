@@ -89,5 +89,5 @@ class PTUnifierPretrainConfig(StrictModel):
     loss: PTUnifierLossConfig = PTUnifierLossConfig()
     optim: PTUnifierOptimConfig = PTUnifierOptimConfig()
     trainer: TrainerConfig = TrainerConfig()
-    tracking: TrackingConfig = TrackingConfig(experiment="medmm-ptunifier", register_model=False,
+    tracking: TrackingConfig = TrackingConfig(experiment="medmm-ptunifier", register_model=True,
                                               registered_name="medmm-ptunifier")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from medmm.config.core import StrictModel
 
@@ -64,6 +64,12 @@ class SegTrackingConfig(StrictModel):
     uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db here)")
     experiment: str = "medmm-segment"
     run_name: str | None = None
+    register_model: bool = Field(True, description="register one trained variant in the model registry (alias "
+                                                   "newest; no champion: a fixed step budget selects nothing on "
+                                                   "validation data)")
+    registered_variant: Literal["text", "none"] | None = Field(
+        None, description="the variant registered (default: the first of `variants`)")
+    registered_name: str = "medmm-segment"
 
 
 class InferConfig(StrictModel):
@@ -86,3 +92,15 @@ class SegmentConfig(StrictModel):
     tracking: SegTrackingConfig = SegTrackingConfig()
     infer: InferConfig = InferConfig()
     save_test_masks: bool = Field(True, description="log the test-case masks (NIfTI, source affine) to MLflow")
+
+    @model_validator(mode="after")
+    def _registered_variant_is_trained(self) -> "SegmentConfig":
+        chosen = self.tracking.registered_variant
+        if chosen is not None and chosen not in self.variants:
+            raise ValueError(f"tracking.registered_variant={chosen!r} is not in variants {self.variants}")
+        return self
+
+    def variant_to_register(self) -> str | None:
+        if not self.tracking.register_model or not self.variants:
+            return None
+        return self.tracking.registered_variant or self.variants[0]

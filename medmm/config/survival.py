@@ -65,6 +65,13 @@ class SurvivalTrackingConfig(StrictModel):
     uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
     experiment: str = "medmm-survival"
     run_name: str | None = None
+    register_model: bool = Field(True, description="register a trained torch model in the model registry "
+                                                   "(champion: lowest inner-validation loss, the early-stopping "
+                                                   "criterion)")
+    model_to_register: ModelName | None = Field(None, description="which model of `models` is registered "
+                                                                  "(default: the first torch model; baselines "
+                                                                  "are not registered)")
+    registered_name: str | None = Field(None, description="registered model name (default: medmm-survival-<model>)")
 
 
 class SurvivalConfig(StrictModel):
@@ -86,4 +93,14 @@ class SurvivalConfig(StrictModel):
                 raise ValueError(f"models {wrong} need slides and gene groups: use data.dataset=pathology")
         if len(set(self.models)) != len(self.models):
             raise ValueError("a model is listed twice")
+        chosen = self.tracking.model_to_register
+        if chosen is not None and (chosen not in self.models or chosen in BASELINES):
+            raise ValueError(f"tracking.model_to_register={chosen!r} must be a torch model listed in models "
+                             f"(not a baseline: {', '.join(BASELINES)})")
         return self
+
+    def model_to_register(self) -> str | None:
+        """The torch model whose fit is registered (None: registration off or no torch model)."""
+        if not self.tracking.register_model:
+            return None
+        return self.tracking.model_to_register or next((m for m in self.models if m not in BASELINES), None)

@@ -30,6 +30,7 @@ class SurvivalData:
     groups: dict[str, np.ndarray] = field(default_factory=dict)  # group -> [n, genes]
     skipped: list[dict] = field(default_factory=list)
     content_hash: str = ""
+    manifest: object | None = None  # medmm.cohort.manifest.Manifest of a pathology cohort (None: bundled table)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -148,4 +149,4 @@ def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification
     names = gene_cols + [f"tile_mean.{n}" for n in ColorTextureEncoder.names]
     split = np.array([r.split for r in keep])
     return SurvivalData(time, event, x, names, split, bags, groups, skipped,
-                        content_hash=manifest.content_hash())
+                        content_hash=manifest.content_hash(), manifest=manifest)

@@ -34,6 +34,8 @@ class FinetuneOutcome:
     tracking_uri: str
     metrics: dict[str, float]
     family: str
+    model_uri: str | None = None  # the registered fine-tuned model (tracking.register_model)
+    version: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -186,7 +188,11 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     from medmm.data.datamodule import PretrainDataModule
     from medmm.models.encoders.text import load_tokenizer
     from medmm.tasks.finetune import Backbone, FinetuneTask, label_subset, load_pretrained, resolve_checkpoint
-    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+    from medmm.tracking.figures import grouped_bars_figure
+    from medmm.tracking.pipeline_run import (finish, log_context, log_figure, log_json, log_metrics,
+                                             register_with_aliases)
+    from medmm.tracking.run_context import default_tracking_uri
+    from medmm.tracking.served_models import log_finetuned_model
 
     if cfg.checkpoint is None:
         raise ConfigError("checkpoint is required: checkpoint=<exported model folder or MLflow URI>")
@@ -221,27 +227,26 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
 
         train_loader = _vqa_data(dm, cfg, tokenizer, train_idx, True, cfg.seed)
         test_loader = _vqa_data(dm, cfg, tokenizer, test_idx, False, cfg.seed)
-        n_out = len(ANSWERS)
+        outputs = list(ANSWERS)
     else:
         from medmm.io.findings import FINDINGS
 
         train_loader = _study_loader(dm, cfg, train_idx, True, cfg.seed)
         test_loader = _study_loader(dm, cfg, test_idx, False, cfg.seed)
-        n_out = len(FINDINGS)
+        outputs = list(FINDINGS) if cfg.task != "retrieval" else []
 
     itc_t = getattr(getattr(pre, "loss", None), "itc_temperature", 0.1)
-    task = FinetuneTask(cfg, Backbone(family, model, itc_t), n_out, prompts_trainable)
+    task = FinetuneTask(cfg, Backbone(family, model, itc_t), len(outputs), prompts_trainable)
     logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
                           tracking_uri=tracking_uri)
     run_id = logger.run_id
     client = MlflowClient(tracking_uri)
-    log_run_context(client, run_id, cfg, dm.manifest, dm.cohort.skipped)
+    log_context(client, run_id, "finetune", cfg, dm.manifest, dm.cohort.skipped)
     for key, value in {"pretrained_family": family, "pretrained_checkpoint": str(folder),
                        "prompts_trainable": str(prompts_trainable).lower(), "task": cfg.task}.items():
         client.set_tag(run_id, key, value)
-    client.log_metric(run_id, "data.n_train_studies_labelled", len(train_idx))
-    client.log_metric(run_id, "data.n_test_studies", len(test_idx))
-    client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
+    log_metrics(client, run_id, {"data.n_train_studies_labelled": len(train_idx), "data.n_test_studies": len(test_idx),
+                                 "data.n_skipped_studies": len(dm.cohort.skipped)})
     if cfg.epochs > 0:
         trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu" if not torch.cuda.is_available() else "auto",
                             logger=logger, enable_checkpointing=False, enable_model_summary=False,
@@ -250,13 +255,21 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
         trainer.fit(task, train_dataloaders=train_loader)
     train_s = time.perf_counter() - start
     metrics = evaluate(task, test_loader, cfg)
-    for name, value in metrics.items():
-        client.log_metric(run_id, f"test.{name}".replace("@", "_at_"), value)
-    client.log_metric(run_id, "time.total_s", time.perf_counter() - start)
-    client.log_metric(run_id, "time.train_s", train_s)
-    log_json_artifact(client, run_id, "test_metrics.json", metrics)
-    client.set_terminated(run_id)
-    return FinetuneOutcome(run_id, tracking_uri, metrics, family)
+    log_metrics(client, run_id, metrics, prefix="test.")
+    log_metrics(client, run_id, {"time.total_s": time.perf_counter() - start, "time.train_s": train_s})
+    log_json(client, run_id, "test_metrics.json", metrics)
+    log_figure(client, run_id, grouped_bars_figure({f"{cfg.task} ({family} checkpoint)": metrics}, list(metrics),
+                                                   f"fine-tuned {cfg.task} on the held-out split"), "test_metrics")
+    model_uri = version = None
+    if cfg.tracking.register_model:
+        model_uri = log_finetuned_model(run_id, task, cfg, pre, outputs, prompts_trainable)
+        version = register_with_aliases(client, model_uri, registered_name(cfg), run_id, metric=None)
+    finish(client, run_id)
+    return FinetuneOutcome(run_id, tracking_uri, metrics, family, model_uri, version)
+
+
+def registered_name(cfg: FinetuneConfig) -> str:
+    return cfg.tracking.registered_name or f"medmm-finetune-{cfg.task}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in outcome.metrics.items():
         print(f"  {name:32s} {value:.3f}")
     print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
+    if outcome.model_uri:
+        print(f"Registered model: {registered_name(cfg)} version {outcome.version} ({outcome.model_uri})")
     return 0
 
 

@@ -104,98 +104,112 @@ def _seed(seed: int) -> None:
     set_determinism(seed=seed)
 
 
-def _save_weights(model, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
-
-
 def train(cfg: SegmentConfig) -> SegmentOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import mlflow
+    import numpy as np
     import torch
-    from mlflow.tracking import MlflowClient
 
     from medmm.data.segmentation import load_volume_cohort
     from medmm.metrics.segmentation import POLICY, summarise
     from medmm.models.registry import create_model
     from medmm.tasks.segment import evaluate_cases, train_variant
-    from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+    from medmm.tracking.figures import grouped_bars_figure
+    from medmm.tracking.pipeline_run import (finish, log_context, log_figure, log_json, log_metrics,
+                                             register_with_aliases, start_run)
+    from medmm.tracking.run_context import log_json_artifact
+    from medmm.tracking.served_models import log_segmenter, save_weights
 
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(cfg.tracking.experiment)
-    run_id = client.create_run(experiment_id, run_name=cfg.tracking.run_name).info.run_id
+    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
+                                             "segment")
 
     start = time.perf_counter()
     try:
         cohort = load_volume_cohort(cfg.data)
     except FileNotFoundError as exc:
-        client.set_terminated(run_id, "FAILED")
+        finish(client, run_id, "FAILED")
         raise ConfigError(str(exc)) from exc
-    log_run_context(client, run_id, cfg, cohort.manifest, cohort.skipped)
-    client.log_metric(run_id, "data.n_skipped_cases", len(cohort.skipped))
-    for split in ("train", "val", "test"):
-        for m in cfg.data.modalities:
-            client.log_metric(run_id, metric_key("data", f"n_{split}", m), len(cohort.select(split, m)))
+    log_context(client, run_id, "segment", cfg, cohort.manifest, cohort.skipped)
+    log_metrics(client, run_id, {"data.n_skipped_cases": len(cohort.skipped),
+                                 **{metric_key("data", f"n_{split}", m): len(cohort.select(split, m))
+                                    for split in ("train", "val", "test") for m in cfg.data.modalities}})
     client.set_tag(run_id, "metric_policy", POLICY)
     client.set_tag(run_id, "classes", json.dumps(cohort.classes))
-    log_json_artifact(client, run_id, "labels.json",
-                      {"classes": cohort.classes, "modality_classes": cohort.modality_classes}, "run")
+    labels = {"classes": cohort.classes, "modality_classes": cohort.modality_classes}
+    log_json_artifact(client, run_id, "labels.json", labels, "run")
     test_cases = cohort.select("test")
     out_dir = Path(cfg.output_dir) / run_id
+    to_register, registered = cfg.variant_to_register(), None
     rows: list[dict] = []
     for variant in cfg.variants:
         _seed(cfg.seed)
         model = create_model(cfg.model.name, cfg.model, class_names=cohort.classes, conditioning=variant)
         n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        client.log_metric(run_id, metric_key(variant, "n_trainable_params"), n_params)
+        log_metrics(client, run_id, {metric_key(variant, "n_trainable_params"): n_params})
 
         def on_step(step, modality, loss, variant=variant):
             if step % cfg.trainer.log_every_n_steps == 0 or step == cfg.trainer.max_steps - 1:
-                client.log_metric(run_id, metric_key(variant, "train_loss", modality), loss, step=step)
+                log_metrics(client, run_id, {metric_key(variant, "train_loss", modality): loss}, step=step)
 
         fit = train_variant(model, cohort, cfg, on_step)
-        client.log_metric(run_id, metric_key(variant, "time", "train_s"), fit["train_s"])
         t0 = time.perf_counter()
         mask_dir = out_dir / "masks" / variant
         rows += evaluate_cases(model, test_cases, cohort, cfg, variant, mask_dir if cfg.save_test_masks else None)
-        client.log_metric(run_id, metric_key(variant, "time", "eval_s"), time.perf_counter() - t0)
+        log_metrics(client, run_id, {metric_key(variant, "time", "train_s"): fit["train_s"],
+                                     metric_key(variant, "time", "eval_s"): time.perf_counter() - t0})
         if cfg.save_test_masks and mask_dir.exists():
             client.log_artifacts(run_id, str(mask_dir), f"masks/{variant}")
-        with tempfile.TemporaryDirectory() as tmp:
-            weights = Path(tmp) / f"{variant}.safetensors"
-            _save_weights(model, weights)
-            client.log_artifact(run_id, str(weights), "model")
+        with tempfile.TemporaryDirectory() as tmp:  # every variant's weights: what `infer` reads
+            client.log_artifact(run_id, str(save_weights(model, Path(tmp) / f"{variant}.safetensors")), "model")
+        if variant == to_register:
+            registered = model
 
     summary = with_means(summarise(rows))
-    for r in summary:
-        for name in ("dice", "hd95"):
-            if r[name] == r[name]:  # not NaN
-                client.log_metric(run_id, metric_key("test", r["variant"], r["modality"], r["class"], name), r[name])
+    log_metrics(client, run_id, {metric_key("test", r["variant"], r["modality"], r["class"], name): r[name]
+                                 for r in summary for name in ("dice", "hd95")})
+    means = {v: [r["dice"] for r in summary if r["variant"] == v and r["class"] == "mean"] for v in cfg.variants}
     table = format_table(summary)
-    log_json_artifact(client, run_id, "test_scores_per_case.json", rows)
-    log_json_artifact(client, run_id, "test_summary.json", summary)
+    log_json(client, run_id, "test_scores_per_case.json", rows)
+    log_json(client, run_id, "test_summary.json", summary)
     client.log_text(run_id, table + f"\n\nmetric policy: {POLICY}\n", "results/test_table.md")
-    client.log_text(run_id, json.dumps({"test_cases": [{"case": c.case_id, "modality": c.modality,
-                                                         "source": c.source} for c in test_cases]}, indent=2),
-                    "results/test_cases.json")
-    client.log_metric(run_id, "time.total_s", time.perf_counter() - start)
-    client.set_terminated(run_id)
+    log_json(client, run_id, "test_cases.json", {"test_cases": [{"case": c.case_id, "modality": c.modality,
+                                                                 "source": c.source} for c in test_cases]})
+    names = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
+    bars = {names[v]: {f"{r['modality'].upper()} {r['class']}": r["dice"] for r in summary if r["variant"] == v}
+            for v in cfg.variants}
+    order = sorted({(r["modality"], r["class"]) for r in summary}, key=lambda k: (k[0], k[1] == "mean", k[1]))
+    log_figure(client, run_id, grouped_bars_figure(bars, [f"{m.upper()} {c}" for m, c in order],
+                                                   "segmentation on the held-out split", "Dice"), "test_dice")
+    log_metrics(client, run_id, {"time.total_s": time.perf_counter() - start})
+    if registered is not None and means[to_register]:
+        log_metrics(client, run_id, {"test.mean_dice": float(np.mean(means[to_register]))})
+        uri = log_segmenter(run_id, registered, cfg, labels, to_register)
+        # a fixed step budget selects nothing on validation data: newest only, no champion
+        register_with_aliases(client, uri, cfg.tracking.registered_name, run_id, metric=None)
+    finish(client, run_id)
     return SegmentOutcome(run_id, tracking_uri, summary, table, len(cohort.skipped))
 
 
-def load_trained(run_id: str, variant: str, tracking_uri: str):
-    """-> (model in eval mode, its training config, class names) from a run's artifacts.
-    Weights are safetensors; the frozen text embeddings travel inside them."""
-    import mlflow
+def segmenter_from_files(config_path: Path, labels_path: Path, weights_path: Path, variant: str):
+    """-> (model in eval mode, its training config, class names) from a trained variant's files
+    (safetensors weights; the frozen text embeddings travel inside them)."""
     from safetensors.torch import load_file
 
     from medmm.models.registry import create_model
+
+    cfg = build_config(SegmentConfig, config_path)
+    classes = json.loads(Path(labels_path).read_text())["classes"]
+    state = load_file(str(weights_path))
+    model = create_model(cfg.model.name, cfg.model, class_names=classes, conditioning=variant,
+                         text_embeddings=state.get("head.text_embeddings"))
+    model.load_state_dict(state)
+    return model.eval(), cfg, classes
+
+
+def load_trained(run_id: str, variant: str, tracking_uri: str):
+    """-> (model in eval mode, its training config, class names) from a run's artifacts."""
+    import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
@@ -206,13 +220,7 @@ def load_trained(run_id: str, variant: str, tracking_uri: str):
                                                           dst_path=tmp)
         except Exception as exc:  # noqa: BLE001 - mlflow raises several types for a missing artifact
             raise ConfigError(f"run {run_id} has no trained variant {variant!r}") from exc
-        cfg = build_config(SegmentConfig, cfg_path)
-        classes = json.loads(Path(labels).read_text())["classes"]
-        state = load_file(weights)
-    model = create_model(cfg.model.name, cfg.model, class_names=classes, conditioning=variant,
-                         text_embeddings=state.get("head.text_embeddings"))
-    model.load_state_dict(state)
-    return model.eval(), cfg, classes
+        return segmenter_from_files(Path(cfg_path), Path(labels), Path(weights), variant)
 
 
 def mask_name(path: Path) -> str:

@@ -13,7 +13,6 @@ test-patient predictions (row numbers only, no identifiers) for the notebook.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medmm.config.core import ConfigError, build_config, flatten, options_help
+from medmm.config.core import ConfigError, build_config, options_help
 from medmm.config.survival import BASELINES, SurvivalConfig
 from medmm.io.errors import MedmmInputError
 
@@ -37,6 +36,8 @@ class SurvivalOutcome:
     tracking_uri: str
     results: dict[str, dict[str, float]]  # model -> metric (+ _lo / _hi)
     table: str
+    model_uri: str | None = None  # the registered model (tracking.register_model)
+    version: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,48 +79,32 @@ def format_table(results: dict[str, dict[str, float]], level: float) -> str:
 
 def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import mlflow
     import pandas as pd
     import torch
-    from mlflow.entities import Param, RunTag
-    from mlflow.tracking import MlflowClient
 
     from medmm.metrics.survival import (bootstrap_ci, evaluation_times, kaplan_meier_figure, risk_groups,
                                         structured, survival_scores)
     from medmm.tasks.survival import fit_predict_baseline, fit_predict_torch, make_split
-    from medmm.tracking.run_context import (MLFLOW_PARAM_MAX, default_tracking_uri, git_state, log_json_artifact,
-                                            pseudonym)
+    from medmm.tracking.pipeline_run import (finish, log_context, log_figure, log_json, log_metrics,
+                                             register_with_aliases, start_run)
+    from medmm.tracking.served_models import log_survival_model
 
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
-    run_id = client.create_run(exp_id, run_name=cfg.tracking.run_name).info.run_id
-    params = [Param(k, ("None" if v is None else str(v))[:MLFLOW_PARAM_MAX]) for k, v in flatten(cfg).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i:i + 100])
+    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
+                                             "survival")
 
     start = clock.perf_counter()
     data = load_data(cfg)
     split = make_split(data, cfg)
-    tags = {**git_state(), "data_sha256": data.content_hash, "dataset": cfg.data.dataset,
-            "n_skipped_files": str(len(data.skipped))}
-    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    # a pathology cohort's content hash is its manifest's; a bundled table's is the hash of its arrays
+    log_context(client, run_id, "survival", cfg, data.manifest, data.skipped, content_hash=data.content_hash)
+    client.set_tag(run_id, "dataset", cfg.data.dataset)
+    counts = {"data.n_skipped": len(data.skipped)}
     for name, rows in (("train", split.train), ("val", split.val), ("test", split.test)):
-        client.log_metric(run_id, f"data.n_{name}", len(rows))
-        client.log_metric(run_id, f"data.n_{name}_events", int(data.event[rows].sum()))
-    client.log_metric(run_id, "data.n_skipped", len(data.skipped))
-    # Slide names of real cohorts embed patient barcodes: log a keyed hash, never the name.
-    client.log_text(run_id, json.dumps([{"study": pseudonym(s["study_id"], data.content_hash),
-                                         "suffix": Path(s["path"]).suffix, "problem": s["problem"].replace(
-                                             s["path"], "<file>")} for s in data.skipped], indent=2),
-                    "run/skipped_files.json")
-    from medmm.config.core import to_yaml
-
-    client.log_text(run_id, to_yaml(cfg), "run/config.yaml")
+        counts[f"data.n_{name}"] = len(rows)
+        counts[f"data.n_{name}_events"] = int(data.event[rows].sum())
+    log_metrics(client, run_id, counts)
 
     train_all = split.train_all
     y_train = structured(data.time[train_all], data.event[train_all])
@@ -128,6 +113,7 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     results: dict[str, dict[str, float]] = {}
     predictions = pd.DataFrame({"row": split.test, "time": t_test, "event": e_test.astype(int)})
     surv_curves = {}
+    to_register, registered = cfg.model_to_register(), None
     for name in cfg.models:
         t0 = clock.perf_counter()
         fit = fit_predict_baseline if name in BASELINES else fit_predict_torch
@@ -149,17 +135,14 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
         r.update({"logrank_chisq": groups.chisq, "logrank_p": groups.p_value, "fit_s": fit_s})
         r.update({f"info.{k}": float(v) for k, v in pred.info.items()})
         results[name] = r
-        for metric, value in r.items():
-            if np.isfinite(value):
-                client.log_metric(run_id, f"test.{name}.{metric}", float(value))
+        log_metrics(client, run_id, r, prefix=f"test.{name}.")
         fig = kaplan_meier_figure(t_test, e_test, groups, f"{name}: test patients by predicted risk")
-        client.log_figure(run_id, fig, f"figures/km_{name}.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        log_figure(client, run_id, fig, f"km_{name}")
         predictions[f"risk.{name}"] = pred.risk_test
         predictions[f"group.{name}"] = groups.group
         surv_curves[name] = pred.surv_test
+        if name == to_register:
+            registered = pred
         print(f"  {name:10s} Harrell C {r['harrell_c']:.3f}  IBS {r['ibs']:.3f}  ({fit_s:.1f} s)", flush=True)
 
     table = format_table(results, cfg.eval.ci_level)
@@ -170,11 +153,21 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
         curves = Path(tmp) / "test_survival_curves.npz"
         np.savez(curves, times=times, **{f"surv_{k}": v for k, v in surv_curves.items()})
         client.log_artifact(run_id, str(curves), artifact_path="results")
-    log_json_artifact(client, run_id, "test_metrics.json", results)
+    log_json(client, run_id, "test_metrics.json", results)
     client.log_text(run_id, table, "results/test_metrics.md")
-    client.log_metric(run_id, "time.total_s", clock.perf_counter() - start)
-    client.set_terminated(run_id)
-    return SurvivalOutcome(run_id, tracking_uri, results, table)
+    log_metrics(client, run_id, {"time.total_s": clock.perf_counter() - start})
+    model_uri = version = None
+    if registered is not None:
+        # the champion metric is the early-stopping criterion of the registered model: its best
+        # inner-validation loss (never a test-split score)
+        log_metrics(client, run_id, {"best_val_loss": registered.info["val_loss"]})
+        model_uri = log_survival_model(run_id, to_register, registered.model, cfg, registered.preprocess,
+                                       {"feature_names": list(data.feature_names), "dims": registered.dims})
+        version = register_with_aliases(client, model_uri, cfg.tracking.registered_name or
+                                        f"medmm-survival-{to_register}", run_id, "best_val_loss",
+                                        higher_is_better=False)
+    finish(client, run_id)
+    return SurvivalOutcome(run_id, tracking_uri, results, table, model_uri, version)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\nHeld-out test split:\n")
     print(outcome.table)
     print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
+    if outcome.model_uri:
+        name = cfg.tracking.registered_name or f"medmm-survival-{cfg.model_to_register()}"
+        print(f"Registered model: {name} version {outcome.version} ({outcome.model_uri})")
     return 0
 
 

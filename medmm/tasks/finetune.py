@@ -40,21 +40,27 @@ def resolve_checkpoint(checkpoint: str, tracking_uri: str | None = None) -> Path
     raise MedmmInputError(folder, "not a pretrained model folder: config.yaml and model.safetensors not found")
 
 
+def read_pretrain_config(path: Path):
+    """(family name, validated pretraining config) of a pretraining run's config.yaml."""
+    from medmm.config.ptunifier import PTUnifierPretrainConfig
+    from medmm.config.pretrain import PretrainConfig
+
+    data = load_yaml(path)
+    name = (data.get("model") or {}).get("name", "more")
+    cls = PTUnifierPretrainConfig if name == "ptunifier" else PretrainConfig
+    try:
+        return name, cls.model_validate(data)
+    except Exception as exc:  # noqa: BLE001 - any validation problem names the file
+        raise MedmmInputError(path, f"not a valid pretraining config: {exc}") from None
+
+
 def load_pretrained(folder: Path):
     """(family name, model with its weights, the pretraining config) from an exported folder."""
     from safetensors.torch import load_file
 
-    from medmm.config.ptunifier import PTUnifierPretrainConfig
-    from medmm.config.pretrain import PretrainConfig
     from medmm.models.registry import create_model
 
-    data = load_yaml(folder / "config.yaml")
-    name = (data.get("model") or {}).get("name", "more")
-    cls = PTUnifierPretrainConfig if name == "ptunifier" else PretrainConfig
-    try:
-        pre = cls.model_validate(data)
-    except Exception as exc:  # noqa: BLE001 - any validation problem names the file
-        raise MedmmInputError(folder / "config.yaml", f"not a valid pretraining config: {exc}") from None
+    name, pre = read_pretrain_config(folder / "config.yaml")
     model = create_model(name, pre.model, image_size=pre.data.image_size)
     try:
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
@@ -106,6 +112,19 @@ class Backbone(nn.Module):
             return itc_embeddings(self.model, image, ids, mask)
         return (self.model.encode("xray", {"xray": image}),
                 self.model.encode("report", {"report_ids": ids, "report_mask": mask}))
+
+    def embed(self, column: str, batch: dict) -> torch.Tensor:
+        """One side's retrieval embedding (``xray`` or ``report``), as :meth:`retrieval_embeddings`
+        gives it for pairs: what a served model returns for one input column."""
+        if not self.is_ptunifier:
+            return self.model.encode(column, batch)
+        from medmm.tasks.ptunifier_pretrain import itc_image_embeddings, itc_text_embeddings
+
+        if column == "xray":
+            return itc_image_embeddings(self.model, batch["xray"])
+        if column == "report":
+            return itc_text_embeddings(self.model, batch["report_ids"], batch["report_mask"])
+        raise ValueError(f"a PTUnifier model embeds xray or report, not {column!r}")
 
     def retrieval_temperature(self) -> torch.Tensor | float:
         if self.is_ptunifier:

@@ -24,6 +24,16 @@ def _no_pad(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
 
 
+def _image_side(model, img: torch.Tensor, pseudo_txt: torch.Tensor) -> torch.Tensor:
+    cls = model.fuse(img, _no_pad(img), pseudo_txt, _no_pad(pseudo_txt)).cls
+    return F.normalize(model.itc_image_head(cls), dim=-1)
+
+
+def _text_side(model, pseudo_img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    cls = model.fuse(pseudo_img, _no_pad(pseudo_img), txt, mask == 0).cls
+    return F.normalize(model.itc_text_head(cls), dim=-1)
+
+
 def itc_embeddings(model, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                    encoded_image: torch.Tensor | None = None, encoded_text: torch.Tensor | None = None):
     """L2-normalised ITC embeddings of (image + pseudo-text) and (pseudo-image + text)."""
@@ -31,9 +41,17 @@ def itc_embeddings(model, image: torch.Tensor, ids: torch.Tensor, mask: torch.Te
     txt = model.encode_text(ids, mask) if encoded_text is None else encoded_text
     pseudo_txt, _ = model.pseudo_text(model.image_query(image))
     pseudo_img, _ = model.pseudo_image(model.text_query(ids, mask))
-    image_side = model.fuse(img, _no_pad(img), pseudo_txt, _no_pad(pseudo_txt)).cls
-    text_side = model.fuse(pseudo_img, _no_pad(pseudo_img), txt, mask == 0).cls
-    return F.normalize(model.itc_image_head(image_side), dim=-1), F.normalize(model.itc_text_head(text_side), dim=-1)
+    return _image_side(model, img, pseudo_txt), _text_side(model, pseudo_img, txt, mask)
+
+
+def itc_image_embeddings(model, image: torch.Tensor) -> torch.Tensor:
+    """The image side alone (image + pseudo-text prompts), as :func:`itc_embeddings` gives it."""
+    return _image_side(model, model.encode_image(image), model.pseudo_text(model.image_query(image))[0])
+
+
+def itc_text_embeddings(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The text side alone (pseudo-image prompts + text), as :func:`itc_embeddings` gives it."""
+    return _text_side(model, model.pseudo_image(model.text_query(ids, mask))[0], model.encode_text(ids, mask), mask)
 
 
 class MLMMasker:

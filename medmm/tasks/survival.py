@@ -36,6 +36,9 @@ class Prediction:
     risk_test: np.ndarray
     surv_test: np.ndarray  # [n_test, n_times]
     info: dict = field(default_factory=dict)
+    model: torch.nn.Module | None = None  # the fitted torch model (None for the baselines)
+    preprocess: dict[str, np.ndarray] = field(default_factory=dict)  # training statistics, bin edges
+    dims: dict = field(default_factory=dict)  # input sizes the model was built from
 
 
 @dataclass
@@ -72,15 +75,23 @@ class _Inputs:
     """Model inputs of a set of patients, standardised with training statistics."""
 
     def __init__(self, data: SurvivalData, fit_rows: np.ndarray, bag_size: int):
-        self.x = torch.from_numpy(Standardizer().fit(data.x[fit_rows]).transform(data.x))
+        self.scalers = {"x": Standardizer().fit(data.x[fit_rows])}
+        self.x = torch.from_numpy(self.scalers["x"].transform(data.x))
         self.bags = None
         if data.bags is not None:
             tiles = np.concatenate([data.bags[i] for i in fit_rows])
-            scaler = Standardizer().fit(tiles)
+            scaler = self.scalers["tiles"] = Standardizer().fit(tiles)
             self.bags = [torch.from_numpy(scaler.transform(b)) for b in data.bags]
-            self.groups = [torch.from_numpy(Standardizer().fit(g[fit_rows]).transform(g))
-                           for g in data.groups.values()]
+            self.groups = []
+            for name, g in data.groups.items():
+                group_scaler = self.scalers[f"group.{name}"] = Standardizer().fit(g[fit_rows])
+                self.groups.append(torch.from_numpy(group_scaler.transform(g)))
         self.bag_size = bag_size
+
+    def statistics(self) -> dict[str, np.ndarray]:
+        """The training rows' preprocessing statistics (``<input>.median|mean|std``)."""
+        return {f"{name}.{stat}": np.asarray(getattr(s, stat), dtype=np.float64)
+                for name, s in self.scalers.items() for stat in ("median", "mean", "std")}
 
     def bag_batch(self, rows: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
         """Fixed-size bags: a random draw of tiles each epoch (training) or a fixed cycle (eval)."""
@@ -96,17 +107,25 @@ class _Inputs:
         return torch.stack(out)
 
 
-def build_torch_model(name: str, cfg: SurvivalConfig, data: SurvivalData) -> torch.nn.Module:
+def model_dims(data: SurvivalData) -> dict:
+    """Input sizes a torch survival model is built from (kept with a registered model)."""
+    return {"n_features": int(data.x.shape[1]),
+            "tile_dim": int(data.bags[0].shape[1]) if data.bags is not None else None,
+            "group_sizes": [int(g.shape[1]) for g in data.groups.values()] if data.bags is not None else None}
+
+
+def build_torch_model(name: str, cfg: SurvivalConfig, n_features: int, tile_dim: int | None = None,
+                      group_sizes: list[int] | None = None) -> torch.nn.Module:
     t = cfg.train
     if name == "cox":
-        return CoxHead(data.x.shape[1])
+        return CoxHead(n_features)
     if name == "deepsurv":
-        return DeepSurv(data.x.shape[1], t.hidden, t.dropout)
+        return DeepSurv(n_features, t.hidden, t.dropout)
     if name == "discrete":
-        return DiscreteHazardHead(data.x.shape[1], t.hidden, t.dropout, t.n_bins)
-    group_sizes = [g.shape[1] for g in data.groups.values()]
-    return CMTA(data.bags[0].shape[1], group_sizes, dim=t.dim, heads=t.heads, dropout=t.dropout,
-                n_bins=t.n_bins, fusion=name)
+        return DiscreteHazardHead(n_features, t.hidden, t.dropout, t.n_bins)
+    if tile_dim is None or group_sizes is None:
+        raise ValueError(f"{name} needs tile features and gene groups")
+    return CMTA(tile_dim, group_sizes, dim=t.dim, heads=t.heads, dropout=t.dropout, n_bins=t.n_bins, fusion=name)
 
 
 def _forward(model, inputs: _Inputs, rows: np.ndarray, rng) -> dict[str, torch.Tensor]:
@@ -135,7 +154,8 @@ def fit_predict_torch(name: str, data: SurvivalData, split: Split, cfg: Survival
     rng = np.random.default_rng(cfg.seed)
     t = cfg.train
     inputs = _Inputs(data, split.train, cfg.data.bag_size)
-    model = build_torch_model(name, cfg, data)
+    dims = model_dims(data)
+    model = build_torch_model(name, cfg, **dims)
     edges = quantile_bins(data.time[split.train], data.event[split.train], t.n_bins)
     time_t = torch.tensor(data.time, dtype=torch.float32)
     event_t = torch.tensor(data.event)
@@ -175,14 +195,16 @@ def fit_predict_torch(name: str, data: SurvivalData, split: Split, cfg: Survival
         out_train = _forward(model, inputs, train_all, None)
         out_test = _forward(model, inputs, split.test, None)
     info = {"best_epoch": best_epoch, "val_loss": best, "epochs_run": epoch + 1}
+    fitted = {"model": model, "preprocess": {**inputs.statistics(), "bin_edges": np.asarray(edges, float)},
+              "dims": dims}
     if model.kind == "cox":
         r_train, r_test = out_train["risk"].numpy(), out_test["risk"].numpy()
         breslow = BreslowEstimator().fit(r_train, data.event[train_all], data.time[train_all])
         surv = np.stack([fn(times) for fn in breslow.get_survival_function(r_test)])
-        return Prediction(r_train, r_test, surv, info)
+        return Prediction(r_train, r_test, surv, info, **fitted)
     s_test = discrete_survival(out_test["logits"]).numpy()
     return Prediction(discrete_risk(out_train["logits"]).numpy(), discrete_risk(out_test["logits"]).numpy(),
-                      discrete_survival_at(s_test, edges, times), info)
+                      discrete_survival_at(s_test, edges, times), info, **fitted)
 
 
 # -- scikit-survival baselines ----------------------------------------------------------

@@ -33,3 +33,26 @@ def retrieval_examples_figure(images: np.ndarray, query_labels: np.ndarray, sim:
             ax.text(0.0, 1.0, body, va="top", ha="left", fontsize=7, family="monospace", transform=ax.transAxes)
     fig.tight_layout()
     return fig
+
+
+def grouped_bars_figure(table: dict[str, dict[str, float]], metrics, title: str, ylabel: str = "score"):
+    """Grouped bars: one group per metric, one bar per system (model, variant, baseline)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = list(metrics)
+    systems = list(table)
+    x = np.arange(len(metrics))
+    width = 0.8 / max(1, len(systems))
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics)), 3.6))
+    for i, system in enumerate(systems):
+        ax.bar(x + i * width, [table[system].get(m, np.nan) for m in metrics], width, label=system)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2, metrics, rotation=30 if len(metrics) > 6 else 0,
+                  ha="right" if len(metrics) > 6 else "center")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig

@@ -1,16 +1,23 @@
 """The one shape every medmm pipeline leaves in MLflow, so runs of different pipelines
 read alike in the dashboard and in notebooks:
 
-* tags: ``medmm.pipeline`` (pretrain, report, retrieve, ...), ``git_commit``, ``git_dirty``,
-  ``manifest_sha256``; params: the flattened resolved config;
+* tags: ``medmm.pipeline`` (the command: pretrain - both families, ``model.name`` tells
+  them apart -, finetune, survival, segment, report, retrieve, ...), ``git_commit``,
+  ``git_dirty``, ``manifest_sha256`` (a cohort without a manifest, survival's bundled
+  tables, gives its content hash); params: the flattened resolved config;
 * artifacts: ``run/`` (config.yaml, pseudonymised manifest, its hash, git.json, skipped
   files: :func:`medmm.tracking.run_context.log_run_context`), ``results/`` (JSON / text
   tables), ``figures/`` (PNG);
 * metrics: ``<split>.<name>`` for evaluations (``test.bleu4``), ``train/...`` and
   ``val/...`` for curves, ``time.<phase>_s`` for phase timings, ``data.n_<split>_studies``;
-* the model: a pyfunc logged under ``model`` and registered with two aliases:
-  ``newest`` (this run) and ``champion`` (moved only when this run's selection metric
-  beats the current champion's).
+* the model: a pyfunc logged under ``model`` (:func:`log_pyfunc`; weights as safetensors)
+  and, when the config's ``tracking.register_model`` says so, registered with two aliases:
+  ``newest`` (this run) and ``champion`` (moved only when this run's *validation*
+  selection metric beats the current champion's; a pipeline that selects nothing on
+  validation data -- finetune, segment -- sets ``newest`` only). Selection metrics: ``val/loss`` (pretrain, both
+  families), ``best_val_loss`` (report; survival: the registered model's early-stopping
+  loss), the task's headline test metric (finetune: no validation split), ``test.mean_dice``
+  (segment: a fixed step budget, no validation-based selection).
 """
 
 from __future__ import annotations
@@ -44,9 +51,11 @@ def start_run(tracking_uri: str | None, experiment: str, run_name: str | None, p
     return client, run.info.run_id, uri
 
 
-def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: list[dict]) -> None:
-    """Params, git / manifest tags and the ``run/`` artifacts, plus the pipeline tag."""
-    log_run_context(client, run_id, config, manifest, skipped)
+def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: list[dict],
+                content_hash: str | None = None) -> None:
+    """Params, git / manifest tags and the ``run/`` artifacts, plus the pipeline tag
+    (``manifest=None`` with the cohort's ``content_hash`` for a cohort without a manifest)."""
+    log_run_context(client, run_id, config, manifest, skipped, content_hash)
     client.set_tag(run_id, "medmm.pipeline", pipeline)
 
 
@@ -72,9 +81,25 @@ def log_json(client, run_id: str, name: str, payload: Any) -> None:
     log_json_artifact(client, run_id, name, payload, artifact_path="results")
 
 
-def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric: str, higher_is_better: bool) -> str:
+def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], pip_requirements: list[str]) -> str:
+    """Log ``python_model`` (an ``mlflow.pyfunc.PythonModel`` whose weights and configs travel
+    as the files ``artifacts`` names: safetensors, YAML, JSON; never pickle) as the model
+    ``model`` of ``run_id``; returns its URI for :func:`register_with_aliases`."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
+                                       pip_requirements=pip_requirements)
+    return info.model_uri
+
+
+def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric: str | None,
+                          higher_is_better: bool = True) -> str:
     """Register ``model_uri`` as a new version of ``name``; alias it ``newest``, and
-    ``champion`` when its run's ``metric`` beats the current champion's. Returns the version."""
+    ``champion`` when its run's ``metric`` (a validation metric) beats the current
+    champion's. ``metric=None`` (a pipeline that selects nothing on validation data) sets
+    ``newest`` only: a champion picked by a test metric would leak the test set into
+    model selection. Returns the version."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -85,6 +110,9 @@ def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric
     model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id).version
     client.set_registered_model_alias(name, LATEST, version)
+    if metric is None:
+        client.set_model_version_tag(name, version, "selection_metric", "none: no validation metric")
+        return str(version)
     mine = client.get_run(run_id).data.metrics.get(metric)
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)

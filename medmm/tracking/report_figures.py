@@ -6,7 +6,6 @@ from __future__ import annotations
 import html
 import textwrap
 
-import numpy as np
 
 # agreed: in both reports; extra: only in the generated one; missed: only in the reference
 COLOURS = {"agreed": "#b7e4c7", "extra": "#f4a6a6", "missed": "#ffd58a", "negated": "#dddddd"}
@@ -81,20 +80,6 @@ def examples_figure(examples: list[dict]):
 
 def metrics_figure(table: dict[str, dict[str, float]], metrics: tuple[str, ...]):
     """Grouped bars: one group per metric, one bar per system (model decodings, baselines)."""
-    import matplotlib
+    from medmm.tracking.figures import grouped_bars_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    systems = list(table)
-    x = np.arange(len(metrics))
-    width = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(metrics)), 3.6))
-    for i, system in enumerate(systems):
-        ax.bar(x + i * width, [table[system].get(m, np.nan) for m in metrics], width, label=system)
-    ax.set_xticks(x + width * (len(systems) - 1) / 2, metrics)
-    ax.set_ylabel("score")
-    ax.legend(fontsize=8)
-    ax.set_title("report generation on the held-out split")
-    fig.tight_layout()
-    return fig
+    return grouped_bars_figure(table, metrics, "report generation on the held-out split")

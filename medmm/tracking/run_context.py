@@ -59,8 +59,22 @@ def pseudonymised_manifest(manifest: Manifest) -> pd.DataFrame:
     })
 
 
-def log_run_context(client, run_id: str, config, manifest: Manifest, skipped: list[dict]) -> None:
-    """Params (flattened config), tags (git, manifest hash) and artifacts of one run."""
+def safe_skips(skipped: list[dict], salt: str) -> list[dict]:
+    """Skipped files without identifiers: file names of real cohorts embed subject IDs (slide
+    barcodes, DICOM names), so a file is named by its study's keyed hash and its suffix, and
+    its path is cut out of the problem text."""
+    return [{"study": pseudonym(s["study_id"], salt), "suffix": Path(s["path"]).suffix,
+             "problem": str(s["problem"]).replace(str(s["path"]), "<file>")} for s in skipped]
+
+
+def log_run_context(client, run_id: str, config, manifest: Manifest | None, skipped: list[dict],
+                    content_hash: str | None = None) -> None:
+    """Params (flattened config), tags (git, manifest hash) and artifacts of one run.
+
+    A cohort without a manifest (survival's bundled tables) passes ``manifest=None`` and its
+    ``content_hash``, which then stands for the manifest hash (tag, ``run/manifest_sha256.txt``)."""
+    if manifest is None and not content_hash:
+        raise ValueError("log_run_context needs a manifest or the cohort's content_hash")
     params = {k: ("None" if v is None else str(v))[:MLFLOW_PARAM_MAX] for k, v in flatten(config).items()}
     from mlflow.entities import Param, RunTag
 
@@ -68,20 +82,20 @@ def log_run_context(client, run_id: str, config, manifest: Manifest, skipped: li
     fresh = [Param(k, v) for k, v in params.items() if k not in existing]
     for i in range(0, len(fresh), 100):
         client.log_batch(run_id, params=fresh[i : i + 100])
-    salt = manifest.content_hash()
-    tags = {**git_state(), "manifest_sha256": salt, "n_skipped_files": str(len(skipped))}
+    salt = manifest.content_hash() if manifest is not None else content_hash
+    git = git_state()
+    tags = {**git, "manifest_sha256": salt, "n_skipped_files": str(len(skipped))}
     client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "config.yaml").write_text(to_yaml(config))
-        pseudonymised_manifest(manifest).to_csv(tmp / "manifest.csv", index=False)
         (tmp / "manifest_sha256.txt").write_text(salt + "\n")
-        summary = manifest.table.groupby(["split", "modality"]).size().rename("files").reset_index()
-        summary.to_csv(tmp / "manifest_summary.csv", index=False)
-        (tmp / "git.json").write_text(json.dumps(git_state(), indent=2))
-        safe_skips = [{"study": pseudonym(s["study_id"], salt), "modality_file": Path(s["path"]).name,
-                       "problem": s["problem"]} for s in skipped]
-        (tmp / "skipped_files.json").write_text(json.dumps(safe_skips, indent=2))
+        if manifest is not None:
+            pseudonymised_manifest(manifest).to_csv(tmp / "manifest.csv", index=False)
+            summary = manifest.table.groupby(["split", "modality"]).size().rename("files").reset_index()
+            summary.to_csv(tmp / "manifest_summary.csv", index=False)
+        (tmp / "git.json").write_text(json.dumps(git, indent=2))
+        (tmp / "skipped_files.json").write_text(json.dumps(safe_skips(skipped, salt), indent=2))
         for f in tmp.iterdir():
             client.log_artifact(run_id, str(f), artifact_path="run")
 

@@ -38,6 +38,21 @@ def test_each_input_kind_through_the_same_model(text_batch):
         model(image, ids, mask, torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
 
 
+def test_one_side_itc_embeddings_equal_the_paired_ones(text_batch):
+    """What a registered PTUnifier model serves for one input column (an X-ray or a report
+    alone) is the side that pretraining's ITC compares."""
+    from medmm.tasks.ptunifier_pretrain import itc_embeddings, itc_image_embeddings, itc_text_embeddings
+
+    model, cfg = make_model()
+    model.eval()
+    ids, mask = text_batch
+    image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+    with torch.no_grad():
+        img, txt = itc_embeddings(model, image, ids, mask)
+        torch.testing.assert_close(itc_image_embeddings(model, image), img)
+        torch.testing.assert_close(itc_text_embeddings(model, ids, mask), txt)
+
+
 def test_prompts_are_the_top_k_by_similarity(text_batch):
     model, cfg = make_model()
     ids, mask = text_batch

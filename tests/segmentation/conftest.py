@@ -1,5 +1,6 @@
-"""Fixtures of the segmentation tests: a tiny CT + MR phantom cohort in real formats
-(NIfTI, DICOM series, manifest), built once per session."""
+"""Helpers of the segmentation tests. The tiny CT + MR phantom cohort (``tiny_volume_cohort``)
+and its tracked run (``tiny_segment_run``) are session fixtures of tests/conftest.py, shared
+with tests/tracking/test_pipeline_shape.py."""
 
 from __future__ import annotations
 
@@ -12,27 +13,12 @@ from tests.conftest import REPO
 TINY_SEG_CONFIG = REPO / "configs/segment/tiny.yaml"
 
 
-@pytest.fixture(scope="session")
-def tiny_volume_cohort(tmp_path_factory) -> Path:
-    from medmm.data.demo.volumes import write_volume_cohort
-
-    root = tmp_path_factory.mktemp("volumes") / "demo_volumes"
-    write_volume_cohort(root, n_per_modality=3, size=24, spacing_mm=12.0, seed=3)
-    return root
-
-
 def seg_overrides(cohort: Path, tmp_path: Path, *extra: str) -> list[str]:
     return [f"data.root={cohort}", f"output_dir={tmp_path / 'runs'}",
             f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", *extra]
 
 
 @pytest.fixture(scope="session")
-def trained(tiny_volume_cohort, tmp_path_factory):
+def trained(tiny_segment_run):
     """One tiny tracked run (both variants, 4 steps): (SegmentOutcome, its folder)."""
-    from medmm.config.core import build_config
-    from medmm.config.segment import SegmentConfig
-    from medmm.pipelines.segment import train
-
-    tmp = tmp_path_factory.mktemp("segrun")
-    cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(tiny_volume_cohort, tmp))
-    return train(cfg), tmp
+    return tiny_segment_run

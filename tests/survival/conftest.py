@@ -1,4 +1,6 @@
-"""Fixtures of the survival tests: the real H&E source and a tiny pathology cohort."""
+"""Fixtures of the survival tests: the real H&E source and a tiny pathology cohort. The tiny
+tracked breast-cancer run (``tiny_survival_run``) is a session fixture of tests/conftest.py,
+shared with tests/tracking/test_pipeline_shape.py."""
 
 from __future__ import annotations
 
@@ -35,15 +37,3 @@ def tiny_pathology_cohort(tmp_path_factory) -> Path:
 
 def survival_overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}", f"output_dir={tmp_path / 'runs'}", *extra]
-
-
-@pytest.fixture(scope="session")
-def tiny_survival_run(tmp_path_factory):
-    """One tiny tracked run of every tabular head and both baselines (breast cancer), shared
-    by the pipeline and notebook tests."""
-    from medmm.config.core import build_config
-    from medmm.config.survival import SurvivalConfig
-    from medmm.pipelines.survival import run
-
-    tmp = tmp_path_factory.mktemp("survival_run")
-    return run(build_config(SurvivalConfig, TINY_SURVIVAL, survival_overrides(tmp)))

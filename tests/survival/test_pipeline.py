@@ -28,7 +28,7 @@ def test_breast_cancer_all_heads_and_baselines(tiny_survival_run, tmp_path):
     assert list(outcome.results) == ["cox", "deepsurv", "discrete", "coxnet", "rsf"]
     client = MlflowClient(outcome.tracking_uri)
     r = client.get_run(outcome.run_id)
-    assert r.data.tags["dataset"] == "breast_cancer" and len(r.data.tags["data_sha256"]) == 64
+    assert r.data.tags["dataset"] == "breast_cancer" and len(r.data.tags["manifest_sha256"]) == 64
     assert r.data.metrics["data.n_test"] == 36  # 30% of 120, stratified, never used for fitting or selection
     preds = pd.read_csv(_artifact(client, outcome.run_id, "results/test_predictions.csv", tmp_path))
     for name, res in outcome.results.items():
@@ -64,6 +64,10 @@ def test_pathology_cmta_run_skips_a_corrupt_slide(tiny_pathology_cohort, tmp_pat
     assert r.data.metrics["data.n_train"] + r.data.metrics["data.n_val"] + r.data.metrics["data.n_test"] == 23
     for name in ("cmta", "genomics", "coxnet"):
         assert 0.0 <= r.data.metrics[f"test.{name}.harrell_c"] <= 1.0
+    from medmm.cohort.manifest import Manifest
+
+    assert r.data.tags["manifest_sha256"] == Manifest.load(root).content_hash()  # the cohort's manifest
+    assert client.get_model_version_by_alias("medmm-survival-cmta", "newest").run_id == outcome.run_id
 
 
 def test_cli_config_errors_exit_2(tmp_path, capsys):
