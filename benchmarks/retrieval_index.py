@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -88,8 +89,9 @@ def main(argv=None) -> int:
             log_metrics(client, run_id, {f"{kind}.{k}": v for k, v in row.items() if k not in ("kind", "n")}, step=n)
         del x
     payload = {"machine": platform.processor() or platform.machine(), "threads": args.threads, "dim": args.dim,
-               "note": "2 shared CPU cores under heavy contention from other jobs (load ~15-20): absolute times are "
-                       "inflated; ratios between index kinds are the meaningful part",
+               "cpu_cores": os.cpu_count(), "load_average_at_end": round(os.getloadavg()[0], 1),
+               "note": "other jobs may share the cores (see the load average): absolute times are then inflated; "
+                       "ratios between index kinds measured in one run are the meaningful part",
                "mlflow_run_id": run_id, "rows": rows}
     log_json(client, run_id, "retrieval_index.json", payload)
     client.set_terminated(run_id)
