@@ -181,7 +181,6 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     import lightning as L
     import mlflow
     import torch
-    from lightning.pytorch.loggers import MLFlowLogger
     from mlflow.tracking import MlflowClient
 
     from medmm.config.pretrain import DataConfig
@@ -189,7 +188,7 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     from medmm.models.encoders.text import load_tokenizer
     from medmm.tasks.finetune import Backbone, FinetuneTask, label_subset, load_pretrained, resolve_checkpoint
     from medmm.tracking.figures import grouped_bars_figure
-    from medmm.tracking.pipeline_run import (finish, log_context, log_figure, log_json, log_metrics,
+    from medmm.tracking.pipeline_run import (finish, lightning_logger, log_context, log_figure, log_json, log_metrics,
                                              register_with_aliases)
     from medmm.tracking.run_context import default_tracking_uri
     from medmm.tracking.served_models import log_finetuned_model
@@ -237,8 +236,7 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
 
     itc_t = getattr(getattr(pre, "loss", None), "itc_temperature", 0.1)
     task = FinetuneTask(cfg, Backbone(family, model, itc_t), len(outputs), prompts_trainable)
-    logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                          tracking_uri=tracking_uri)
+    logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
     run_id = logger.run_id
     client = MlflowClient(tracking_uri)
     log_context(client, run_id, "finetune", cfg, dm.manifest, dm.cohort.skipped)

@@ -111,6 +111,7 @@ def start_or_resume_run(cfg, resume: bool):
     import torch
     from lightning.pytorch.loggers import MLFlowLogger
 
+    from medmm.tracking.pipeline_run import lightning_logger
     from medmm.tracking.run_context import default_tracking_uri
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -129,8 +130,7 @@ def start_or_resume_run(cfg, resume: bool):
         logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
         print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
     else:
-        logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                              tracking_uri=tracking_uri)
+        logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
     run_dir = output_dir / logger.run_id
     output_dir.mkdir(parents=True, exist_ok=True)
     state_path.write_text(json.dumps({"run_id": logger.run_id, "ckpt_dir": str(run_dir / "checkpoints")}))

@@ -157,12 +157,11 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     import torch
     import transformers
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import MLFlowLogger
 
     from medmm.models.heads.report_decoder import ReportGenerator
     from medmm.models.pretrained import load_pretrained
     from medmm.tasks.report import ReportGenerationTask
-    from medmm.tracking.pipeline_run import (finish, log_cohort_summary, log_context, log_metrics,
+    from medmm.tracking.pipeline_run import (finish, lightning_logger, log_cohort_summary, log_context, log_metrics,
                                              register_with_aliases)
     from medmm.tracking.report_pyfunc import log_report_model
     from medmm.tracking.run_context import default_tracking_uri
@@ -177,8 +176,7 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
                                  tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
-    logger = MLFlowLogger(experiment_name=cfg.tracking.experiment, run_name=cfg.tracking.run_name,
-                          tracking_uri=tracking_uri)
+    logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
     run_id = logger.run_id
     client = logger.experiment
     dm = _data_module(cfg, pretrained.config)

@@ -26,7 +26,7 @@ import math
 import re
 from typing import Any
 
-from medmm.tracking.run_context import default_tracking_uri, log_json_artifact, log_run_context
+from medmm.tracking.run_context import artifact_location, default_tracking_uri, log_json_artifact, log_run_context
 
 # "latest" is reserved by MLflow (models:/name/latest), hence "newest"
 LATEST, CHAMPION = "newest", "champion"
@@ -46,9 +46,19 @@ def start_run(tracking_uri: str | None, experiment: str, run_name: str | None, p
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = (exp.experiment_id if exp is not None
+              else client.create_experiment(experiment, artifact_location=artifact_location(uri)))
     run = client.create_run(exp_id, run_name=run_name, tags={"medmm.pipeline": pipeline})
     return client, run.info.run_id, uri
+
+
+def lightning_logger(experiment: str, run_name: str | None, tracking_uri: str):
+    """Lightning's MLflow logger for a new run, its experiment's artifacts beside a SQLite
+    store (:func:`medmm.tracking.run_context.artifact_location`)."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
+                        artifact_location=artifact_location(tracking_uri))
 
 
 def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: list[dict],

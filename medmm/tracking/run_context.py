@@ -28,6 +28,16 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``mlartifacts/`` beside
+    the database. MLflow's default, ``./mlruns`` under whatever folder the process runs in,
+    scatters a store's artifacts (a test's temporary store wrote into the repository).
+    None for a server (it decides) or any other store."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
+
+
 def git_state(cwd: Path | None = None) -> dict[str, str]:
     """Commit of the code that ran, and whether the working tree had local changes."""
     cwd = cwd or Path(__file__).resolve().parents[2]

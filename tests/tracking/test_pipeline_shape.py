@@ -64,6 +64,9 @@ def test_every_pipeline_leaves_the_same_shape(name, request, tmp_path):
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
+    # artifacts live beside the run's SQLite store, never under the working folder's ./mlruns
+    store = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(store / "mlartifacts")
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     assert tags["medmm.pipeline"] == tag
     assert len(tags["git_commit"]) == 40 and tags["git_dirty"] in ("true", "false")
