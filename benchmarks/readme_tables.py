@@ -31,9 +31,11 @@ def report_table(client) -> str:
     run = runs[0]
     rows = json.loads(Path(client.download_artifacts(run.info.run_id, "results/report_metrics.json")).read_text())
     best = {m: max(rows, key=lambda r: r[m])["system"] for m in METRICS}
+    limit = run.data.params.get("eval.max_studies")
+    scored = "all" if limit in (None, "None") else limit
     lines = [f"MLflow run `{run.info.run_id}` (experiment medmm-report, split {run.data.params.get('eval.split')}, "
              f"{int(run.data.metrics.get('data.n_test_studies', 0))} test studies, scored on "
-             f"{run.data.params.get('eval.max_studies')} of them; **bold** = best per column)", "",
+             f"{scored} of them; **bold** = best per column)", "",
              "| system | " + " | ".join(METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
     for r in rows:
         tied = {m for m in METRICS if len({x[m] for x in rows}) == 1}  # nobody wins a column all share
