@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field
 
 from medmm.config.core import StrictModel
+from medmm.config.tracking import RunTrackingConfig
 
 TASKS = ("image_classification", "text_classification", "retrieval", "vqa")
 
@@ -27,10 +28,8 @@ class FinetuneDataConfig(StrictModel):
     questions_per_study: int = Field(4, ge=1, description="VQA training questions drawn per study and epoch")
 
 
-class FinetuneTrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+class FinetuneTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-finetune"
-    run_name: str | None = None
     register_model: bool = Field(True, description="register the fine-tuned model in the model registry (alias "
                                                    "newest; no champion: nothing is selected on validation data)")
     registered_name: str | None = Field(None, description="registered model name (default: medmm-finetune-<task>)")

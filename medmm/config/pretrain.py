@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from medmm.config.core import StrictModel
+from medmm.config.tracking import RunTrackingConfig
 
 MODALITIES = ("xray", "ecg", "report", "labs")
 DEMO_LAB_COLUMNS = ["bnp", "wbc", "crp", "hemoglobin", "creatinine", "sodium"]
@@ -149,10 +150,8 @@ class TrainerConfig(StrictModel):
                           "a contrastive batch of data.batch_size fits in the memory of one chunk (None = off)")
 
 
-class TrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+class TrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-pretrain"
-    run_name: str | None = None
     register_model: bool = Field(True, description="register the final model in the MLflow model registry")
     registered_name: str = "medmm-more"
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from medmm.config.core import StrictModel
 from medmm.config.pretrain import DataConfig, TrainerConfig
+from medmm.config.tracking import RunTrackingConfig
 
 
 class PretrainedConfig(StrictModel):
@@ -50,10 +51,8 @@ class ReportEvalConfig(StrictModel):
     n_examples: int = Field(6, description="generated-vs-reference examples logged (text + figure)")
 
 
-class ReportTrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+class ReportTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-report"
-    run_name: str | None = None
     register_model: bool = Field(True, description="register the best model (lowest val loss) in the model registry")
     registered_name: str = "medmm-report"
 

@@ -10,6 +10,7 @@ from pydantic import Field
 from medmm.config.core import StrictModel
 from medmm.config.pretrain import DataConfig
 from medmm.config.report import PretrainedConfig
+from medmm.config.tracking import RunTrackingConfig
 
 
 class IndexConfig(StrictModel):
@@ -31,10 +32,8 @@ class QueryConfig(StrictModel):
         "report", description="which modality's index a query searches (the space is shared)")
 
 
-class RetrieveTrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+class RetrieveTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-retrieve"
-    run_name: str | None = None
 
 
 class RetrieveConfig(StrictModel):

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from medmm.config.core import StrictModel
+from medmm.config.tracking import RunTrackingConfig
 
 
 class SegModelConfig(StrictModel):
@@ -60,10 +61,8 @@ class SegTrainerConfig(StrictModel):
     sw_overlap: float = Field(0.25, description="sliding-window overlap")
 
 
-class SegTrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db here)")
+class SegTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-segment"
-    run_name: str | None = None
     register_model: bool = Field(True, description="register one trained variant in the model registry (alias "
                                                    "newest; no champion: a fixed step budget selects nothing on "
                                                    "validation data)")

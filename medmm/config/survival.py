@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from medmm.config.core import StrictModel
+from medmm.config.tracking import RunTrackingConfig
 
 BUNDLED = ("breast_cancer", "gbsg2", "whas500", "veterans_lung_cancer", "aids", "flchain")
 TABULAR_MODELS = ("cox", "deepsurv", "discrete")
@@ -61,10 +62,8 @@ class SurvivalEvalConfig(StrictModel):
     n_times: int = Field(20, description="time points of the IBS / AUC grid")
 
 
-class SurvivalTrackingConfig(StrictModel):
-    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+class SurvivalTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-survival"
-    run_name: str | None = None
     register_model: bool = Field(True, description="register a trained torch model in the model registry "
                                                    "(champion: lowest inner-validation loss, the early-stopping "
                                                    "criterion)")

@@ -1,0 +1,14 @@
+"""Where a pipeline's MLflow run goes: the fields every pipeline's tracking config shares.
+Each pipeline subclasses it with its default experiment and what its run registers."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from medmm.config.core import StrictModel
+
+
+class RunTrackingConfig(StrictModel):
+    uri: str | None = Field(None, description="MLflow tracking URI (default: sqlite:///mlflow.db in the working folder)")
+    experiment: str = Field(description="MLflow experiment of the run")
+    run_name: str | None = None
