@@ -41,3 +41,11 @@ def test_flatten_gives_dotted_params():
     assert flat["model.text.lora_r"] == 4
     assert flat["trainer.max_epochs"] == 2
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
+
+
+def test_supcon_wide_yaml_differs_from_the_default_only_where_it_says():
+    default = flatten(build_config(PretrainConfig, REPO / "configs/pretrain/default.yaml"))
+    wide = flatten(build_config(PretrainConfig, REPO / "configs/pretrain/supcon_wide.yaml"))
+    changed = {k for k in default if default[k] != wide[k]}
+    assert changed == {"model.xray.widths", "loss.same_label_modalities", "loss.same_label_weight",
+                       "optim.text_lr", "trainer.precision"}

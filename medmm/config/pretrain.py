@@ -99,6 +99,11 @@ class LossConfig(StrictModel):
         description="weight of label-aware soft targets: studies whose reports have identical findings are "
                     "not pushed apart as negatives (MedCLIP); 0 = plain InfoNCE")
 
+    same_label_modalities: list[str] = Field(
+        [], description="modalities that also get a within-modality supervised contrastive term (SupCon): "
+                        "studies with the same findings pulled together, the others apart")
+    same_label_weight: float = Field(0.0, ge=0.0, description="weight of that term, added to the pair loss")
+
     @field_validator("pairs")
     @classmethod
     def _known(cls, pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -145,6 +150,9 @@ class TrainerConfig(StrictModel):
     gradient_clip_val: float | None = 1.0
     threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
     num_nodes: int = Field(1, description="machines in a multi-node run (torchrun / SLURM recipes in pipelines/)")
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="keep an exponential moving average of the weights with this decay per step "
+                                          "and validate / evaluate / save it (None = off)")
     grad_cache_chunk: int | None = Field(
         None, description="GradCache: encode the batch in chunks of this size and cache embedding gradients, so "
                           "a contrastive batch of data.batch_size fits in the memory of one chunk (None = off)")

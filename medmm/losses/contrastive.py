@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LogitScale", "info_nce", "label_aware_targets", "known_label_targets", "multi_modal_clip_loss", "pair_key"]
+__all__ = ["LogitScale", "info_nce", "label_aware_targets", "known_label_targets", "multi_modal_clip_loss", "pair_key",
+           "same_label_contrastive"]
 
 LOG_SCALE_INIT = math.log(1.0 / 0.07)
 LOG_SCALE_MAX = math.log(100.0)
@@ -168,3 +169,33 @@ def multi_modal_clip_loss(
         return _zero_with_grad(*per_pair.values()), per_pair
     total = torch.stack(active).sum()
     return (total / len(active) if reduction == "mean" else total), per_pair
+
+
+def same_label_contrastive(emb: Tensor, labels: Tensor, logit_scale: Tensor | nn.Module | float,
+                           valid: Tensor | None = None) -> Tensor:
+    """Supervised contrastive loss within one modality (SupCon's L_out; Khosla et al.,
+    NeurIPS 2020): each sample's softmax over the *other* samples of the batch puts its
+    target mass uniformly on those with the same finding vector.
+
+    ``loss = mean_i [ -1/|P(i)| sum_{p in P(i)} log softmax_{j != i}(s * e_i . e_j)_p ]``
+    over anchors i with at least one positive; ``labels`` rows with a -1 (findings
+    unknown) and ``valid == False`` rows take no part. It trains a tower to cluster by
+    findings directly, without waiting for the other modality's tower to be informative.
+    """
+    keep = ~(labels < 0).any(1)
+    if valid is not None:
+        keep = keep & valid.to(device=emb.device, dtype=torch.bool).reshape(-1)
+    e, lab = emb[keep].float(), labels[keep]
+    n = e.shape[0]
+    log_scale = _log_scale_tensor(logit_scale, e)
+    if n < 2:
+        return _zero_with_grad(emb, log_scale)
+    eye = torch.eye(n, dtype=torch.bool, device=e.device)
+    logits = (log_scale.exp() * (e @ e.T)).masked_fill(eye, float("-inf"))
+    positive = (lab[:, None, :] == lab[None, :, :]).all(-1) & ~eye
+    anchors = positive.any(1)
+    if not bool(anchors.any()):
+        return _zero_with_grad(emb, log_scale)
+    log_prob = F.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+    per_anchor = -(log_prob * positive).sum(1) / positive.sum(1).clamp_min(1)
+    return per_anchor[anchors].mean()

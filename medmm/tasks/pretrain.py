@@ -10,7 +10,7 @@ import lightning as L
 import torch
 
 from medmm.config.pretrain import PretrainConfig
-from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss
+from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss, same_label_contrastive
 from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss, world
 from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
@@ -44,7 +44,13 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
                                       cfg.label_aware_weight)
         weight = cfg.label_aware_weight
         targets = known_label_targets(batch["labels"], weight) if weight > 0 else None
-        return multi_modal_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], targets=targets)
+        loss, parts = multi_modal_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], targets=targets)
+        if cfg.same_label_weight > 0:
+            for m in cfg.same_label_modalities:
+                term = same_label_contrastive(emb[m], batch["labels"], self.model.logit_scale, batch["present"].get(m))
+                parts[f"same_label_{m}"] = term
+                loss = loss + cfg.same_label_weight * term
+        return loss, parts
 
     def _grad_cache_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         opt, schedule = self.optimizers(), self.lr_schedulers()

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmm.losses.contrastive import LogitScale, info_nce, multi_modal_clip_loss
+from medmm.losses.contrastive import LogitScale, info_nce, multi_modal_clip_loss, same_label_contrastive
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -165,3 +165,41 @@ def test_label_aware_soft_targets_match_a_hand_computation():
     torch.testing.assert_close(info_nce(a, b, scale, targets=t), torch.tensor(total / 2), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
         label_aware_targets(labels, 1.5)
+
+
+def _supcon_by_hand(emb, labels, scale):
+    """Khosla et al. (2020) L_out, written as loops over anchors and positives."""
+    n, losses = len(emb), []
+    for i in range(n):
+        if (labels[i] < 0).any():
+            continue
+        others = [j for j in range(n) if j != i and not (labels[j] < 0).any()]
+        positives = [p for p in others if (labels[p] == labels[i]).all()]
+        if not positives:
+            continue
+        denom = sum(math.exp(scale * float(emb[i] @ emb[j])) for j in others)
+        losses.append(-sum(math.log(math.exp(scale * float(emb[i] @ emb[p])) / denom) for p in positives)
+                      / len(positives))
+    return sum(losses) / len(losses)
+
+
+def test_same_label_contrastive_matches_a_hand_computation():
+    g = torch.Generator().manual_seed(3)
+    emb = F.normalize(torch.randn(9, 5, generator=g), dim=1)
+    labels = torch.tensor([[1, 0], [1, 0], [0, 0], [0, 0], [0, 0], [0, 1], [1, 1], [-1, -1], [1, 0]])
+    scale = 7.0
+    got = same_label_contrastive(emb, labels, math.log(scale))
+    assert float(got) == pytest.approx(_supcon_by_hand(emb.double(), labels, scale), rel=1e-5)
+    # valid=False drops a sample as anchor and as candidate
+    valid = torch.ones(9, dtype=torch.bool)
+    valid[0] = False
+    masked = same_label_contrastive(emb, labels, math.log(scale), valid)
+    keep = valid.nonzero().flatten()
+    assert float(masked) == pytest.approx(_supcon_by_hand(emb[keep].double(), labels[keep], scale), rel=1e-5)
+
+
+def test_same_label_contrastive_without_positives_is_a_connected_zero():
+    emb = F.normalize(torch.randn(3, 4), dim=1).requires_grad_()
+    loss = same_label_contrastive(emb, torch.tensor([[0], [1], [-1]]), 0.0)
+    loss.backward()
+    assert float(loss) == 0.0 and emb.grad is not None

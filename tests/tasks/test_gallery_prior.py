@@ -5,7 +5,7 @@ import pytest
 
 from medmm.metrics.reference_levels import reference_levels
 from medmm.metrics.retrieval import retrieval_metrics
-from medmm.tasks.gallery_prior import PriorCorrection, fit_prior_correction, log_gallery_density
+from medmm.tasks.gallery_prior import PriorCorrection, fit_prior_correction, log_gallery_density, robust_grid_choice
 
 
 def _cohort(seed=0):
@@ -49,3 +49,19 @@ def test_fit_prefers_the_correction_on_validation_and_can_decline_it():
     exact = cand.copy()
     choice, _ = fit_prior_correction(exact, cand, labels, logit_scale=100.0)
     assert choice.weight == 0.0
+
+
+def test_grid_choice_prefers_a_plateau_to_a_lone_spike():
+    # Column 0 is plain similarity (0.50 on every row); a spike of 0.70 stands alone at
+    # (0, 3), a plateau of 0.65 fills rows 2-3 x columns 1-2.
+    grid = np.full((4, 4), 0.52)
+    grid[:, 0] = 0.50
+    grid[0, 3] = 0.70
+    grid[2:4, 1:3] = 0.65
+    assert robust_grid_choice(grid, [True, False, False, False]) in {(2, 1), (2, 2), (3, 1), (3, 2)}
+    # Plain similarity wins when nothing beats it, whatever its neighbours.
+    flat = np.full((3, 3), 0.40)
+    flat[:, 0] = 0.60
+    assert robust_grid_choice(flat, [True, False, False]) == (0, 0)
+    with pytest.raises(ValueError, match="column flags"):
+        robust_grid_choice(flat, [True, False])
