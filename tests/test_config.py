@@ -49,3 +49,22 @@ def test_supcon_wide_yaml_differs_from_the_default_only_where_it_says():
     changed = {k for k in default if default[k] != wide[k]}
     assert changed == {"model.xray.widths", "loss.same_label_modalities", "loss.same_label_weight",
                        "optim.text_lr", "trainer.precision"}
+
+
+def test_base_config_is_merged_section_by_section(tmp_path):
+    (tmp_path / "a.yaml").write_text("seed: 1\nmodel:\n  embed_dim: 16\n  proj_hidden: 8\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel:\n  embed_dim: 32\n")
+    cfg = build_config(PretrainConfig, tmp_path / "b.yaml")
+    assert (cfg.seed, cfg.model.embed_dim, cfg.model.proj_hidden) == (1, 32, 8)
+    (tmp_path / "c.yaml").write_text("base: d.yaml\n")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\n")
+    with pytest.raises(ConfigError, match="includes itself"):
+        build_config(PretrainConfig, tmp_path / "c.yaml")
+    (tmp_path / "e.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(PretrainConfig, tmp_path / "e.yaml")
+
+
+def test_same_label_modalities_must_be_contrasted():
+    with pytest.raises(ConfigError, match=r"same_label_modalities \['labs'\]"):
+        build_config(PretrainConfig, TINY_CONFIG, ["loss.same_label_modalities=[labs]"])

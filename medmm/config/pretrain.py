@@ -125,6 +125,14 @@ class LossConfig(StrictModel):
             raise ValueError("the Symile loss needs at least two distinct modalities")
         return modalities
 
+    @model_validator(mode="after")
+    def _same_label_modalities_are_encoded(self) -> "LossConfig":
+        extra = sorted(set(self.same_label_modalities) - set(self.used_modalities()))
+        if extra:
+            raise ValueError(f"same_label_modalities {extra} are not contrasted by this loss "
+                             f"(it encodes {', '.join(self.used_modalities())})")
+        return self
+
     def used_modalities(self) -> tuple[str, ...]:
         """The modalities this loss contrasts, sorted."""
         if self.name == "symile" and self.modalities:
@@ -150,9 +158,6 @@ class TrainerConfig(StrictModel):
     gradient_clip_val: float | None = 1.0
     threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
     num_nodes: int = Field(1, description="machines in a multi-node run (torchrun / SLURM recipes in pipelines/)")
-    ema_decay: float | None = Field(
-        None, gt=0.0, lt=1.0, description="keep an exponential moving average of the weights with this decay per step "
-                                          "and validate / evaluate / save it (None = off)")
     grad_cache_chunk: int | None = Field(
         None, description="GradCache: encode the batch in chunks of this size and cache embedding gradients, so "
                           "a contrastive batch of data.batch_size fits in the memory of one chunk (None = off)")

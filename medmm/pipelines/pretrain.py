@@ -90,17 +90,10 @@ def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
     precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                  save_last=True, save_top_k=1, monitor="val/loss", mode="min")
-    callbacks = [checkpoint]
-    if cfg.trainer.ema_decay is not None:
-        from lightning.pytorch.callbacks import WeightAveraging
-        from torch.optim.swa_utils import get_ema_multi_avg_fn
-
-        # Lightning swaps the average in for validation and copies it into the model at the end.
-        callbacks.append(WeightAveraging(multi_avg_fn=get_ema_multi_avg_fn(cfg.trainer.ema_decay)))
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        precision=precision, logger=logger, callbacks=callbacks,
+        precision=precision, logger=logger, callbacks=[checkpoint],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
         gradient_clip_val=None if cfg.trainer.grad_cache_chunk else cfg.trainer.gradient_clip_val,

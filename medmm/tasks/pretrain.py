@@ -30,7 +30,18 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
         self.automatic_optimization = cfg.trainer.grad_cache_chunk is None
 
     def _loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
-        """The configured loss; in training under DDP over the gathered global batch."""
+        """The configured loss (plus the within-modality same-label term, if any); in
+        training under DDP the cross-modal part runs over the gathered global batch."""
+        cfg = self.cfg.loss
+        loss, parts = self._cross_modal_loss(emb, batch, stage)
+        if cfg.same_label_weight > 0:
+            for m in cfg.same_label_modalities:  # local batch: SupCon needs no negatives from other ranks
+                term = same_label_contrastive(emb[m], batch["labels"], self.model.logit_scale, batch["present"].get(m))
+                parts[f"same_label_{m}"] = term
+                loss = loss + cfg.same_label_weight * term
+        return loss, parts
+
+    def _cross_modal_loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg.loss
         gather = stage == "train" and cfg.gather and world()[1] > 1
         if cfg.name == "symile":
@@ -44,13 +55,7 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
                                       cfg.label_aware_weight)
         weight = cfg.label_aware_weight
         targets = known_label_targets(batch["labels"], weight) if weight > 0 else None
-        loss, parts = multi_modal_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], targets=targets)
-        if cfg.same_label_weight > 0:
-            for m in cfg.same_label_modalities:
-                term = same_label_contrastive(emb[m], batch["labels"], self.model.logit_scale, batch["present"].get(m))
-                parts[f"same_label_{m}"] = term
-                loss = loss + cfg.same_label_weight * term
-        return loss, parts
+        return multi_modal_clip_loss(emb, cfg.pairs, self.model.logit_scale, batch["present"], targets=targets)
 
     def _grad_cache_step(self, batch: dict) -> tuple[torch.Tensor, dict]:
         opt, schedule = self.optimizers(), self.lr_schedulers()

@@ -1,0 +1,30 @@
+"""The pretraining task adds the same-label term to the cross-modal loss it is configured with."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medmm.config.core import build_config
+from medmm.config.pretrain import PretrainConfig
+from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss, same_label_contrastive
+from medmm.tasks.pretrain import ContrastivePretrainTask
+from tests.conftest import TINY_CONFIG
+
+
+def test_same_label_term_is_added_with_its_weight():
+    cfg = build_config(PretrainConfig, TINY_CONFIG, ["loss.same_label_modalities=[report]",
+                                                     "loss.same_label_weight=0.3"])
+    task = ContrastivePretrainTask(cfg)
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    emb = {m: F.normalize(torch.randn(n, cfg.model.embed_dim, generator=g), dim=1) for m in task.modalities}
+    labels = torch.tensor([[1, 0], [1, 0], [0, 1], [0, 1], [0, 0], [-1, -1]])
+    present = {m: torch.ones(n, dtype=torch.bool) for m in task.modalities}
+    batch = {"labels": labels, "present": present}
+    loss, parts = task._loss(emb, batch, "val")
+    cross, _ = multi_modal_clip_loss(emb, cfg.loss.pairs, task.model.logit_scale, present,
+                                     targets=known_label_targets(labels, cfg.loss.label_aware_weight)
+                                     if cfg.loss.label_aware_weight > 0 else None)
+    term = same_label_contrastive(emb["report"], labels, task.model.logit_scale)
+    assert float(parts["same_label_report"]) == pytest.approx(float(term))
+    assert float(loss) == pytest.approx(float(cross) + 0.3 * float(term), rel=1e-6)
