@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/finetune/<task>.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/.../export")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 class QuestionCollate:

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="continue the last run of output_dir from its last checkpoint (same MLflow run)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_epochs=3")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def _reference_levels(dm) -> dict:

@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
                         help=f"YAML config (default: {DEFAULT_CONFIG})")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. eval.n_bootstrap=50")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def load_data(cfg: SurvivalConfig):

@@ -42,6 +42,16 @@ def test_unknown_key_is_an_error_naming_it():
     assert "unknown config key 'trainer.max_epoch'" in out.stderr
 
 
+@pytest.mark.parametrize("pipeline", ["pretrain", "finetune", "survival"])
+def test_overrides_may_come_before_and_after_config(pipeline):
+    """`key=value --config x.yaml key=value` is how people type it; argparse's plain parser
+    rejects overrides split by an option."""
+    import importlib
+    args = importlib.import_module(f"medmm.pipelines.{pipeline}").parse_args(["a.b=1", "--config", "x.yaml", "c.d=2"])
+    assert args.overrides == ["a.b=1", "c.d=2"]
+    assert str(args.config) == "x.yaml"
+
+
 def _artifact_texts(client, run_id, path=""):
     texts = {}
     for item in client.list_artifacts(run_id, path):
