@@ -43,14 +43,6 @@ def test_flatten_gives_dotted_params():
     assert all(not isinstance(v, (dict, list)) for v in flat.values())
 
 
-def test_supcon_wide_yaml_differs_from_the_default_only_where_it_says():
-    default = flatten(build_config(PretrainConfig, REPO / "configs/pretrain/default.yaml"))
-    wide = flatten(build_config(PretrainConfig, REPO / "configs/pretrain/supcon_wide.yaml"))
-    changed = {k for k in default if default[k] != wide[k]}
-    assert changed == {"model.xray.widths", "loss.same_label_modalities", "loss.same_label_weight",
-                       "optim.text_lr", "trainer.precision"}
-
-
 def test_base_config_is_merged_section_by_section(tmp_path):
     (tmp_path / "a.yaml").write_text("seed: 1\nmodel:\n  embed_dim: 16\n  proj_hidden: 8\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\nmodel:\n  embed_dim: 32\n")

@@ -47,6 +47,12 @@ class TextEncoderConfig(StrictModel):
         True, description="cache hidden states of the frozen layers below the first LoRA layer"
     )
     max_tokens: int = Field(96, description="report truncation length in tokens")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="dropout in the adapted layers (attention weights and hidden states); None keeps the "
+                    "pretrained model's. On CPU each mask costs one random draw per element, ~half the "
+                    "adapted layer's time at 128 tokens",
+    )
 
 
 class LabsEncoderConfig(StrictModel):
@@ -152,7 +158,8 @@ class TrainerConfig(StrictModel):
     max_epochs: int = 7
     accelerator: str = Field("auto", description="cpu | gpu | auto")
     devices: int | str = "auto"
-    precision: str | None = Field(None, description="None = 16-mixed on GPU, 32 on CPU")
+    precision: str | None = Field(None, description="None = bf16-mixed where the GPU or CPU computes bfloat16 "
+                                                     "natively, 16-mixed on an older GPU, else 32-true")
     log_every_n_steps: int = 10
     limit_train_batches: int | float | None = None
     gradient_clip_val: float | None = 1.0
@@ -173,6 +180,9 @@ class EvalConfig(StrictModel):
     retrieval_ks: list[int] = [1, 5, 10]
     label_ks: list[int] = [1, 5]
     examples_figure: bool = Field(True, description="log a figure of retrieval examples (query X-ray, top-3 reports)")
+    memory_retrieval: bool = Field(
+        True, description="also report label-match retrieval memory-translated through the training pairs "
+                          "(medmm.tasks.memory_retrieval; embeds the training split once more)")
 
 
 class PretrainConfig(StrictModel):

@@ -84,10 +84,11 @@ def _latest_readable_checkpoint(ckpt_dir: Path) -> str | None:
 
 def _trainer(cfg: PretrainConfig, logger, ckpt_dir: Path):
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+    from medmm.tasks.precision import default_precision
+
+    precision = cfg.trainer.precision or default_precision()
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                                  save_last=True, save_top_k=1, monitor="val/loss", mode="min")
     return L.Trainer(
@@ -201,7 +202,8 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
                                   max_tokens=cfg.model.text.max_tokens, ks=tuple(cfg.eval.retrieval_ks),
                                   label_ks=tuple(cfg.eval.label_ks), scoring=cfg.loss.name,
-                                  val_loader=dm.val_dataloader())
+                                  val_loader=dm.val_dataloader(),
+                                  memory_loader=dm.loader("train") if cfg.eval.memory_retrieval else None)
     clock["eval"] = time.perf_counter()
     step = int(trainer.global_step)
     timings = {"time.data_s": clock["data"] - clock["start"], "time.train_s": clock["train"] - clock["data"],

@@ -14,6 +14,7 @@ from medmm.io.findings import FINDINGS
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
 from medmm.tasks.gallery_prior import fit_prior_correction
+from medmm.tasks.memory_retrieval import PairedMemory, fit_memory_translation
 
 
 @dataclass
@@ -89,15 +90,18 @@ def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tup
 
 
 def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
-                         ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None) -> EvalResult:
+                         ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None,
+                         memory_loader=None) -> EvalResult:
     """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
     (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
     ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
-    retrieval is also reported prior-corrected (:mod:`medmm.tasks.gallery_prior`), its
-    bandwidth and weight chosen on the validation split."""
+    retrieval is also reported prior-corrected (:mod:`medmm.tasks.gallery_prior`) and,
+    with ``memory_loader`` (the training split, unaugmented), memory-translated
+    (:mod:`medmm.tasks.memory_retrieval`); each one's settings are chosen on validation."""
     modalities = tuple(m for m in ("xray", "ecg", "report", "labs") if m in model.modalities)
     emb, labels, indices = embed_loader(model, loader, modalities)
     val = embed_loader(model, val_loader, modalities)[:2] if val_loader is not None else None
+    memory = embed_loader(model, memory_loader, modalities)[0] if val is not None and memory_loader is not None else None
     logit_scale = float(model.logit_scale().detach().exp()) if hasattr(model, "logit_scale") else 1.0
     metrics: dict[str, float] = {}
     rows: list[dict] = []
@@ -111,18 +115,28 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
             metrics[f"{q}_to_{c}.{name}"] = value
             rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name),
                              levels.get("contrastive_optimum", {}).get(name)))
-        if val is not None:
-            val_emb, val_labels = val
-            choice, _ = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale,
-                                             metric=f"P@{max(label_ks)}")
-            corrected = retrieval_metrics(choice.scores(emb[q], emb[c], logit_scale), labels, labels,
-                                          ks=(), label_ks=label_ks)
-            metrics[f"{q}_to_{c}.prior_weight"] = choice.weight
-            metrics[f"{q}_to_{c}.prior_bandwidth"] = choice.bandwidth
-            for name, value in corrected.items():
+        if val is None:
+            continue
+        val_emb, val_labels = val
+        metric = f"P@{max(label_ks)}"
+        prior, _ = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale, metric=metric)
+        rescored = {("prior_corrected", "prior-corrected"): (prior.scores(emb[q], emb[c], logit_scale),
+                                                             {"prior_weight": prior.weight,
+                                                              "prior_bandwidth": prior.bandwidth})}
+        if memory is not None:
+            paired = PairedMemory(memory[q], memory[c])
+            translation, _ = fit_memory_translation(val_emb[q], val_emb[c], val_labels, paired, logit_scale,
+                                                    metric=metric)
+            rescored[("memory_translated", "memory-translated")] = (
+                translation.scores(emb[q], emb[c], paired, logit_scale),
+                {"memory_k": translation.k, "memory_weight": translation.weight})
+        for (key, label), (scores, settings) in rescored.items():
+            for name, value in settings.items():
+                metrics[f"{q}_to_{c}.{name}"] = value
+            for name, value in retrieval_metrics(scores, labels, labels, ks=(), label_ks=label_ks).items():
                 if name.startswith(("Hit@", "P@")) and name != "P@1":
-                    metrics[f"{q}_to_{c}.prior_corrected.{name}"] = value
-                    rows.append(_row(f"{q}->{c} {name} prior-corrected", value, levels["chance"].get(name),
+                    metrics[f"{q}_to_{c}.{key}.{name}"] = value
+                    rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
                                      levels["oracle"].get(name)))
     extra_metrics, extra_rows = candidate_rows(emb, scoring)
     metrics.update(extra_metrics)

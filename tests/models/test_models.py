@@ -49,6 +49,23 @@ def test_every_registered_model_embeds_to_unit_vectors(name, xray):
         torch.testing.assert_close(e.norm(dim=-1), torch.ones(4))
 
 
+@pytest.mark.parametrize("widths,size", [([8, 16, 16, 32], 64), ([16, 32, 64, 128], 128), ([32, 64, 128, 256], 128)])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_xray_cnn_trains_in_channels_last_at_every_width(widths, size, bf16):
+    """The CNN runs channels-last; some oneDNN kernels crash there (a 1x1 stride-2 conv on
+    8 channels did), so forward and backward run at the widths configs use, in both precisions."""
+    from medmm.models.encoders.xray import XrayCNN
+
+    torch.manual_seed(0)
+    net = XrayCNN(widths).train()
+    x = torch.randn(3, 1, size, size)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = net(x)
+    out.float().square().mean().backward()
+    assert out.shape == (3, 2 * widths[-1]) and torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
 def test_unknown_model_name_lists_registered():
     with pytest.raises(KeyError, match="registered: more"):
         create_model("nope", None)
@@ -86,6 +103,41 @@ def test_frozen_prefix_cache_matches_the_full_model():
         second = enc(batch["input_ids"], batch["attention_mask"])  # reads it
     torch.testing.assert_close(first, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(second, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_unpadded_adapted_layers_match_transformers_forward_and_gradients():
+    """The adapted layers run on real tokens only; with LoRA weights away from their zero
+    init, output and LoRA gradients equal transformers' padded forward of the peft model."""
+    cfg = tiny_cfg()
+    enc = MiniLMLoRATextEncoder(cfg.model.text)
+    enc.train()
+    for module in enc.modules():  # dropout off, autograd on: a deterministic training pass
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    torch.manual_seed(0)
+    lora = [p for n, p in enc.named_parameters() if "lora_" in n]
+    with torch.no_grad():
+        for p in lora:
+            p.normal_(0, 0.05)
+    tok = load_tokenizer()
+    batch = tok(["Heart size normal. No effusion.", "Large right pleural effusion with atelectasis and a small "
+                 "left apical pneumothorax.", "Clear."], padding="max_length", max_length=32, return_tensors="pt")
+    ours = enc(batch["input_ids"], batch["attention_mask"])
+    ours_grads = torch.autograd.grad(ours.square().sum(), lora)
+    reference = masked_mean(enc.peft_model(**batch).last_hidden_state, batch["attention_mask"])
+    reference_grads = torch.autograd.grad(reference.square().sum(), lora)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    for got, want in zip(ours_grads, reference_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_text_dropout_setting_reaches_only_the_adapted_layers():
+    cfg = tiny_cfg("model.text.dropout=0.0")
+    enc = MiniLMLoRATextEncoder(cfg.model.text)
+    for depth, layer in enumerate(enc.bert.encoder.layer):
+        expected = 0.0 if depth >= enc.prefix_depth else 0.1  # the pretrained config's value
+        for dropout in (layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout):
+            assert dropout.p == expected
 
 
 def test_only_lora_and_heads_train_and_temperature_is_optimised():

@@ -81,7 +81,9 @@ def test_tiny_pretraining_is_tracked_in_mlflow_and_registered(tiny_cohort, tmp_p
     assert run.data.tags["git_commit"]
     metrics = run.data.metrics
     for key in ("train/loss_epoch", "val/loss", "test.xray_to_report.P_at_5", "test.ecg_to_report.R_at_1",
-                "test.report_to_xray.Hit_at_5", "test.zeroshot_xray.planted_mean", "data.n_skipped_studies"):
+                "test.report_to_xray.Hit_at_5", "test.zeroshot_xray.planted_mean", "data.n_skipped_studies",
+                "test.xray_to_report.prior_corrected.P_at_5", "test.xray_to_report.memory_translated.P_at_5",
+                "test.xray_to_report.memory_k"):
         assert key in metrics, key
     history = client.get_metric_history(outcome.run_id, "train/temperature")
     assert len(history) >= 2 and history[0].value != history[-1].value  # the temperature is learned

@@ -7,6 +7,10 @@ Speed on CPU: LoRA can be restricted to the top layers (``lora_layers``). The la
 below the first adapted one are then frozen, run without dropout and without autograd,
 and their output for a given token sequence never changes, so it is cached
 (``cache_frozen_prefix``): after the first epoch only the adapted layers run.
+The adapted layers run *unpadded*: their position-wise parts (the q / k / v projections
+with their LoRA, the attention output, the feed-forward block, ~95 % of a layer's FLOPs)
+see only the real tokens, and only the attention itself is padded per sequence. Reports
+average 68 tokens, so at ``max_tokens`` 128 this halves the cost of the adapted layers.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medmm.config.pretrain import TextEncoderConfig
@@ -64,6 +69,10 @@ class MiniLMLoRATextEncoder(nn.Module):
         )
         self.peft_model = get_peft_model(bert, lora)  # freezes every non-LoRA weight
         self.prefix_depth = layers[0]
+        if cfg.dropout is not None:
+            for layer in self.bert.encoder.layer[self.prefix_depth:]:
+                for dropout in (layer.attention.self.dropout, layer.attention.output.dropout, layer.output.dropout):
+                    dropout.p = cfg.dropout
         self.use_cache = cfg.cache_frozen_prefix and self.prefix_depth > 0
         self._prefix_cache: dict[bytes, torch.Tensor] = {}
         self.out_dim = bert.config.hidden_size
@@ -107,12 +116,41 @@ class MiniLMLoRATextEncoder(nn.Module):
             out[i, : lengths[i]] = self._prefix_cache[key].to(out.device)
         return out
 
+    def _unpadded_layer(self, layer, tokens: torch.Tensor, index: torch.Tensor, shape: tuple[int, int],
+                        key_mask: torch.Tensor) -> torch.Tensor:
+        """One BERT layer (post-norm, as transformers' ``BertLayer``) on the real tokens
+        ``tokens`` ([N, D], gathered from a [B, L] grid at flat positions ``index``);
+        only the attention pads them back to [B, heads, L, head_dim]."""
+        attention = layer.attention.self
+        batch, length = shape
+
+        def heads(projected: torch.Tensor) -> torch.Tensor:
+            grid = projected.new_zeros(batch * length, projected.shape[-1]).index_copy(0, index, projected)
+            return grid.view(batch, length, -1, attention.attention_head_size).transpose(1, 2)
+
+        q, k, v = (heads(proj(tokens)) for proj in (attention.query, attention.key, attention.value))
+        # On CPU, scaled_dot_product_attention's backward is ~3x slower in bfloat16 than in
+        # float32 (measured), while the projections gain from bf16: the attention leaves a CPU autocast.
+        with torch.autocast("cpu", enabled=False):
+            context = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=key_mask,
+                dropout_p=attention.dropout.p if self.training else 0.0, scale=attention.scaling)
+        context = context.transpose(1, 2).reshape(batch * length, -1).index_select(0, index)
+        hidden = layer.attention.output(context, tokens)  # dense, dropout, LayerNorm(+ residual)
+        return layer.output(layer.intermediate(hidden), hidden)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self._prefix(input_ids, attention_mask)
-        mask = self._mask(hidden, attention_mask)
+        batch, length, dim = hidden.shape
+        real = attention_mask.bool()
+        index = real.reshape(-1).nonzero().squeeze(1)
+        tokens = hidden.reshape(batch * length, dim).index_select(0, index)
+        key_mask = real[:, None, None, :]  # every sequence has >= 1 real token ([CLS])
         for layer in self.bert.encoder.layer[self.prefix_depth :]:
-            hidden = layer(hidden, mask)
-        return masked_mean(hidden, attention_mask)
+            tokens = self._unpadded_layer(layer, tokens, index, (batch, length), key_mask)
+        # Mean over each sequence's real tokens (padding never enters the pool).
+        sums = tokens.new_zeros(batch, dim).index_add(0, torch.div(index, length, rounding_mode="floor"), tokens)
+        return sums / real.sum(1, keepdim=True).clamp_min(1).to(sums.dtype)
 
 
 def build_text_encoder(cfg: TextEncoderConfig) -> nn.Module:

@@ -22,7 +22,7 @@ def xray_tokens(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     from medmm.models.encoders.xray import XrayCNN, XrayViT
 
     if isinstance(encoder, XrayCNN):
-        h = encoder.stages(encoder.stem(x))  # [B, C, h, w]
+        h = encoder.feature_map(x)  # [B, C, h, w]
         grid = h.flatten(2).transpose(1, 2)
         return torch.cat([h.mean(dim=(2, 3))[:, None], grid], dim=1)
     if isinstance(encoder, XrayViT):
