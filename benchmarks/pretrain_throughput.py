@@ -3,8 +3,8 @@
 Measured side by side in one process on the demo cohort (``make benchmark``):
   * data: batches from the training DataLoader (decoded-cohort cache, seeded
     augmentation, collate) with no model, in studies / s;
-  * model: full optimisation steps (forward, three InfoNCE losses, backward, AdamW) on
-    batches collated beforehand, in pairs / s, once with the text prefix cache cold
+  * model: full optimisation steps (forward, the configured loss, backward, AdamW) in the
+    precision training uses, on batches collated beforehand, in pairs / s, once with the text prefix cache cold
     (first epoch) and once warm (every later epoch).
 The pipeline must deliver at least 5x what the model consumes at the default batch size.
 """
@@ -34,8 +34,8 @@ def main() -> None:
     from medmm.config.core import build_config
     from medmm.config.pretrain import PretrainConfig
     from medmm.data.datamodule import PretrainDataModule
-    from medmm.losses.contrastive import multi_modal_clip_loss
-    from medmm.models.registry import create_model
+    from medmm.tasks.precision import default_precision
+    from medmm.tasks.pretrain import ContrastivePretrainTask
 
     cfg = build_config(PretrainConfig, args.config, args.overrides)
     torch.manual_seed(cfg.seed)
@@ -62,14 +62,19 @@ def main() -> None:
 
     # model alone: optimisation steps on pre-collated batches
     batches = [b for _, b in zip(range(2 * args.steps), dm.train_dataloader())]
-    model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size).train()
+    # the training loss as configured (cross-modal + same-label terms), in the precision
+    # the pipeline picks when the config leaves it unset
+    task = ContrastivePretrainTask(cfg).train()
+    model = task.model
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    precision = cfg.trainer.precision or default_precision()
+    autocast_dtype = torch.bfloat16 if precision.startswith("bf16") else None
 
     def steps(batch_list):
         t = time.perf_counter()
         for batch in batch_list:
-            emb = model(batch)
-            loss, _ = multi_modal_clip_loss(emb, cfg.loss.pairs, model.logit_scale, batch["present"])
+            with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+                loss, _ = task._loss(model(batch, task.modalities), batch, "train")
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -80,6 +85,7 @@ def main() -> None:
     result = {
         "machine": f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}, no GPU",
         "batch_size": cfg.data.batch_size,
+        "precision": precision,
         "train_studies": n_train,
         "setup_s (decoded cache load or build, tokenisation)": round(setup_s, 1),
         "cold_decode_studies_per_s (once per cohort)": round(cold_rate, 1),
