@@ -32,6 +32,14 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
     def _loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
         """The configured loss (plus the within-modality same-label term, if any); in
         training under DDP the cross-modal part runs over the gathered global batch."""
+        # The loss runs in float32 outside any autocast: a softmax over the batch in bf16
+        # blurs the small logit differences it learns from, and the encoders' outputs
+        # arrive in mixed dtypes (bf16 from autocast, float32 from GradCache's cache).
+        emb = {m: e.float() for m, e in emb.items()}
+        with torch.autocast(self.device.type, enabled=False):
+            return self._loss_float32(emb, batch, stage)
+
+    def _loss_float32(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg.loss
         loss, parts = self._cross_modal_loss(emb, batch, stage)
         if cfg.same_label_weight > 0:
