@@ -9,8 +9,9 @@ and their output for a given token sequence never changes, so it is cached
 (``cache_frozen_prefix``): after the first epoch only the adapted layers run.
 The adapted layers run *unpadded*: their position-wise parts (the q / k / v projections
 with their LoRA, the attention output, the feed-forward block, ~95 % of a layer's FLOPs)
-see only the real tokens, and only the attention itself is padded per sequence. Reports
-average 68 tokens, so at ``max_tokens`` 128 this halves the cost of the adapted layers.
+see only the real tokens, and only the attention itself is padded per sequence (reports
+average 68 tokens). Measured on the 2-core CI CPU, batch 64, one adapted layer with
+dropout 0: 0.33 s per training step at 96 tokens, against 0.41-0.47 s padded.
 """
 
 from __future__ import annotations
