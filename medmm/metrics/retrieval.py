@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_numpy", "row_ids", "partner_ranks", "retrieval_metrics"]
+__all__ = ["as_numpy", "row_ids", "partner_ranks", "top_k_indices", "retrieval_metrics"]
 
 
 def as_numpy(x: Any) -> np.ndarray:
@@ -71,6 +71,24 @@ def partner_ranks(sim: Any, targets: Any = None) -> np.ndarray:
     return (s > sp).sum(1) + ((s == sp) & before).sum(1)
 
 
+def top_k_indices(sim: np.ndarray, k: int) -> np.ndarray:
+    """[Q, min(k, C)] column indices of each row's k highest scores in ranking order
+    (descending, ties by lower index): ``argsort(-sim, kind="stable")[:, :k]`` in O(Q C)
+    instead of O(Q C log C), which matters when a grid search ranks a gallery hundreds of times."""
+    q, c = sim.shape
+    k = min(int(k), c)
+    if k == c:
+        return np.argsort(-sim, axis=1, kind="stable")
+    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th highest score
+    above = sim > kth  # fewer than k per row
+    tied = sim == kth
+    # the tied slots left go to the lowest indices: exactly k columns per row
+    take = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(1, keepdims=True)))
+    cols = np.nonzero(take)[1].reshape(q, k)  # ascending within each row
+    order = np.argsort(-np.take_along_axis(sim, cols, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(cols, order, axis=1)
+
+
 def retrieval_metrics(
     sim: Any,
     query_labels: Any = None,
@@ -99,7 +117,7 @@ def retrieval_metrics(
         raise ValueError(f"labels must be [Q={q}, F] and [C={c}, F]; got {ql.shape} and {cl.shape}")
     qid, cid = row_ids(ql, cl)
     kmax = min(max(label_ks), c)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :kmax]  # stable: ties by index
+    order = top_k_indices(s, kmax)
     found = np.cumsum(cid[order] == qid[:, None], axis=1)  # [Q, kmax] relevant within top j+1
     for k in label_ks:
         n_rel = found[:, min(k, c) - 1]

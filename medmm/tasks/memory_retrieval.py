@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import softmax
 
-from medmm.metrics.retrieval import retrieval_metrics
+from medmm.metrics.retrieval import retrieval_metrics, top_k_indices
 from medmm.tasks.gallery_prior import robust_grid_choice
 
 __all__ = ["PairedMemory", "MemoryTranslation", "fit_memory_translation"]
@@ -55,10 +55,8 @@ class PairedMemory:
         and those similarities."""
         k = min(k, len(self.queries))
         sim = queries @ self.queries.T
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        top_sim = np.take_along_axis(sim, top, axis=1)
-        order = np.argsort(-top_sim, axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_sim, order, axis=1)
+        top = top_k_indices(sim, k)
+        return top, np.take_along_axis(sim, top, axis=1)
 
     def translate(self, queries: np.ndarray, k: int, logit_scale: float,
                   neighbours: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:

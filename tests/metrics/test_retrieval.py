@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalPrecision, RetrievalRecall
 
-from medmm.metrics.retrieval import partner_ranks, retrieval_metrics
+from medmm.metrics.retrieval import partner_ranks, retrieval_metrics, top_k_indices
 
 
 def test_hand_example_exact_pair():
@@ -94,3 +94,16 @@ def test_input_errors():
         retrieval_metrics(np.zeros((3, 2)))
     with pytest.raises(ValueError, match="both"):
         retrieval_metrics(np.zeros((2, 2)), query_labels=np.zeros((2, 1)))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5, 12])
+def test_top_k_indices_equals_a_stable_full_sort(k):
+    """Partition-based top-k against numpy's stable argsort, on scores with many exact ties
+    (rounded to one decimal), with -0.0 beside 0.0, and on a constant matrix."""
+    rng = np.random.default_rng(k)
+    tied = np.round(rng.normal(size=(40, 12)), 1)
+    tied[:, 3] = -0.0
+    tied[:, 7] = 0.0
+    for sim in (tied, rng.normal(size=(7, 12)), np.ones((3, 12))):
+        expected = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(top_k_indices(sim, k), expected)

@@ -88,21 +88,49 @@ def test_text_encoder_padding_does_not_change_embedding():
                                    enc(padded["input_ids"], padded["attention_mask"]), atol=1e-5, rtol=1e-5)
 
 
-def test_frozen_prefix_cache_matches_the_full_model():
-    """The split forward (cached frozen layers + adapted layers) equals transformers' own
-    forward of the peft model, cached or not."""
-    cfg = tiny_cfg()
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_prefix_matches_the_full_model(cache):
+    """The split forward (unpadded frozen layers, cached or not, + adapted layers) equals
+    transformers' own padded forward of the peft model; a cached sequence reads back the
+    same, alone or beside another."""
+    cfg = tiny_cfg(f"model.text.cache_frozen_prefix={str(cache).lower()}")
     enc = MiniLMLoRATextEncoder(cfg.model.text).eval()
     tok = load_tokenizer()
-    batch = tok(["Heart size normal. No effusion.", "Large right pleural effusion with atelectasis."],
-                padding=True, return_tensors="pt")
+    texts = ["Heart size normal. No effusion.", "Large right pleural effusion with atelectasis."]
+    batch = tok(texts, padding="max_length", max_length=24, return_tensors="pt")
     with torch.no_grad():
         reference = masked_mean(enc.peft_model(**batch).last_hidden_state, batch["attention_mask"])
         first = enc(batch["input_ids"], batch["attention_mask"])  # fills the cache
-        assert len(enc._prefix_cache) == 2
+        assert len(enc._prefix_cache) == (2 if cache else 0)
         second = enc(batch["input_ids"], batch["attention_mask"])  # reads it
+        mixed = tok([texts[1], "Clear lungs."], padding=True, return_tensors="pt")  # one cached, one new
+        third = enc(mixed["input_ids"], mixed["attention_mask"])
     torch.testing.assert_close(first, reference, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(second, reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(third[0], reference[1], atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_prefix_runs_without_dropout_in_training_mode():
+    """The cached prefix must not depend on the mode: in ``train()`` its layers keep their
+    pretrained dropout probability but do not apply it."""
+    cfg = tiny_cfg()
+    enc = MiniLMLoRATextEncoder(cfg.model.text)
+    assert enc.bert.encoder.layer[0].attention.self.dropout.p > 0
+    tok = load_tokenizer()
+    batch = tok(["Large right pleural effusion with atelectasis."], return_tensors="pt")
+    real = batch["attention_mask"].bool()
+    index = real.reshape(-1).nonzero().squeeze(1)
+    torch.manual_seed(0)
+    trained = enc.train()._run_prefix(batch["input_ids"], real, index)
+    evaluated = enc.eval()._run_prefix(batch["input_ids"], real, index)
+    torch.testing.assert_close(trained, evaluated)
+
+
+def test_text_encoder_rejects_left_padding():
+    enc = MiniLMLoRATextEncoder(tiny_cfg().model.text).eval()
+    ids = torch.tensor([[0, 101, 2053, 102]])
+    with pytest.raises(ValueError, match="right-padded"):
+        enc(ids, torch.tensor([[0, 1, 1, 1]]))
 
 
 def test_unpadded_adapted_layers_match_transformers_forward_and_gradients():
