@@ -110,6 +110,20 @@ def test_frozen_prefix_matches_the_full_model(cache):
     torch.testing.assert_close(third[0], reference[1], atol=1e-5, rtol=1e-5)
 
 
+def test_frozen_prefix_is_cached_in_float32_under_autocast():
+    """A sequence first seen in a bf16 training step reads back exactly what a float32
+    evaluation computes, so training, validation and test embeddings share one prefix."""
+    enc = MiniLMLoRATextEncoder(tiny_cfg().model.text).eval()
+    batch = load_tokenizer()(["Large right pleural effusion with atelectasis."], return_tensors="pt")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        enc(batch["input_ids"], batch["attention_mask"])
+    (cached,) = enc._prefix_cache.values()
+    real = batch["attention_mask"].bool()
+    assert cached.dtype == torch.float32
+    torch.testing.assert_close(cached, enc._run_prefix(batch["input_ids"], real, real.reshape(-1).nonzero().squeeze(1)),
+                               rtol=0, atol=0)
+
+
 def test_frozen_prefix_runs_without_dropout_in_training_mode():
     """The cached prefix must not depend on the mode: in ``train()`` its layers keep their
     pretrained dropout probability but do not apply it."""

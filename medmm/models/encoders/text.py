@@ -92,10 +92,13 @@ class MiniLMLoRATextEncoder(nn.Module):
     def _run_prefix(self, input_ids: torch.Tensor, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Embeddings and the frozen layers on the real tokens: [N, D] at flat positions ``index``."""
         batch, length = real.shape
-        hidden = self.bert.embeddings(input_ids=input_ids)
-        tokens = hidden.reshape(batch * length, -1).index_select(0, index)
-        for layer in self.bert.encoder.layer[: self.prefix_depth]:
-            tokens = self._unpadded_layer(layer, tokens, index, (batch, length), real[:, None, None, :])
+        # Float32 whatever the caller's autocast: a cached sequence must read back the same
+        # whether it was first seen in a bf16 training step or a float32 evaluation.
+        with torch.autocast(input_ids.device.type, enabled=False):
+            hidden = self.bert.embeddings(input_ids=input_ids)
+            tokens = hidden.reshape(batch * length, -1).index_select(0, index)
+            for layer in self.bert.encoder.layer[: self.prefix_depth]:
+                tokens = self._unpadded_layer(layer, tokens, index, (batch, length), real[:, None, None, :])
         return tokens
 
     def _prefix(self, input_ids: torch.Tensor, real: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
