@@ -97,7 +97,9 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
     ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
     retrieval is also reported prior-corrected (:mod:`medmm.tasks.gallery_prior`) and,
     with ``memory_loader`` (the training split, unaugmented), memory-translated
-    (:mod:`medmm.tasks.memory_retrieval`); each one's settings are chosen on validation."""
+    (:mod:`medmm.tasks.memory_retrieval`); each one's settings are chosen on validation,
+    and a *val-chosen* row reports, per direction, the method (plain, prior-corrected or
+    memory-translated; ``val_chosen_method`` 0 / 1 / 2) with the best validation score."""
     modalities = tuple(m for m in ("xray", "ecg", "report", "labs") if m in model.modalities)
     emb, labels, indices = embed_loader(model, loader, modalities)
     val = embed_loader(model, val_loader, modalities)[:2] if val_loader is not None else None
@@ -119,25 +121,44 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
             continue
         val_emb, val_labels = val
         metric = f"P@{max(label_ks)}"
-        prior, _ = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale, metric=metric)
-        rescored = {("prior_corrected", "prior-corrected"): (prior.scores(emb[q], emb[c], logit_scale),
-                                                             {"prior_weight": prior.weight,
-                                                              "prior_bandwidth": prior.bandwidth})}
+        k = max(label_ks)
+        plain_val = retrieval_metrics(val_emb[q] @ val_emb[c].T, val_labels, val_labels, ks=(), label_ks=(k,))[metric]
+        # (key, row label) -> (validation score at the chosen settings, test scores, settings)
+        methods = {("plain", "plain"): (plain_val, None, {})}
+        prior, prior_val = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale, metric=metric)
+        methods[("prior_corrected", "prior-corrected")] = (
+            prior_val, prior.scores(emb[q], emb[c], logit_scale),
+            {"prior_weight": prior.weight, "prior_bandwidth": prior.bandwidth})
         if memory is not None:
             paired = PairedMemory(memory[q], memory[c])
-            translation, _ = fit_memory_translation(val_emb[q], val_emb[c], val_labels, paired, logit_scale,
-                                                    metric=metric)
-            rescored[("memory_translated", "memory-translated")] = (
-                translation.scores(emb[q], emb[c], paired, logit_scale),
+            translation, memory_val = fit_memory_translation(val_emb[q], val_emb[c], val_labels, paired, logit_scale,
+                                                             metric=metric)
+            methods[("memory_translated", "memory-translated")] = (
+                memory_val, translation.scores(emb[q], emb[c], paired, logit_scale),
                 {"memory_k": translation.k, "memory_weight": translation.weight})
-        for (key, label), (scores, settings) in rescored.items():
+        label_values = {}
+        for (key, label), (val_score, scores, settings) in methods.items():
+            metrics[f"{q}_to_{c}.{key}.val_{metric}"] = val_score
             for name, value in settings.items():
                 metrics[f"{q}_to_{c}.{name}"] = value
-            for name, value in retrieval_metrics(scores, labels, labels, ks=(), label_ks=label_ks).items():
-                if name.startswith(("Hit@", "P@")) and name != "P@1":
-                    metrics[f"{q}_to_{c}.{key}.{name}"] = value
-                    rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
-                                     levels["oracle"].get(name)))
+            if key == "plain":  # its test rows are above
+                label_values[key] = {name: value for name, value in values.items() if name.startswith(("Hit@", "P@"))}
+                continue
+            label_values[key] = {name: value for name, value in (
+                retrieval_metrics(scores, labels, labels, ks=(), label_ks=label_ks).items())
+                if name.startswith(("Hit@", "P@")) and name != "P@1"}
+            for name, value in label_values[key].items():
+                metrics[f"{q}_to_{c}.{key}.{name}"] = value
+                rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
+                                 levels["oracle"].get(name)))
+        # One figure per direction without looking at test: the method best on validation
+        # (the first, i.e. the simplest, on a tie).
+        (key, label), _ = max(methods.items(), key=lambda item: item[1][0])
+        metrics[f"{q}_to_{c}.val_chosen_method"] = [m for m, _ in methods].index(key)
+        for name, value in label_values[key].items():
+            metrics[f"{q}_to_{c}.val_chosen.{name}"] = value
+            rows.append(_row(f"{q}->{c} {name} val-chosen: {label}", value, levels["chance"].get(name),
+                             levels["oracle"].get(name)))
     extra_metrics, extra_rows = candidate_rows(emb, scoring)
     metrics.update(extra_metrics)
     rows.extend(extra_rows)

@@ -85,6 +85,12 @@ def test_tiny_pretraining_is_tracked_in_mlflow_and_registered(tiny_cohort, tmp_p
                 "test.xray_to_report.prior_corrected.P_at_5", "test.xray_to_report.memory_translated.P_at_5",
                 "test.xray_to_report.memory_k"):
         assert key in metrics, key
+    # the val-chosen figure is the test figure of the method best on validation (first on a tie)
+    val_scores = [metrics[f"test.xray_to_report.{m}.val_P_at_5"] for m in ("plain", "prior_corrected", "memory_translated")]
+    chosen = int(metrics["test.xray_to_report.val_chosen_method"])
+    assert chosen == val_scores.index(max(val_scores))
+    prefix = ("", "prior_corrected.", "memory_translated.")[chosen]
+    assert metrics["test.xray_to_report.val_chosen.P_at_5"] == metrics[f"test.xray_to_report.{prefix}P_at_5"]
     history = client.get_metric_history(outcome.run_id, "train/temperature")
     assert len(history) >= 2 and history[0].value != history[-1].value  # the temperature is learned
     names = {a.path for a in client.list_artifacts(outcome.run_id, "run")}
