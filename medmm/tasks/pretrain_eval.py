@@ -120,42 +120,43 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
         if val is None:
             continue
         val_emb, val_labels = val
-        metric = f"P@{max(label_ks)}"
         k = max(label_ks)
+        metric = f"P@{k}"
+
+        def label_match(scores: np.ndarray) -> dict[str, float]:  # test Hit@k / P@k of one scoring
+            return {name: value for name, value in retrieval_metrics(scores, labels, labels, ks=(),
+                                                                     label_ks=label_ks).items() if name != "P@1"}
+
+        # (key, row label, validation score at the chosen settings, test figures, settings);
+        # plain similarity's test rows are above
         plain_val = retrieval_metrics(val_emb[q] @ val_emb[c].T, val_labels, val_labels, ks=(), label_ks=(k,))[metric]
-        # (key, row label) -> (validation score at the chosen settings, test scores, settings)
-        methods = {("plain", "plain"): (plain_val, None, {})}
+        methods = [("plain", "plain", plain_val, {n: v for n, v in values.items() if not n.startswith("R@")}, {})]
         prior, prior_val = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale, metric=metric)
-        methods[("prior_corrected", "prior-corrected")] = (
-            prior_val, prior.scores(emb[q], emb[c], logit_scale),
-            {"prior_weight": prior.weight, "prior_bandwidth": prior.bandwidth})
+        methods.append(("prior_corrected", "prior-corrected", prior_val,
+                        label_match(prior.scores(emb[q], emb[c], logit_scale)),
+                        {"prior_weight": prior.weight, "prior_bandwidth": prior.bandwidth}))
         if memory is not None:
             paired = PairedMemory(memory[q], memory[c])
             translation, memory_val = fit_memory_translation(val_emb[q], val_emb[c], val_labels, paired, logit_scale,
                                                              metric=metric)
-            methods[("memory_translated", "memory-translated")] = (
-                memory_val, translation.scores(emb[q], emb[c], paired, logit_scale),
-                {"memory_k": translation.k, "memory_weight": translation.weight})
-        label_values = {}
-        for (key, label), (val_score, scores, settings) in methods.items():
+            methods.append(("memory_translated", "memory-translated", memory_val,
+                            label_match(translation.scores(emb[q], emb[c], paired, logit_scale)),
+                            {"memory_k": translation.k, "memory_weight": translation.weight}))
+        for key, label, val_score, test_values, settings in methods:
             metrics[f"{q}_to_{c}.{key}.val_{metric}"] = val_score
-            for name, value in settings.items():
-                metrics[f"{q}_to_{c}.{name}"] = value
-            if key == "plain":  # its test rows are above
-                label_values[key] = {name: value for name, value in values.items() if name.startswith(("Hit@", "P@"))}
+            metrics.update({f"{q}_to_{c}.{name}": value for name, value in settings.items()})
+            if key == "plain":
                 continue
-            label_values[key] = {name: value for name, value in (
-                retrieval_metrics(scores, labels, labels, ks=(), label_ks=label_ks).items())
-                if name.startswith(("Hit@", "P@")) and name != "P@1"}
-            for name, value in label_values[key].items():
+            for name, value in test_values.items():
                 metrics[f"{q}_to_{c}.{key}.{name}"] = value
                 rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
                                  levels["oracle"].get(name)))
         # One figure per direction without looking at test: the method best on validation
         # (the first, i.e. the simplest, on a tie).
-        (key, label), _ = max(methods.items(), key=lambda item: item[1][0])
-        metrics[f"{q}_to_{c}.val_chosen_method"] = [m for m, _ in methods].index(key)
-        for name, value in label_values[key].items():
+        chosen = max(range(len(methods)), key=lambda i: methods[i][2])
+        _, label, _, test_values, _ = methods[chosen]
+        metrics[f"{q}_to_{c}.val_chosen_method"] = chosen
+        for name, value in test_values.items():
             metrics[f"{q}_to_{c}.val_chosen.{name}"] = value
             rows.append(_row(f"{q}->{c} {name} val-chosen: {label}", value, levels["chance"].get(name),
                              levels["oracle"].get(name)))

@@ -113,7 +113,7 @@ class MiniLMLoRATextEncoder(nn.Module):
             sub = real[missing]
             fresh = self._run_prefix(input_ids[missing], sub, sub.reshape(-1).nonzero().squeeze(1))
             for i, tokens in zip(missing, fresh.split([lengths[i] for i in missing])):
-                self._prefix_cache[keys[i]] = tokens.detach().cpu().clone()
+                self._prefix_cache[keys[i]] = tokens.to("cpu", copy=True)  # not a view of the batch
         return torch.cat([self._prefix_cache[key] for key in keys]).to(input_ids.device)
 
     def _unpadded_layer(self, layer, tokens: torch.Tensor, index: torch.Tensor, shape: tuple[int, int],
