@@ -78,7 +78,7 @@ def main() -> None:
     from pydicom.data import get_testdata_file
 
     from medmm.data.read_cache import cached_reads
-    from medmm.data.realdata import invesalius_ct_path, load_invesalius_ct
+    from medmm.demo.realdata import invesalius_ct_path, load_invesalius_ct
     from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
     from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
 

@@ -32,10 +32,10 @@ def main() -> None:
     import torch
 
     from medmm.config.core import build_config
-    from medmm.config.pretrain import PretrainConfig
     from medmm.data.datamodule import PretrainDataModule
-    from medmm.tasks.precision import default_precision
-    from medmm.tasks.pretrain import ContrastivePretrainTask
+    from medmm.training.precision import default_precision
+    from medmm.workflows.contrastive.config import PretrainConfig
+    from medmm.workflows.contrastive.module import ContrastivePretrainTask
 
     cfg = build_config(PretrainConfig, args.config, args.overrides)
     torch.manual_seed(cfg.seed)

@@ -39,7 +39,7 @@ DOWNSTREAM = [
 
 
 def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
-    from medmm.pipelines.pretrain import config_class, run
+    from medmm.workflows.contrastive.run import config_class, run
 
     if variant == "more":
         path = REPO / "configs/pretrain/default.yaml"
@@ -61,8 +61,8 @@ def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
 
 
 def finetune(variant: str, checkpoint: str, task: str, fraction: float, args, common: list[str]) -> dict:
-    from medmm.config.finetune import FinetuneConfig
-    from medmm.pipelines.finetune import run
+    from medmm.workflows.finetune.config import FinetuneConfig
+    from medmm.workflows.finetune.run import run
 
     overrides = [*common, f"checkpoint={checkpoint}", f"data.label_fraction={fraction}", "epochs=1",
                  f"limit_train_batches={args.finetune_steps}", f"data.max_test_studies={args.max_test}",
@@ -125,7 +125,6 @@ def main() -> int:
     p.add_argument("--collect", nargs="+", default=None, metavar="URI",
                    help="no runs: build the table from the fine-tuning runs in these MLflow stores")
     args = p.parse_args()
-    import mlflow
 
     from medmm.tracking.run_context import default_tracking_uri
 

@@ -20,9 +20,9 @@ def main() -> int:
     import torch
 
     from medmm.config.core import build_config
-    from medmm.config.ptunifier import PTUnifierPretrainConfig
     from medmm.data.datamodule import PretrainDataModule
-    from medmm.tasks.ptunifier_pretrain import PTUnifierPretrainTask, param_groups, pretrain_losses
+    from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+    from medmm.workflows.ptunifier.module import PTUnifierPretrainTask, param_groups, pretrain_losses
 
     p = argparse.ArgumentParser()
     p.add_argument("--config", type=Path, default=REPO / "configs/pretrain/ptunifier.yaml")

@@ -55,7 +55,6 @@ def measure(x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray | None, kind: st
 
 def main(argv=None) -> int:
     import faiss
-    import mlflow
 
     from medmm.tracking.pipeline_run import log_json, log_metrics, start_run
 

@@ -40,9 +40,9 @@ def measure_one(config: str, size: int, variant: str, threads: int | None, overr
     from monai.data.utils import dense_patch_slices
 
     from medmm.config.core import build_config
-    from medmm.config.segment import SegmentConfig
     from medmm.models.registry import create_model
-    from medmm.tasks.segment import predict_volume
+    from medmm.workflows.segment.config import SegmentConfig
+    from medmm.workflows.segment.training import predict_volume
 
     if threads:
         torch.set_num_threads(threads)

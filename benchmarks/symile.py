@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 def xor_section() -> list[dict]:
     import torch
 
-    from medmm.tasks.symile_xor import run_xor
+    from medmm.workflows.contrastive.symile_xor import run_xor
 
     torch.set_num_threads(1)  # tiny matmuls: one thread beats contending ones
     settings = [
@@ -52,9 +52,9 @@ def xor_section() -> list[dict]:
 
 def cohort_section(work: Path, studies: int, epochs: int) -> list[dict]:
     from medmm.config.core import build_config
-    from medmm.config.pretrain import PretrainConfig
-    from medmm.data.demo.generator import build_demo_cohort
-    from medmm.pipelines.pretrain import run
+    from medmm.demo.generator import build_demo_cohort
+    from medmm.workflows.contrastive.config import PretrainConfig
+    from medmm.workflows.contrastive.run import run
 
     cohorts = {"complete": {}, "ECG 30% + report 30% missing": {"ecg": 0.3, "report": 0.3}}
     rows = []
@@ -87,10 +87,10 @@ def throughput_worker(chunk: int | None, batch: int, steps: int) -> dict:
     import torch
 
     from medmm.config.core import build_config
-    from medmm.config.pretrain import PretrainConfig
     from medmm.losses.contrastive import multi_modal_clip_loss
     from medmm.models.registry import create_model
-    from medmm.tasks.grad_cache import grad_cache_backward, split_batch
+    from medmm.training.grad_cache import grad_cache_backward, split_batch
+    from medmm.workflows.contrastive.config import PretrainConfig
 
     cfg = build_config(PretrainConfig, REPO / "configs/pretrain/tiny.yaml", [])
     device = "cuda" if torch.cuda.is_available() else "cpu"

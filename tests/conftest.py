@@ -25,7 +25,7 @@ def iu_source() -> Path:
 @pytest.fixture(scope="session")
 def tiny_cohort(tmp_path_factory) -> Path:
     """A 60-study demo cohort in real formats (DICOM, WFDB, text), built once per session."""
-    from medmm.data.demo.generator import build_demo_cohort
+    from medmm.demo.generator import build_demo_cohort
 
     root = tmp_path_factory.mktemp("cohort") / "demo"
     build_demo_cohort(root, n_studies=60, seed=1, workers=1, iu_source=iu_source())
@@ -70,11 +70,12 @@ def tracked_runs(tiny_cohort, mlflow_server, tmp_path_factory):
     from types import SimpleNamespace
 
     from medmm.config.core import build_config
-    from medmm.config.pretrain import PretrainConfig
-    from medmm.config.report import ReportConfig
-    from medmm.config.retrieve import RetrieveConfig
-    from medmm.pipelines import report, retrieve
-    from medmm.pipelines.pretrain import run
+    from medmm.workflows.contrastive.config import PretrainConfig
+    from medmm.workflows.contrastive.run import run
+    from medmm.workflows.report import run as report
+    from medmm.workflows.report.config import ReportConfig
+    from medmm.workflows.retrieve import run as retrieve
+    from medmm.workflows.retrieve.config import RetrieveConfig
 
     tmp = tmp_path_factory.mktemp("tracked")
     uri = mlflow_server.uri
@@ -104,8 +105,8 @@ def ptunifier_pretrained(tiny_cohort, tmp_path_factory):
     ``ptunifier-tiny``."""
     from mlflow.tracking import MlflowClient
 
-    from medmm.pipelines.pretrain import main
-    from tests.ptunifier.conftest import PTU_TINY
+    from medmm.workflows.contrastive.run import main
+    from tests.workflows.ptunifier.conftest import PTU_TINY
 
     tmp = tmp_path_factory.mktemp("ptu")
     overrides = tiny_overrides(tiny_cohort, tmp)
@@ -120,9 +121,9 @@ def ptunifier_pretrained(tiny_cohort, tmp_path_factory):
 
 
 def finetune_cli(pretrained: dict, checkpoint, task: str, *extra: str) -> int:
-    """``python -m medmm.pipelines.finetune`` (in process) on the tiny cohort, into the
+    """``python -m medmm.workflows.finetune.run`` (in process) on the tiny cohort, into the
     PTUnifier run's store, run name = task."""
-    from medmm.pipelines.finetune import main
+    from medmm.workflows.finetune.run import main
 
     tmp = pretrained["tmp"]
     over = [f"checkpoint={checkpoint}", f"data.root={pretrained['overrides'][0].split('=', 1)[1]}",
@@ -161,9 +162,9 @@ def tiny_survival_run(tmp_path_factory):
     """One tiny tracked run of every tabular head and both baselines (breast cancer), shared
     by the survival pipeline and notebook tests; the Cox head is registered."""
     from medmm.config.core import build_config
-    from medmm.config.survival import SurvivalConfig
-    from medmm.pipelines.survival import run
-    from tests.survival.conftest import TINY_SURVIVAL, survival_overrides
+    from medmm.workflows.survival.config import SurvivalConfig
+    from medmm.workflows.survival.run import run
+    from tests.workflows.survival.conftest import TINY_SURVIVAL, survival_overrides
 
     tmp = tmp_path_factory.mktemp("survival_run")
     return run(build_config(SurvivalConfig, TINY_SURVIVAL, survival_overrides(tmp)))
@@ -172,7 +173,7 @@ def tiny_survival_run(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_volume_cohort(tmp_path_factory) -> Path:
     """A tiny CT + MR phantom cohort in real formats (NIfTI, DICOM series, manifest)."""
-    from medmm.data.demo.volumes import write_volume_cohort
+    from medmm.demo.volumes import write_volume_cohort
 
     root = tmp_path_factory.mktemp("volumes") / "demo_volumes"
     write_volume_cohort(root, n_per_modality=3, size=24, spacing_mm=12.0, seed=3)
@@ -183,9 +184,9 @@ def tiny_volume_cohort(tmp_path_factory) -> Path:
 def tiny_segment_run(tiny_volume_cohort, tmp_path_factory):
     """One tiny tracked segmentation run (both variants, 4 steps): (SegmentOutcome, its folder)."""
     from medmm.config.core import build_config
-    from medmm.config.segment import SegmentConfig
-    from medmm.pipelines.segment import train
-    from tests.segmentation.conftest import TINY_SEG_CONFIG, seg_overrides
+    from medmm.workflows.segment.config import SegmentConfig
+    from medmm.workflows.segment.run import train
+    from tests.workflows.segment.conftest import TINY_SEG_CONFIG, seg_overrides
 
     tmp = tmp_path_factory.mktemp("segrun")
     cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(tiny_volume_cohort, tmp))

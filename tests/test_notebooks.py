@@ -14,8 +14,8 @@ from tests.conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # Notebooks that read another pipeline's runs are executed by that pipeline's tests.
-OWN_TESTS = {"survival.ipynb": "tests/survival/test_notebook.py",
-             "segmentation.ipynb": "tests/segmentation/test_notebook.py"}
+OWN_TESTS = {"survival.ipynb": "tests/workflows/survival/test_notebook.py",
+             "segmentation.ipynb": "tests/workflows/segment/test_notebook.py"}
 SHARED_RUN_NOTEBOOKS = [p for p in NOTEBOOKS if p.name not in OWN_TESTS]
 # a string each notebook's outputs must contain (notebooks not listed: no error is enough)
 KEY_OUTPUT = {

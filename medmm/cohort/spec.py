@@ -3,8 +3,8 @@ is split. A spec describes data; it never holds data or identifiers."""
 
 from __future__ import annotations
 
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator

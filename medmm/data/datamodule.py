@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from medmm.cohort.manifest import Manifest
 from medmm.cohort.splits import verify_before_training
-from medmm.config.pretrain import DataConfig
 from medmm.data.augment import augment_ecg, augment_xray, normalise_xray, sample_rngs
+from medmm.data.config import DataConfig
 from medmm.data.decoded_cohort import DecodedCohort, decode_cohort
 
 

@@ -76,9 +76,8 @@ def load_ecg_input(path: str | Path, ecg_fs: int) -> np.ndarray:
 
 def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict | None]:
     row, root, image_size, ecg_fs = args
-    from medmm.io.reports import read_report
-
     from medmm.io.findings import FINDINGS
+    from medmm.io.reports import read_report
 
     has = {m: isinstance(row.get(m), str) and bool(row.get(m)) for m in ("xray", "ecg", "report")}
     current = None

@@ -133,8 +133,7 @@ def patch_dataset(cases: list[VolumeCase], data_cfg):
     """MONAI dataset of random training patches: pad to the ROI, crop around foreground
     (``pos_fraction``) or anywhere, then random intensity scale / shift."""
     from monai.data import Dataset
-    from monai.transforms import (Compose, RandCropByPosNegLabeld, RandScaleIntensityd, RandShiftIntensityd,
-                                  SpatialPadd)
+    from monai.transforms import Compose, RandCropByPosNegLabeld, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd
 
     roi = tuple(int(r) for r in data_cfg.roi)
     pos = float(data_cfg.pos_fraction)

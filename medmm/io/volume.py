@@ -433,7 +433,6 @@ def write_dicom_series(
     generated unless given; patient fields are written empty. Returns the paths,
     in slice order. Raises ValueError for bad arguments.
     """
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 

@@ -8,19 +8,36 @@ The model only embeds; the loss lives in ``medmm.losses`` and the training loop 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from medmm.config.pretrain import ModelConfig
+from medmm.config.core import StrictModel
 from medmm.losses.contrastive import LogitScale
-from medmm.models.encoders.ecg import build_ecg_encoder
-from medmm.models.encoders.labs import build_labs_encoder
-from medmm.models.encoders.text import build_text_encoder
-from medmm.models.encoders.xray import build_xray_encoder
+from medmm.models.encoders.ecg import ECGEncoderConfig, build_ecg_encoder
+from medmm.models.encoders.labs import LabsEncoderConfig, build_labs_encoder
+from medmm.models.encoders.text import TextEncoderConfig, build_text_encoder
+from medmm.models.encoders.xray import XrayEncoderConfig, build_xray_encoder
 from medmm.models.heads.projection import projection_head
 from medmm.models.registry import register_model
+
+
+class ModelConfig(StrictModel):
+    name: Literal["more"] = Field("more", description="registry name of the pretraining model")
+    modalities: list[Literal["xray", "ecg", "report", "labs"]] = Field(
+        ["xray", "ecg", "report"], description="encoders the model builds (add labs for the Symile-MIMIC setting)")
+    embed_dim: int = Field(128, description="shared embedding size")
+    proj_hidden: int = Field(256, description="projection head hidden size")
+    init_temperature: float = Field(0.07, description="initial softmax temperature (learned)")
+    xray: XrayEncoderConfig = XrayEncoderConfig()
+    ecg: ECGEncoderConfig = ECGEncoderConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    labs: LabsEncoderConfig = LabsEncoderConfig()
+
+
 
 class MultiModalContrastiveModel(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int, n_labs: int = 6):

@@ -23,13 +23,60 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
-import torch.nn.functional as F
+from pydantic import Field, model_validator
 from torch import nn
 
-from medmm.config.ptunifier import PTUnifierModelConfig
+from medmm.config.core import StrictModel
 from medmm.models.registry import register_model
+
+
+class PTUnifierImageConfig(StrictModel):
+    patch_size: int = Field(16, description="ViT patch size")
+    dim: int = Field(384, description="ViT width (prompt pools need it equal to the text width, 384)")
+    depth: int = Field(4, description="ViT depth")
+    heads: int = Field(6, description="ViT attention heads")
+
+
+class PTUnifierTextConfig(StrictModel):
+    model_path: str | None = Field(None, description="local HF model folder; default: the packaged all-MiniLM-L6-v2")
+    layers: int = Field(6, ge=1, description="MiniLM layers kept (the first N of 6)")
+    frozen_layers: int = Field(0, ge=0, description="lowest kept layers (and the embeddings) left frozen")
+    max_tokens: int = Field(64, description="report truncation length in tokens")
+
+
+class PromptConfig(StrictModel):
+    mode: Literal["pool", "static", "none"] = Field(
+        "pool", description="pool: top-k prompts picked per input; static: the same k for every input; "
+                            "none: the missing side is only [CLS] (+[SEP])")
+    pool_size: int = Field(2048, ge=1, description="prompts per pool (paper: 2048)")
+    k_visual: int = Field(49, ge=1, description="pseudo-image tokens for a text-only input (paper: 49)")
+    k_text: int = Field(32, ge=1, description="pseudo-text tokens for an image-only input (paper: 32)")
+    finetune: Literal["frozen", "trained"] = Field(
+        "frozen", description="pools after pretraining: frozen (the reference code) or trained in fine-tuning")
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> "PromptConfig":
+        if self.mode == "pool" and max(self.k_visual, self.k_text) > self.pool_size:
+            raise ValueError(f"k ({self.k_visual}, {self.k_text}) larger than pool_size {self.pool_size}")
+        return self
+
+
+class PTUnifierModelConfig(StrictModel):
+    name: Literal["ptunifier"] = "ptunifier"
+    image: PTUnifierImageConfig = PTUnifierImageConfig()
+    text: PTUnifierTextConfig = PTUnifierTextConfig()
+    hidden: int = Field(256, description="fusion width (paper: 768)")
+    fusion_layers: int = Field(2, ge=1, description="cross-attention layers per side (paper: 6)")
+    fusion_heads: int = Field(4, description="fusion attention heads")
+    mlp_ratio: int = 4
+    dropout: float = Field(0.1, description="fusion dropout")
+    itc_dim: int = Field(256, description="ITC projection size (paper: 768)")
+    prompts: PromptConfig = PromptConfig()
+
+
 
 
 def select_prompts(query: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

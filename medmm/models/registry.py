@@ -24,9 +24,11 @@ def register_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
 def _import_builtin_models() -> None:
     # Importing the modules runs their @register_model decorators.
-    from medmm.models import more  # noqa: F401
-    from medmm.models import ptunifier  # noqa: F401
-    from medmm.models import segmentation  # noqa: F401
+    from medmm.models import (
+        more,  # noqa: F401
+        ptunifier,  # noqa: F401
+        segmentation,  # noqa: F401
+    )
 
 
 def list_models() -> list[str]:

@@ -17,12 +17,38 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 
+from medmm.config.core import StrictModel
 from medmm.models.registry import register_model
+
+
+class SegModelConfig(StrictModel):
+    name: Literal["segmenter"] = Field("segmenter", description="registry name")
+    backbone: Literal["unet", "swinunetr"] = Field("unet", description="MONAI backbone")
+    feature_width: int = Field(16, description="width of the backbone's full-resolution decoder output")
+    channels: list[int] = Field([16, 32, 64, 128], description="UNet channels per level")
+    strides: list[int] = Field([2, 2, 2], description="UNet strides between levels")
+    num_res_units: int = Field(1, description="UNet residual units per block")
+    swin_depths: list[int] = Field([2, 2, 2, 2], description="SwinUNETR blocks per stage")
+    swin_heads: list[int] = Field([3, 6, 12, 24], description="SwinUNETR attention heads per stage")
+    text_hidden: int = Field(256, description="MulModSeg: width of the projected text and image features")
+    head_width: int = Field(8, description="MulModSeg: width of the dynamic per-class head (8 -> 153 parameters)")
+    text_model_path: str | None = Field(None, description="local MiniLM folder; default: the packaged one")
+
+    @field_validator("feature_width")
+    @classmethod
+    def _wide_enough(cls, v: int) -> int:
+        if v < 2:
+            raise ValueError("feature_width must be >= 2")
+        return v
+
+
 
 MODALITY_WORDS = {"ct": "CT", "mr": "MR"}
 MODALITY_INDEX = {"ct": 0, "mr": 1}
@@ -74,7 +100,7 @@ class FeatureBackbone(nn.Module):
 
     def __init__(self, cfg, in_channels: int = 1):
         super().__init__()
-        from monai.networks.nets import UNet, SwinUNETR
+        from monai.networks.nets import SwinUNETR, UNet
 
         self.kind = cfg.backbone
         if cfg.backbone == "unet":

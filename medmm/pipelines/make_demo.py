@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
-    from medmm.data.demo.generator import build_demo_cohort
+    from medmm.demo.generator import build_demo_cohort
 
     spec = load_cohort_spec(args.spec) if args.spec.exists() else CohortSpec(
         name="demo", root=args.out, modalities=["xray", "ecg", "report", "labs"], split=SplitSpec())

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from medmm.cohort.spec import load_cohort_spec
-    from medmm.data.demo.pathology import build_pathology_cohort, oracle_c_index
+    from medmm.demo.pathology import build_pathology_cohort, oracle_c_index
 
     fractions, seed = (0.6, 0.15, 0.25), 0
     if args.spec.exists():

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.real:
-        from medmm.data.realdata_volumes import RealDataMissing, write_real_volume_cohort
+        from medmm.demo.realdata_volumes import RealDataMissing, write_real_volume_cohort
 
         try:
             manifest = write_real_volume_cohort(args.out, invesalius_root=args.invesalius)
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     else:
-        from medmm.data.demo.volumes import write_volume_cohort
+        from medmm.demo.volumes import write_volume_cohort
 
         manifest = write_volume_cohort(args.out, n_per_modality=args.n_per_modality, size=args.size,
                                        spacing_mm=args.spacing, seed=args.seed)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 from medmm.tracking.run_context import artifact_location, default_tracking_uri, log_json_artifact, log_run_context
@@ -70,8 +71,9 @@ def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: l
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
-    from mlflow.entities import Metric
     import time
+
+    from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
     batch = [Metric(metric_name(f"{prefix}{k}"), float(v), now, step) for k, v in metrics.items()
@@ -161,3 +163,11 @@ def log_cohort_summary(client, run_id: str, cohort) -> None:
             "xray_shape": list(cohort.xray.shape[1:]), "ecg_shape": list(cohort.ecg.shape[1:]),
         }
     log_json(client, run_id, "cohort_summary.json", summary)
+
+def save_weights(module_or_state, path: Path) -> Path:
+    """A module's state dict (or a dict of tensors) as safetensors."""
+    from safetensors.torch import save_file
+
+    state = module_or_state if isinstance(module_or_state, dict) else module_or_state.state_dict()
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+    return path

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from medmm.cohort.ingest import ingest, sidecar_path
 from medmm.cohort.manifest import file_sha256

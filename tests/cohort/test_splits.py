@@ -43,8 +43,8 @@ def test_gate_refuses_leaks_without_naming_patients(tmp_path):
 
 def test_pretraining_refuses_a_leaky_manifest(tiny_cohort, tmp_path):
     """The pretrain DataModule runs the gate before any batch."""
-    from medmm.config.pretrain import PretrainConfig
     from medmm.data.datamodule import PretrainDataModule
+    from medmm.workflows.contrastive.config import PretrainConfig
 
     root = tmp_path / "cohort"
     shutil.copytree(tiny_cohort, root, ignore=shutil.ignore_patterns(".cache"))

@@ -2,8 +2,8 @@ import numpy as np
 import torch
 
 from medmm.cohort.manifest import Manifest
-from medmm.config.pretrain import DataConfig
 from medmm.data.augment import augment_ecg, augment_xray, sample_rngs
+from medmm.data.config import DataConfig
 from medmm.data.datamodule import PretrainDataModule
 from medmm.data.decoded_cohort import decode_cohort
 

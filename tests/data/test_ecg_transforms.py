@@ -3,15 +3,13 @@ voltage preservation, NaN handling and speed."""
 
 from __future__ import annotations
 
-
 import numpy as np
-import pytest
 from pydicom.data import get_testdata_file
 from scipy.ndimage import median_filter
 from scipy.signal import medfilt, resample_poly
 
-from medmm.data.demo.ecg_synth import synthesize_ecg
 from medmm.data.ecg_transforms import preprocess_ecg, remove_baseline
+from medmm.demo.ecg_synth import synthesize_ecg
 from medmm.io.ecg import read_ecg
 
 

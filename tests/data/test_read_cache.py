@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from medmm.io.ecg import read_ecg, write_wfdb, STANDARD_LEADS
+from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
 from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
 
 monai = pytest.importorskip("monai")

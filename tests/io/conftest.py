@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def invesalius_ct():
     """The real head CT of Debian's invesalius-examples as a medmm Volume (read once)."""
-    from medmm.data.realdata import INVESALIUS_ENV, invesalius_ct_path, load_invesalius_ct
+    from medmm.demo.realdata import INVESALIUS_ENV, invesalius_ct_path, load_invesalius_ct
 
     path = invesalius_ct_path(REPO)
     if not path.is_file():

@@ -3,7 +3,6 @@ own decoding (``pixel_array`` + ``apply_modality_lut``) as the independent refer
 
 from __future__ import annotations
 
-import shutil
 import warnings
 
 import numpy as np

@@ -281,7 +281,7 @@ def test_bandpass_ecg_zero_phase():
 
 
 def test_select_leads_derives_limb_leads():
-    from medmm.data.demo.ecg_synth import synthesize_ecg
+    from medmm.demo.ecg_synth import synthesize_ecg
 
     full = synthesize_ecg({}, np.random.default_rng(0))
     keep = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1..V6 (deepfake-ecg style)

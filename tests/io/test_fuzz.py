@@ -29,7 +29,7 @@ import wfdb
 from pydicom.data import get_testdata_file
 
 from medmm.io.dicom import read_dicom
-from medmm.io.ecg import read_ecg, write_wfdb, STANDARD_LEADS
+from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
 from medmm.io.errors import MedmmInputError
 from medmm.io.guard import LIMIT_ENV
 from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series

@@ -231,7 +231,7 @@ F1_MIN = {
 @pytest.fixture(scope="module")
 def iu_labelled() -> list[tuple[str, str, tuple[str, ...]]]:
     """(report id, FINDINGS + IMPRESSION text, MeSH major terms) of every IU report with text."""
-    from medmm.data.demo.iu_reports import load_iu_reports
+    from medmm.demo.iu_reports import load_iu_reports
 
     path = Path(os.environ.get("MEDMM_IU_REPORTS", DEFAULT_WHEEL))
     if not path.exists():
@@ -255,7 +255,7 @@ def _prf(pred: np.ndarray, gold: np.ndarray) -> tuple[float, float, float, int, 
 
 
 def test_agreement_with_mesh(iu_labelled: list[tuple[str, str, tuple[str, ...]]]) -> None:
-    from medmm.data.demo.iu_reports import mesh_labels
+    from medmm.demo.iu_reports import mesh_labels
 
     labels = [label_report(text) for _, text, _ in iu_labelled]
     gold_labels = [mesh_labels(mesh) for _, _, mesh in iu_labelled]

@@ -143,7 +143,7 @@ def test_format_errors() -> None:
 
 def test_iu_reports_round_trip() -> None:
     """Every real IU report writes and reads back with the same sections and labels."""
-    from medmm.data.demo.iu_reports import load_iu_reports
+    from medmm.demo.iu_reports import load_iu_reports
 
     path = Path(os.environ.get("MEDMM_IU_REPORTS", DEFAULT_WHEEL))
     if not path.exists():

@@ -15,6 +15,7 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
+
 with warnings.catch_warnings():  # nibabel calls its DICOM wrappers experimental; the
     warnings.simplefilter("ignore")  # per-slice geometry used here is the basic part
     from nibabel.nicom import dicomwrappers

@@ -10,8 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from medmm.metrics.report_generation import (bleu_scores, cider, clinical_efficacy, findings_prf, rouge_l,
-                                             tokenize)
+from medmm.metrics.report_generation import bleu_scores, cider, clinical_efficacy, findings_prf, rouge_l, tokenize
 
 HYPS = ["The heart is normal in size. No pleural effusion or pneumothorax.",
         "Small left pleural effusion. The lungs are otherwise clear.",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medmm.data.survival_bins import discrete_survival_at, quantile_bins, time_to_bin
 from medmm.metrics.survival import bootstrap_ci, evaluation_times, harrell_c, risk_groups, structured, survival_scores
-from medmm.survival.bins import discrete_survival_at, quantile_bins, time_to_bin
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from medmm.config.core import build_config
-from medmm.config.pretrain import PretrainConfig
 from medmm.models.encoders.text import MiniLMLoRATextEncoder, load_tokenizer, masked_mean
 from medmm.models.registry import create_model, list_models
+from medmm.workflows.contrastive.config import PretrainConfig
 from tests.conftest import REPO, TINY_CONFIG
 
 
@@ -26,7 +26,7 @@ def fake_batch(cfg, n=4):
 
 # Models with their own config schema and inputs (volumes; prompt-pool fusion) are walked
 # by their own tests; every other registered model embeds studies like "more".
-OWN_TESTS = {"segmenter": "tests/segmentation", "ptunifier": "tests/ptunifier"}
+OWN_TESTS = {"segmenter": "tests/workflows/segment", "ptunifier": "tests/workflows/ptunifier"}
 CONTRASTIVE_MODELS = [n for n in list_models() if n not in OWN_TESTS]
 
 

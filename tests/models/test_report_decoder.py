@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from medmm.config.core import build_config
-from medmm.config.pretrain import PretrainConfig
-from medmm.config.report import DecoderConfig
 from medmm.models.encoders.ecg import build_ecg_encoder
 from medmm.models.encoders.xray import build_xray_encoder
-from medmm.models.heads.report_decoder import ReportGenerator, decoder_config, xray_tokens
+from medmm.models.heads.report_decoder import DecoderConfig, ReportGenerator, decoder_config, xray_tokens
+from medmm.workflows.contrastive.config import PretrainConfig
 from tests.conftest import TINY_CONFIG
 
 BOS, EOS, PAD = 101, 102, 0

@@ -35,22 +35,22 @@ def _paths(client, run_id, path=""):
 def _case(name: str, request):
     """-> (tracking URI, run id, pipeline tag, config class, registered model name)."""
     if name == "pretrain-ptunifier":
-        from medmm.config.ptunifier import PTUnifierPretrainConfig
+        from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 
         pre = request.getfixturevalue("ptunifier_pretrained")
         return pre["uri"], pre["run"].info.run_id, "pretrain", PTUnifierPretrainConfig, pre["registered"]
     if name == "finetune":
-        from medmm.config.finetune import FinetuneConfig
+        from medmm.workflows.finetune.config import FinetuneConfig
 
         run = request.getfixturevalue("ptunifier_finetunes")["image_classification"]
         uri = request.getfixturevalue("ptunifier_pretrained")["uri"]
         return uri, run.info.run_id, "finetune", FinetuneConfig, "medmm-finetune-image_classification"
     if name == "survival":
-        from medmm.config.survival import SurvivalConfig
+        from medmm.workflows.survival.config import SurvivalConfig
 
         out = request.getfixturevalue("tiny_survival_run")
         return out.tracking_uri, out.run_id, "survival", SurvivalConfig, "medmm-survival-cox"
-    from medmm.config.segment import SegmentConfig
+    from medmm.workflows.segment.config import SegmentConfig
 
     out, _ = request.getfixturevalue("tiny_segment_run")
     return out.tracking_uri, out.run_id, "segment", SegmentConfig, "medmm-segment"
@@ -126,8 +126,8 @@ def test_registered_ptunifier_and_finetuned_models_predict(registered_model, tin
 
 @pytest.mark.slow
 def test_registered_survival_model_reproduces_the_logged_test_risks(registered_model, tiny_survival_run, tmp_path):
-    from medmm.config.survival import SurvivalConfig
-    from medmm.pipelines.survival import load_data
+    from medmm.workflows.survival.config import SurvivalConfig
+    from medmm.workflows.survival.run import load_data
 
     client = MlflowClient(tiny_survival_run.tracking_uri)
     run_id = tiny_survival_run.run_id

@@ -3,10 +3,24 @@ small transformer; returns the mean of the token outputs concatenated with their
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from medmm.config.pretrain import ECGEncoderConfig
+from medmm.config.core import StrictModel
+
+
+class ECGEncoderConfig(StrictModel):
+    name: Literal["conv_transformer"] = "conv_transformer"
+    dim: int = Field(128, description="token width")
+    depth: int = Field(2, description="transformer layers")
+    heads: int = Field(4, description="attention heads")
+    token_stride: int = Field(2, description="stride of the second tokenizer conv: tokens = samples / (5 * stride)")
+    dropout: float = Field(0.0, description="transformer dropout (off by default: on CPU its masks cost ~40% of the step)")
+
+
 
 
 class ECGConvTransformer(nn.Module):

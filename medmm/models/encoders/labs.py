@@ -5,9 +5,18 @@ a LayerNorm (input [B, 2 * n_labs]: percentiles then flags; see medmm.data.labs_
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from medmm.config.pretrain import LabsEncoderConfig
+from medmm.config.core import StrictModel
+
+
+class LabsEncoderConfig(StrictModel):
+    """Symile-MIMIC's labs encoder: training-set percentiles + missingness flags into an MLP."""
+
+    hidden: list[int] = Field([256, 1024], description="MLP hidden widths (Symile-MIMIC: 256, 1024)")
+
+
 
 
 class LabsMLP(nn.Module):

@@ -6,10 +6,25 @@ return one feature vector per image.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
 
-from medmm.config.pretrain import XrayEncoderConfig
+from medmm.config.core import StrictModel
+
+
+class XrayEncoderConfig(StrictModel):
+    name: Literal["cnn", "vit"] = Field("cnn", description="registry name of the X-ray encoder")
+    widths: list[int] = Field([16, 32, 64, 128], description="CNN stage widths")
+    patch_size: int = Field(16, description="ViT patch size")
+    vit_dim: int = Field(192, description="ViT width")
+    vit_depth: int = Field(4, description="ViT depth")
+    vit_heads: int = Field(3, description="ViT attention heads")
+    dropkey: float = Field(0.1, description="ViT DropKey rate (MoRE), training only")
+
+
 
 
 class _ResidualBlock(nn.Module):

@@ -12,9 +12,22 @@ decoder can attend to where a finding is.
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from medmm.config.report import DecoderConfig
+from medmm.config.core import StrictModel
+
+
+class DecoderConfig(StrictModel):
+    init_from_minilm: bool = Field(True, description="start from the packaged MiniLM's weights (cross-attention new)")
+    num_layers: int = Field(2, ge=1, le=12, description="decoder layers (the first N of MiniLM's six when initialised)")
+    hidden_size: int = Field(384, description="width when not initialised from MiniLM")
+    heads: int = Field(12, description="attention heads when not initialised from MiniLM")
+    max_tokens: int = Field(96, description="report length in tokens (training truncation)")
+    use_ecg: bool = Field(False, description="condition on the ECG too (its token outputs join the X-ray's)")
+    dropout: float = 0.1
+
+
 
 
 def xray_tokens(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,211 @@
+"""Held-out evaluation of a contrastive model: retrieval in every direction between the
+modalities (exact pair R@k, label-match Hit@k / P@k) and zero-shot AUROC per finding
+from text prompts, each beside its chance and oracle level."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medmm.data.prompts import ZERO_SHOT_PROMPTS
+from medmm.demo.generator import compute_reference_levels
+from medmm.io.findings import FINDINGS
+from medmm.metrics.retrieval import retrieval_metrics
+from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
+from medmm.retrieval.gallery_prior import fit_prior_correction
+from medmm.retrieval.memory_retrieval import PairedMemory, fit_memory_translation
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]  # flat, MLflow-safe names, e.g. "xray_to_report.P@5"
+    rows: list[dict] = field(default_factory=list)  # metric, value, chance, oracle, gap_closed
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    indices: np.ndarray | None = None
+
+
+def cohort_reference_levels(cohort_root: Path, test_labels: np.ndarray) -> dict:
+    """Chance / oracle levels of the evaluated test studies (the cohort's file when it
+    describes exactly these studies, else recomputed for the studies that were read)."""
+    path = cohort_root / "reference_levels.json"
+    if path.exists():
+        levels = json.loads(path.read_text())
+        if levels.get("n_test_studies") == len(test_labels):
+            return levels
+    return compute_reference_levels(test_labels.astype("int64"))
+
+
+@torch.no_grad()
+def embed_loader(model, loader, modalities: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    labels, indices = [], []
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        for m, e in model(batch, modalities).items():
+            out[m].append(e.float().cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+        indices.append(batch["index"].cpu().numpy())
+    return {m: np.concatenate(v) for m, v in out.items()}, np.concatenate(labels), np.concatenate(indices)
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], max_tokens: int) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    batch = {"report_ids": enc["input_ids"].to(device), "report_mask": enc["attention_mask"].to(device)}
+    return model.encode("report", batch).float().cpu().numpy()
+
+
+def prompt_embeddings(model, tokenizer, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative prompt embeddings, [F, P, d] each, in FINDINGS order."""
+    pos = np.stack([embed_texts(model, tokenizer, ZERO_SHOT_PROMPTS[f]["pos"], max_tokens) for f in FINDINGS])
+    neg = np.stack([embed_texts(model, tokenizer, ZERO_SHOT_PROMPTS[f]["neg"], max_tokens) for f in FINDINGS])
+    return pos, neg
+
+
+def _row(name: str, value: float | None, chance: float | None, oracle: float | None,
+         contrastive_optimum: float | None = None) -> dict:
+    gap = None
+    if value is not None and chance is not None and oracle is not None and oracle - chance > 1e-9:
+        gap = (value - chance) / (oracle - chance)
+    return {"metric": name, "value": value, "chance": chance, "oracle": oracle,
+            "contrastive_optimum": contrastive_optimum, "gap_closed": gap}
+
+
+def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tuple[dict[str, float], list[dict]]:
+    """Symile-MIMIC's task: which of k candidate X-rays belongs with a query made of two
+    or more other modalities (e.g. ECG + labs); chance 1 / k. Symile scores a candidate
+    with the product of the query representations, CLIP with the sum of dot products."""
+    import itertools
+
+    from medmm.losses.symile import clip_scores, symile_scores
+    from medmm.metrics.candidates import candidate_accuracy
+
+    metrics, rows = {}, []
+    others = [m for m in ("ecg", "labs", "report") if m in emb]
+    if "xray" not in emb or len(emb["xray"]) < k:
+        return metrics, rows
+    score = symile_scores if scoring == "symile" else clip_scores
+    for r in range(2, len(others) + 1):
+        for query in itertools.combinations(others, r):
+            s = score([torch.from_numpy(emb[m]) for m in query], torch.from_numpy(emb["xray"])).numpy()
+            name = f"xray_from_{'-'.join(query)}.acc{k}"  # MLflow names: no '+'
+            metrics[name] = candidate_accuracy(s, k)
+            rows.append(_row(f"X-ray among {k} from {'+'.join(query)}", metrics[name], 1.0 / k, 1.0))
+    return metrics, rows
+
+
+def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
+                         ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None,
+                         memory_loader=None) -> EvalResult:
+    """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
+    (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
+    ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
+    retrieval is also reported prior-corrected (:mod:`medmm.retrieval.gallery_prior`) and,
+    with ``memory_loader`` (the training split, unaugmented), memory-translated
+    (:mod:`medmm.retrieval.memory_retrieval`); each one's settings are chosen on validation,
+    and a *val-chosen* row reports, per direction, the method (plain, prior-corrected or
+    memory-translated; ``val_chosen_method`` 0 / 1 / 2) with the best validation score."""
+    modalities = tuple(m for m in ("xray", "ecg", "report", "labs") if m in model.modalities)
+    emb, labels, indices = embed_loader(model, loader, modalities)
+    val = embed_loader(model, val_loader, modalities)[:2] if val_loader is not None else None
+    memory = embed_loader(model, memory_loader, modalities)[0] if val is not None and memory_loader is not None else None
+    logit_scale = float(model.logit_scale().detach().exp()) if hasattr(model, "logit_scale") else 1.0
+    metrics: dict[str, float] = {}
+    rows: list[dict] = []
+    for direction, levels in reference["retrieval"].items():
+        q, c = direction.split("->")
+        if q not in emb or c not in emb:
+            continue
+        values = retrieval_metrics(emb[q] @ emb[c].T, labels, labels, ks=ks, label_ks=label_ks)
+        values.pop("P@1", None)  # identical to Hit@1
+        for name, value in values.items():
+            metrics[f"{q}_to_{c}.{name}"] = value
+            rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name),
+                             levels.get("contrastive_optimum", {}).get(name)))
+        if val is None:
+            continue
+        val_emb, val_labels = val
+        k = max(label_ks)
+        metric = f"P@{k}"
+
+        def label_match(scores: np.ndarray) -> dict[str, float]:  # test Hit@k / P@k of one scoring
+            return {name: value for name, value in retrieval_metrics(scores, labels, labels, ks=(),
+                                                                     label_ks=label_ks).items() if name != "P@1"}
+
+        # (key, row label, validation score at the chosen settings, test figures, settings);
+        # plain similarity's test rows are above
+        plain_val = retrieval_metrics(val_emb[q] @ val_emb[c].T, val_labels, val_labels, ks=(), label_ks=(k,))[metric]
+        methods = [("plain", "plain", plain_val, {n: v for n, v in values.items() if not n.startswith("R@")}, {})]
+        prior, prior_val = fit_prior_correction(val_emb[q], val_emb[c], val_labels, logit_scale, metric=metric)
+        methods.append(("prior_corrected", "prior-corrected", prior_val,
+                        label_match(prior.scores(emb[q], emb[c], logit_scale)),
+                        {"prior_weight": prior.weight, "prior_bandwidth": prior.bandwidth}))
+        if memory is not None:
+            paired = PairedMemory(memory[q], memory[c])
+            translation, memory_val = fit_memory_translation(val_emb[q], val_emb[c], val_labels, paired, logit_scale,
+                                                             metric=metric)
+            methods.append(("memory_translated", "memory-translated", memory_val,
+                            label_match(translation.scores(emb[q], emb[c], paired, logit_scale)),
+                            {"memory_k": translation.k, "memory_weight": translation.weight}))
+        for key, label, val_score, test_values, settings in methods:
+            metrics[f"{q}_to_{c}.{key}.val_{metric}"] = val_score
+            metrics.update({f"{q}_to_{c}.{name}": value for name, value in settings.items()})
+            if key == "plain":
+                continue
+            for name, value in test_values.items():
+                metrics[f"{q}_to_{c}.{key}.{name}"] = value
+                rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
+                                 levels["oracle"].get(name)))
+        # One figure per direction without looking at test: the method best on validation
+        # (the first, i.e. the simplest, on a tie).
+        chosen = max(range(len(methods)), key=lambda i: methods[i][2])
+        _, label, _, test_values, _ = methods[chosen]
+        metrics[f"{q}_to_{c}.val_chosen_method"] = chosen
+        for name, value in test_values.items():
+            metrics[f"{q}_to_{c}.val_chosen.{name}"] = value
+            rows.append(_row(f"{q}->{c} {name} val-chosen: {label}", value, levels["chance"].get(name),
+                             levels["oracle"].get(name)))
+    extra_metrics, extra_rows = candidate_rows(emb, scoring)
+    metrics.update(extra_metrics)
+    rows.extend(extra_rows)
+    pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
+    for modality in ("xray", "ecg"):
+        if modality not in emb:
+            continue
+        auroc = per_finding_auroc(zero_shot_scores(emb[modality], pos, neg), labels, FINDINGS)
+        ref = reference["zero_shot"][modality]
+        observable = reference.get("observable", {}).get(modality, [])
+        planted = [f for f in FINDINGS if f in observable and auroc[f] is not None]
+        for f in FINDINGS:
+            if auroc[f] is not None:
+                metrics[f"zeroshot_{modality}.{f}"] = auroc[f]
+                rows.append(_row(f"zero-shot {modality} AUROC {f}", auroc[f], ref["chance"].get(f),
+                                 ref["oracle"].get(f)))
+        if planted:
+            mean = float(np.mean([auroc[f] for f in planted]))
+            metrics[f"zeroshot_{modality}.planted_mean"] = mean
+            rows.append(_row(f"zero-shot {modality} AUROC mean of planted", mean, 0.5, 1.0))
+    return EvalResult(metrics, rows, emb, labels, indices)
+
+
+def format_table(rows: list[dict]) -> str:
+    """A fixed-width text table of the metrics beside chance and oracle."""
+    def fmt(x):
+        return "   -  " if x is None else f"{x:6.3f}"
+
+    lines = [f"{'metric':44s} {'value':>6s} {'chance':>6s} {'oracle':>6s} {'InfoNCE-opt':>11s} {'gap closed':>10s}",
+             f"{'':44s} {'':6s} {'':6s} {'':6s} {'(see docs)':>11s}"]
+    for r in rows:
+        gap = "      -" if r["gap_closed"] is None else f"{100 * r['gap_closed']:8.1f} %"
+        lines.append(f"{r['metric']:44s} {fmt(r['value'])} {fmt(r['chance'])} {fmt(r['oracle'])} "
+                     f"{fmt(r.get('contrastive_optimum')):>11s} {gap}")
+    return "\n".join(lines)

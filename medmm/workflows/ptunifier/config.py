@@ -1,0 +1,51 @@
+"""Config of PTUnifier pretraining (``model.name: ptunifier``; configs/pretrain/ptunifier.yaml).
+
+The data, trainer and tracking sections are the contrastive pipeline's own; the model,
+loss and optimiser sections are PTUnifier's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+
+from medmm.config.core import StrictModel
+from medmm.data.config import DataConfig
+from medmm.models.ptunifier import PTUnifierModelConfig
+from medmm.training.config import TrainerConfig
+from medmm.workflows.contrastive.config import TrackingConfig
+
+
+class PTUnifierLossConfig(StrictModel):
+    itm_weight: float = Field(0.5, ge=0, description="image-text matching weight (paper 0.5)")
+    mlm_weight: float = Field(1.0, ge=0, description="masked language modelling weight (paper 1.0)")
+    itc_weight: float = Field(0.1, ge=0, description="image-text contrastive weight (paper 0.1)")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="fraction of words masked (whole-word)")
+    itc_temperature: float = Field(0.1, gt=0, description="fixed ITC temperature (paper 0.1)")
+
+    @model_validator(mode="after")
+    def _some_loss(self) -> "PTUnifierLossConfig":
+        if self.itm_weight + self.mlm_weight + self.itc_weight <= 0:
+            raise ValueError("at least one of itm_weight, mlm_weight, itc_weight must be > 0")
+        return self
+
+
+class PTUnifierOptimConfig(StrictModel):
+    lr: float = Field(1e-4, description="learning rate of the uni-modal encoders")
+    head_lr_mult: float = Field(5.0, description="fusion, heads and prompts get lr x this (paper x5)")
+    weight_decay: float = 0.01
+    warmup_fraction: float = Field(0.1, description="linear warm-up, as a fraction of all steps (paper 10%)")
+    min_lr_ratio: float = Field(0.0, description="cosine decay floor relative to lr")
+
+
+class PTUnifierPretrainConfig(StrictModel):
+    seed: int = 0
+    output_dir: Path = Field(Path("runs/ptunifier"), description="checkpoints and the exported model")
+    model: PTUnifierModelConfig = PTUnifierModelConfig()
+    data: DataConfig = DataConfig()
+    loss: PTUnifierLossConfig = PTUnifierLossConfig()
+    optim: PTUnifierOptimConfig = PTUnifierOptimConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    tracking: TrackingConfig = TrackingConfig(experiment="medmm-ptunifier", register_model=True,
+                                              registered_name="medmm-ptunifier")

@@ -1,0 +1,118 @@
+"""PTUnifier pretraining run: what ``python -m medmm.workflows.contrastive.run`` does when the
+config's ``model.name`` is ``ptunifier`` (the pretrain pipeline dispatches here).
+
+Same cohort, DataModule, MLflow logging and checkpointing as the contrastive run; then
+the model is exported (safetensors + config.yaml, the input of
+``python -m medmm.workflows.finetune.run``) and evaluated zero-shot on the held-out split
+by ITC retrieval in both directions. The run leaves the shape of
+:mod:`medmm.tracking.pipeline_run` (tag ``medmm.pipeline=pretrain``); with
+``tracking.register_model`` the export is registered as a pyfunc (``models:/<registered_name>@champion``
+is a valid ``checkpoint=`` of the finetune pipeline).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+
+EXPORT_DIR = "export"
+
+
+def export_model(model, cfg, folder: Path) -> Path:
+    """Weights as safetensors (never pickle) + the resolved config as YAML."""
+    from medmm.workflows.pretrained import save_pretrained_folder
+
+    return save_pretrained_folder(model, cfg, folder)
+
+
+def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
+    """Held-out retrieval from ITC embeddings: X-ray -> report and report -> X-ray. Returns
+    (metrics, image embeddings, text embeddings, labels, cohort indices of the rows)."""
+    import torch
+
+    from medmm.metrics.retrieval import retrieval_metrics
+    from medmm.workflows.ptunifier.module import itc_embeddings
+
+    model.eval()
+    imgs, txts, labels, indices = [], [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            i, t = itc_embeddings(model, batch["xray"], batch["report_ids"], batch["report_mask"])
+            imgs.append(i.numpy())
+            txts.append(t.numpy())
+            labels.append(batch["labels"].numpy())
+            indices.append(batch["index"].numpy())
+    img, txt, lab = np.concatenate(imgs), np.concatenate(txts), np.concatenate(labels)
+    sim = img @ txt.T
+    metrics = {f"xray_to_report.{k}": v for k, v in retrieval_metrics(sim, lab, lab, ks, label_ks).items()}
+    metrics.update({f"report_to_xray.{k}": v for k, v in retrieval_metrics(sim.T, lab, lab, ks, label_ks).items()})
+    return metrics, img, txt, lab, np.concatenate(indices)
+
+
+def run(cfg: PTUnifierPretrainConfig, resume: bool = False):
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    from mlflow.tracking import MlflowClient
+
+    from medmm.data.datamodule import PretrainDataModule
+    from medmm.tracking.figures import retrieval_examples_figure
+    from medmm.tracking.pipeline_run import (
+        finish,
+        log_context,
+        log_figure,
+        log_json,
+        log_metrics,
+        register_with_aliases,
+    )
+    from medmm.workflows.contrastive.run import PretrainOutcome, _trainer, start_or_resume_run
+    from medmm.workflows.ptunifier.module import PTUnifierPretrainTask
+    from medmm.workflows.ptunifier.served import log_pretrained_embedder
+
+    start = time.perf_counter()
+    logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
+    run_id = logger.run_id
+
+    dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
+                            tokenizer_path=cfg.model.text.model_path)
+    dm.setup()
+    data_s = time.perf_counter() - start
+    for s in dm.cohort.skipped:
+        print(f"WARNING: skipped {s['path']}: {s['problem']}", file=sys.stderr)
+    client = MlflowClient(tracking_uri)
+    log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
+    log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
+                                 **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
+
+    task = PTUnifierPretrainTask(cfg)
+    trainer = _trainer(cfg, logger, run_dir / "checkpoints")
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    train_s = time.perf_counter() - start - data_s
+
+    export = export_model(task.model, cfg, run_dir / EXPORT_DIR)
+    client.log_artifacts(run_id, str(export), artifact_path="model_export")
+    metrics, img, txt, labels, idx = itc_retrieval(task.model, dm.test_dataloader())
+    eval_s = time.perf_counter() - start - data_s - train_s
+    step = int(trainer.global_step)
+    log_metrics(client, run_id, {"time.data_s": data_s, "time.train_s": train_s, "time.eval_s": eval_s})
+    log_metrics(client, run_id, metrics, prefix="test.", step=step)
+    log_json(client, run_id, "test_metrics.json", metrics)
+    fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), labels, img[:4] @ txt.T,
+                                    list(dm.cohort.report_text[idx]), labels)
+    log_figure(client, run_id, fig, "retrieval_examples")
+    client.set_tag(run_id, "export_dir", str(export.resolve()))
+    model_uri = None
+    if cfg.tracking.register_model:
+        # the exported (final) weights, as the contrastive pretraining registers its model; the
+        # champion is the run with the lowest validation loss (the checkpoint monitor)
+        model_uri = log_pretrained_embedder(run_id, task.model, cfg)
+        register_with_aliases(client, model_uri, cfg.tracking.registered_name, run_id, "val/loss",
+                              higher_is_better=False)
+    finish(client, run_id)
+    table = "\n".join(f"{k:32s} {v:.3f}" for k, v in metrics.items())
+    table += f"\n\nexported model: {export}\ntime: data {data_s:.0f} s, train {train_s:.0f} s, eval {eval_s:.0f} s"
+    return PretrainOutcome(run_id, tracking_uri, metrics, table, model_uri, len(dm.cohort.skipped))

@@ -1,0 +1,54 @@
+"""Config of ``python -m medmm.workflows.report.run`` (defaults = configs/report/default.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from medmm.config.core import StrictModel
+from medmm.data.config import DataConfig
+from medmm.models.heads.report_decoder import DecoderConfig
+from medmm.tracking.config import RunTrackingConfig
+from medmm.training.config import TrainerConfig
+from medmm.workflows.pretrained import PretrainedConfig
+
+
+class ReportOptimConfig(StrictModel):
+    lr: float = Field(5e-4, description="decoder and bridge learning rate")
+    encoder_lr: float = Field(1e-4, description="learning rate of the pretrained encoders (unless frozen)")
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.05
+
+
+class GenerationConfig(StrictModel):
+    beams: list[int] = Field([1, 3], description="decodings evaluated: 1 = greedy, n > 1 = beam search of width n")
+    max_new_tokens: int = Field(80, description="generated report length limit in tokens")
+    no_repeat_ngram_size: int = Field(3, description="block repeated n-grams (0 = off)")
+    batch_size: int = 32
+
+
+class ReportEvalConfig(StrictModel):
+    split: str = Field("test", description="held-out split the report metrics are computed on")
+    max_studies: int | None = Field(None, description="score only the first N studies of the split (None = all)")
+    n_examples: int = Field(6, description="generated-vs-reference examples logged (text + figure)")
+
+
+class ReportTrackingConfig(RunTrackingConfig):
+    experiment: str = "medmm-report"
+    register_model: bool = Field(True, description="register the best model (lowest val loss) in the model registry")
+    registered_name: str = "medmm-report"
+
+
+class ReportConfig(StrictModel):
+    seed: int = 0
+    output_dir: Path = Field(Path("runs/report"), description="checkpoints and local artifacts")
+    pretrained: PretrainedConfig = PretrainedConfig()
+    decoder: DecoderConfig = DecoderConfig()
+    data: DataConfig = Field(DataConfig(), description="cohort; image_size / ecg_fs follow the pretrained model")
+    optim: ReportOptimConfig = ReportOptimConfig()
+    trainer: TrainerConfig = TrainerConfig(max_epochs=4)
+    generation: GenerationConfig = GenerationConfig()
+    eval: ReportEvalConfig = ReportEvalConfig()
+    tracking: ReportTrackingConfig = ReportTrackingConfig()

@@ -1,0 +1,313 @@
+"""``python -m medmm.workflows.report.run``: report generation from a pretrained encoder.
+
+    python -m medmm.workflows.report.run train --config configs/report/default.yaml pretrained.source=models:/medmm-more@champion
+    python -m medmm.workflows.report.run evaluate --config ... [--model models:/medmm-report@champion]
+    python -m medmm.workflows.report.run generate --model models:/medmm-report@champion --xray study.dcm [--ecg ecg.hea] [--beams 3] [--json]
+
+``train`` fits the decoder (and fine-tunes the encoders) on the train split, keeps the
+epoch with the lowest validation loss, scores it on the held-out split with greedy and
+beam search beside two baselines (nearest-neighbour retrieval of a training report
+through the pretrained embedding; the most frequent training report), logs everything to
+MLflow and registers the model. ``evaluate`` scores a registered model again;
+``generate`` writes reports for given files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmm.config.core import ConfigError, build_config, options_help
+from medmm.io.errors import MedmmInputError
+from medmm.workflows.report.config import ReportConfig
+
+DEFAULT_CONFIG = Path("configs/report/default.yaml")
+HEADLINE = ("bleu1", "bleu4", "rouge_l", "cider", "ce_f1")
+METRIC_ORDER = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "ce_precision", "ce_recall", "ce_f1",
+                "ce_macro_f1")
+
+
+@dataclass
+class ReportOutcome:
+    run_id: str
+    tracking_uri: str
+    metrics: dict[str, dict[str, float]]  # system -> metric -> value
+    table: str
+    model_uri: str | None
+    version: str | None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m medmm.workflows.report.run",
+        description="Report generation (X-ray [+ ECG] -> report text), evaluated against baselines and tracked in MLflow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config options (override any with key=value):\n" + "\n".join(options_help(ReportConfig)),
+    )
+    parser.add_argument("command", choices=("train", "evaluate", "generate"))
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    parser.add_argument("--model", help="report model URI for evaluate / generate "
+                                        "(default: models:/<tracking.registered_name>@champion)")
+    parser.add_argument("--xray", nargs="*", default=[], help="generate: DICOM radiograph(s)")
+    parser.add_argument("--ecg", nargs="*", default=[], help="generate: ECG record(s), one per X-ray")
+    parser.add_argument("--beams", type=int, default=None, help="generate: 1 = greedy, n = beam search")
+    parser.add_argument("--json", action="store_true", help="generate: JSON output for programs")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser.parse_intermixed_args(argv)
+
+
+def _data_module(cfg: ReportConfig, pretrain_cfg):
+    from medmm.data.datamodule import PretrainDataModule
+
+    # The encoders were trained on inputs of the pretraining run's size and ECG rate.
+    data = cfg.data.model_copy(update={"image_size": pretrain_cfg.data.image_size, "ecg_fs": pretrain_cfg.data.ecg_fs})
+    dm = PretrainDataModule(data, max_tokens=cfg.decoder.max_tokens, seed=cfg.seed,
+                            tokenizer_path=pretrain_cfg.model.text.model_path)
+    dm.setup()
+    return dm
+
+
+def _embed_texts(model, tokenizer, texts: list[str], max_tokens: int, chunk: int = 256) -> np.ndarray:
+    from medmm.workflows.contrastive.evaluation import embed_texts
+
+    return np.concatenate([embed_texts(model, tokenizer, texts[i : i + chunk], max_tokens)
+                           for i in range(0, len(texts), chunk)])
+
+
+def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -> tuple[dict, list[dict]]:
+    """Metrics of the model (each decoding) and of both baselines on ``split``, and examples."""
+    from torch.utils.data import DataLoader, Subset
+
+    from medmm.io.labeler import label_report
+    from medmm.metrics.report_generation import report_generation_metrics
+    from medmm.workflows.report.module import generate_reports, most_frequent_report, nearest_report
+
+    cohort, tok = dm.cohort, pretrained.tokenizer
+    loader = dm.loader(split, batch_size=cfg.generation.batch_size)
+    if cfg.eval.max_studies is not None and cfg.eval.max_studies < len(loader.dataset):
+        loader = DataLoader(Subset(loader.dataset, range(cfg.eval.max_studies)), batch_size=loader.batch_size,
+                            collate_fn=loader.collate_fn)
+    outputs: dict[str, list[str]] = {}
+    index = None
+    g = cfg.generation
+    for beams in g.beams:
+        name = "model_greedy" if beams == 1 else f"model_beam{beams}"
+        outputs[name], index = generate_reports(generator, loader, tok, num_beams=beams,
+                                                max_new_tokens=g.max_new_tokens,
+                                                no_repeat_ngram_size=g.no_repeat_ngram_size)
+    refs = [str(t) for t in cohort.report_text[index]]
+    train_texts = [str(t) for t in cohort.report_text[cohort.indices("train")]]
+    train_emb = _embed_texts(pretrained.model, tok, train_texts, pretrained.config.model.text.max_tokens)
+    outputs["nearest_neighbour"] = nearest_report(pretrained.model, loader, train_emb, train_texts)
+    outputs["most_frequent"] = [most_frequent_report(train_texts)] * len(refs)
+    metrics = {name: report_generation_metrics(hyps, refs) for name, hyps in outputs.items()}
+    first = next(iter(outputs))
+    examples = []
+    for i in range(min(cfg.eval.n_examples, len(refs))):
+        examples.append({
+            "generated": outputs[first][i], "decoding": first, "reference": refs[i],
+            "nearest_neighbour": outputs["nearest_neighbour"][i],
+            "generated_findings": list(label_report(outputs[first][i]).positive) if outputs[first][i] else [],
+            "reference_findings": list(label_report(refs[i]).positive),
+        })
+    return metrics, examples
+
+
+def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
+    header = f"{'system':<20}" + "".join(f"{m:>13}" for m in METRIC_ORDER)
+    lines = [header, "-" * len(header)]
+    for system, values in metrics.items():
+        lines.append(f"{system:<20}" + "".join(f"{values[m]:>13.4f}" for m in METRIC_ORDER))
+    best = {m: max(metrics, key=lambda s: metrics[s][m]) for m in METRIC_ORDER}
+    lines.append("")
+    lines.append("best per metric: " + ", ".join(f"{m}: {s}" for m, s in best.items()))
+    return "\n".join(lines)
+
+
+def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) -> str:
+    from medmm.tracking.pipeline_run import log_figure, log_json, log_metrics
+    from medmm.workflows.report.figures import examples_figure, metrics_figure
+
+    for system, values in metrics.items():
+        log_metrics(client, run_id, values, prefix=f"{split}.{system}.")
+    rows = [{"system": s, **v} for s, v in metrics.items()]
+    log_json(client, run_id, "report_metrics.json", rows)
+    table = format_metrics(metrics)
+    client.log_text(run_id, table, "results/report_metrics.txt")
+    log_figure(client, run_id, metrics_figure(metrics, HEADLINE), "report_metrics")
+    if log_text:  # report text is the cohort's own data: switch off for cohorts not de-identified
+        log_json(client, run_id, "report_examples.json", examples)
+        log_figure(client, run_id, examples_figure(examples[:4]), "report_examples")
+    return table
+
+
+def train(cfg: ReportConfig) -> ReportOutcome:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    import lightning as L
+    import torch
+    import transformers
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from medmm.models.heads.report_decoder import ReportGenerator
+    from medmm.tracking.pipeline_run import (
+        finish,
+        lightning_logger,
+        log_cohort_summary,
+        log_context,
+        log_metrics,
+        register_with_aliases,
+    )
+    from medmm.tracking.run_context import default_tracking_uri
+    from medmm.workflows.pretrained import load_pretrained
+    from medmm.workflows.report.module import ReportGenerationTask
+    from medmm.workflows.report.served import log_report_model
+
+    transformers.logging.set_verbosity_error()  # the decoder's new cross-attention weights are expected
+    if cfg.pretrained.source is None:
+        raise ConfigError("pretrained.source is required: an MLflow model URI or a folder of a pretraining model")
+    clock = {"start": time.perf_counter()}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    pretrained = load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
+                                 tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
+    logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
+    run_id = logger.run_id
+    client = logger.experiment
+    dm = _data_module(cfg, pretrained.config)
+    if dm.cohort.skipped:
+        print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
+        for s in dm.cohort.skipped:
+            print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
+    log_context(client, run_id, "report", cfg, dm.manifest, dm.cohort.skipped)
+    client.set_tag(run_id, "pretrained_weights_sha256", pretrained.weights_sha256)
+    client.set_tag(run_id, "pretrained_kind", pretrained.kind)
+    log_cohort_summary(client, run_id, dm.cohort)
+    log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
+                                 **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
+    clock["data"] = time.perf_counter()
+
+    generator = ReportGenerator.from_pretrained(copy.deepcopy(pretrained.model.encoders), cfg.decoder)
+    task = ReportGenerationTask(cfg, generator)
+    ckpt_dir = Path(cfg.output_dir) / run_id / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
+    precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
+    trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
+                        devices=cfg.trainer.devices, precision=precision, logger=logger, callbacks=[best],
+                        log_every_n_steps=cfg.trainer.log_every_n_steps,
+                        limit_train_batches=cfg.trainer.limit_train_batches,
+                        gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
+                        num_sanity_val_steps=0, enable_progress_bar=False)
+    trainer.fit(task, datamodule=dm)
+    if best.best_model_path:  # evaluate and register the epoch with the lowest validation loss
+        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+        task.load_state_dict(state)
+        log_metrics(client, run_id, {"best_val_loss": float(best.best_model_score)})
+    clock["train"] = time.perf_counter()
+
+    metrics, examples = evaluate_systems(cfg, generator, pretrained, dm, cfg.eval.split)
+    clock["eval"] = time.perf_counter()
+    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split, log_text=True)
+    log_metrics(client, run_id, {"time.data_s": clock["data"] - clock["start"],
+                                 "time.train_s": clock["train"] - clock["data"],
+                                 "time.eval_s": clock["eval"] - clock["train"]})
+    model_uri = version = None
+    if cfg.tracking.register_model:
+        model_uri = log_report_model(run_id, generator, cfg, pretrained.config)
+        version = register_with_aliases(client, model_uri, cfg.tracking.registered_name, run_id, "best_val_loss",
+                                        higher_is_better=False)
+    finish(client, run_id)
+    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, version)
+
+
+def _load_report_model(uri: str, tracking_uri: str | None):
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
+        raise MedmmInputError(uri, f"cannot load a report model from it ({exc})") from None
+
+
+def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
+    """Score a registered report model (and the baselines) again on ``eval.split``, as a new run."""
+    from medmm.tracking.pipeline_run import finish, log_context, start_run
+    from medmm.tracking.run_context import default_tracking_uri
+    from medmm.workflows.pretrained import load_pretrained
+
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    wrapper = _load_report_model(model_uri, tracking_uri).unwrap_python_model()
+    source = cfg.pretrained.source
+    if source is None:
+        raise ConfigError("pretrained.source is required for the nearest-neighbour baseline")
+    pretrained = load_pretrained(source, cfg.pretrained.kind, tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
+    cfg = cfg.model_copy(update={"decoder": wrapper.cfg.decoder})
+    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name, "report-evaluate")
+    dm = _data_module(cfg, wrapper.pretrain_cfg)
+    log_context(client, run_id, "report-evaluate", cfg, dm.manifest, dm.cohort.skipped)
+    client.set_tag(run_id, "evaluated_model", model_uri)
+    metrics, examples = evaluate_systems(cfg, wrapper.model, pretrained, dm, cfg.eval.split)
+    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split, log_text=True)
+    finish(client, run_id)
+    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, None)
+
+
+def generate(model_uri: str, tracking_uri: str | None, xrays: list[str], ecgs: list[str], beams: int | None) -> list[dict]:
+    import pandas as pd
+
+    if not xrays:
+        raise ConfigError("generate: give at least one --xray file")
+    if ecgs and len(ecgs) != len(xrays):
+        raise ConfigError(f"generate: {len(ecgs)} --ecg files for {len(xrays)} --xray files")
+    model = _load_report_model(model_uri, tracking_uri)
+    frame = pd.DataFrame({"xray": xrays, **({"ecg": ecgs} if ecgs else {})})
+    texts = model.predict(frame, params={"num_beams": beams} if beams else None)
+    return [{"xray": x, **({"ecg": e} if ecgs else {}), "report": t}
+            for x, e, t in zip(xrays, ecgs or [None] * len(xrays), texts)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(ReportConfig, args.config, args.overrides)
+        model_uri = args.model or f"models:/{cfg.tracking.registered_name}@champion"
+        if args.command == "generate":
+            from medmm.tracking.run_context import default_tracking_uri
+
+            rows = generate(model_uri, cfg.tracking.uri or default_tracking_uri(), args.xray, args.ecg, args.beams)
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    print(f"== {row['xray']}\n{row['report']}\n")
+            return 0
+        outcome = train(cfg) if args.command == "train" else evaluate(cfg, model_uri)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except MedmmInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"\nReport generation on the '{cfg.eval.split}' split (held-out patients):\n")
+    print(outcome.table)
+    print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
+    if outcome.version:
+        print(f"Registered model: {cfg.tracking.registered_name} version {outcome.version} ({outcome.model_uri})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

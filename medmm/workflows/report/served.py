@@ -1,0 +1,94 @@
+"""The MLflow pyfunc flavour of a medmm report generator: loads back in a fresh process
+through ``mlflow.pyfunc.load_model`` and writes reports.
+
+``predict`` takes a DataFrame with an ``xray`` column (DICOM paths) and, for a model
+conditioned on ECG too, an ``ecg`` column (WFDB / DICOM-waveform paths); it returns one
+generated report per row. ``params={"num_beams": n}`` picks greedy (1) or beam search.
+Weights travel as safetensors (never pickle), configs as YAML / JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "pydicom", "wfdb", "safetensors"]
+
+
+def build_generator(report_cfg, pretrain_cfg, bert_config):
+    """A ReportGenerator skeleton (random weights) of the saved shapes."""
+    from medmm.models.encoders.ecg import build_ecg_encoder
+    from medmm.models.encoders.xray import build_xray_encoder
+    from medmm.models.heads.report_decoder import ReportGenerator
+
+    xray = build_xray_encoder(pretrain_cfg.model.xray, pretrain_cfg.data.image_size)
+    ecg = build_ecg_encoder(pretrain_cfg.model.ecg) if report_cfg.decoder.use_ecg else None
+    return ReportGenerator(xray, ecg, bert_config)
+
+
+class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context) -> None:
+        from safetensors.torch import load_model
+        from transformers import BertConfig
+
+        from medmm.config.core import build_config
+        from medmm.models.encoders.text import load_tokenizer
+        from medmm.workflows.contrastive.config import PretrainConfig
+        from medmm.workflows.report.config import ReportConfig
+
+        a = context.artifacts
+        self.cfg = build_config(ReportConfig, a["report_config"])
+        self.pretrain_cfg = build_config(PretrainConfig, a["pretrain_config"])
+        bert = BertConfig.from_dict(json.loads(Path(a["decoder_config"]).read_text()))
+        self.model = build_generator(self.cfg, self.pretrain_cfg, bert)
+        load_model(self.model, a["weights"])
+        self.model.eval()
+        self.tokenizer = load_tokenizer(self.pretrain_cfg.model.text.model_path)
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        from medmm.data.augment import normalise_xray
+        from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
+
+        if "xray" not in model_input.columns:
+            raise ValueError("the input needs an 'xray' column of DICOM paths")
+        size, fs = self.pretrain_cfg.data.image_size, self.pretrain_cfg.data.ecg_fs
+        batch = {"xray": normalise_xray(torch.from_numpy(np.stack([load_xray_input(p, size).astype(np.float32)
+                                                                   for p in model_input["xray"]])))}
+        if self.cfg.decoder.use_ecg:
+            if "ecg" not in model_input.columns:
+                raise ValueError("this model is conditioned on ECG too: give an 'ecg' column")
+            batch["ecg"] = torch.from_numpy(np.stack([load_ecg_input(p, fs) for p in model_input["ecg"]]).astype(np.float32))
+        g = self.cfg.generation
+        beams = int((params or {}).get("num_beams", g.beams[0]))
+        ids = self.model.generate(batch, bos=self.tokenizer.cls_token_id, eos=self.tokenizer.sep_token_id,
+                                  pad=self.tokenizer.pad_token_id, num_beams=beams,
+                                  max_new_tokens=g.max_new_tokens, no_repeat_ngram_size=g.no_repeat_ngram_size)
+        return [t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def log_report_model(run_id: str, model, report_cfg, pretrain_cfg) -> str:
+    """Log the generator as the pyfunc artifact ``model`` of ``run_id``; returns its URI."""
+    from safetensors.torch import save_model
+
+    from medmm.config.core import to_yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        save_model(model, str(tmp / "model.safetensors"))  # handles the decoder's tied embeddings
+        (tmp / "report_config.yaml").write_text(to_yaml(report_cfg))
+        (tmp / "pretrain_config.yaml").write_text(to_yaml(pretrain_cfg))
+        (tmp / "decoder_config.json").write_text(model.decoder.config.to_json_string())
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=ReportGeneratorModel(), pip_requirements=PIP_REQUIREMENTS,
+                artifacts={"weights": str(tmp / "model.safetensors"), "report_config": str(tmp / "report_config.yaml"),
+                           "pretrain_config": str(tmp / "pretrain_config.yaml"),
+                           "decoder_config": str(tmp / "decoder_config.json")},
+            )
+    return info.model_uri

@@ -1,0 +1,244 @@
+"""``python -m medmm.workflows.retrieve.run``: a persistent retrieval index of a cohort.
+
+    python -m medmm.workflows.retrieve.run build --config configs/retrieve/default.yaml
+    python -m medmm.workflows.retrieve.run query --xray study.dcm [-k 5] [--against report] [--json]
+    python -m medmm.workflows.retrieve.run query --ecg record.hea
+    python -m medmm.workflows.retrieve.run query --text "small left pleural effusion"
+
+``build`` embeds every study of the cohort with a pretrained model and writes one FAISS
+index per modality, stamped with the weights' and the manifest's hashes, and logs the
+build to MLflow. ``query`` embeds one X-ray, ECG or text with the same model and returns
+the top-k studies with their scores and report text; an index built from other weights or
+another cohort is refused (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medmm.config.core import ConfigError, build_config, options_help
+from medmm.io.errors import MedmmInputError
+from medmm.workflows.retrieve.config import RetrieveConfig
+
+DEFAULT_CONFIG = Path("configs/retrieve/default.yaml")
+
+
+@dataclass
+class BuildOutcome:
+    run_id: str
+    tracking_uri: str
+    index_path: Path
+    metrics: dict[str, float]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m medmm.workflows.retrieve.run",
+        description="Build a persistent FAISS index of a cohort, or query it by X-ray, ECG or text.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config options (override any with key=value):\n" + "\n".join(options_help(RetrieveConfig)),
+    )
+    parser.add_argument("command", choices=("build", "query"))
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--xray", help="query: a DICOM radiograph")
+    group.add_argument("--ecg", help="query: an ECG record (WFDB .hea or DICOM waveform)")
+    group.add_argument("--text", help="query: free text")
+    parser.add_argument("-k", type=int, default=None, help="query: studies returned (default query.k)")
+    parser.add_argument("--against", choices=("xray", "ecg", "report"), default=None,
+                        help="query: modality index searched (default query.against)")
+    parser.add_argument("--json", action="store_true", help="query: JSON output for programs")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser.parse_intermixed_args(argv)
+
+
+def _params(cfg: RetrieveConfig):
+    from medmm.retrieval.index import IndexParams
+
+    i = cfg.index
+    return IndexParams(exact_max=i.exact_max, approximate=i.approximate, hnsw_m=i.hnsw_m,
+                       hnsw_ef_construction=i.hnsw_ef_construction, hnsw_ef_search=i.hnsw_ef_search,
+                       ivf_nlist=i.ivf_nlist, ivf_nprobe=i.ivf_nprobe)
+
+
+def _load_model(cfg: RetrieveConfig, tracking_uri: str):
+    from medmm.workflows.pretrained import load_pretrained
+
+    if not cfg.pretrained.source:
+        raise ConfigError("pretrained.source is required: an MLflow model URI or a folder of a pretraining model")
+    return load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
+                           tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
+
+
+def build(cfg: RetrieveConfig) -> BuildOutcome:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import pandas as pd
+
+    from medmm.data.datamodule import PretrainDataModule
+    from medmm.metrics.retrieval import retrieval_metrics
+    from medmm.retrieval.index import StudyIndex
+    from medmm.tracking.pipeline_run import (
+        finish,
+        log_cohort_summary,
+        log_context,
+        log_figure,
+        log_json,
+        log_metrics,
+        start_run,
+    )
+    from medmm.tracking.run_context import default_tracking_uri
+    from medmm.workflows.contrastive.evaluation import embed_loader
+
+    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    pretrained = _load_model(cfg, tracking_uri)
+    pcfg = pretrained.config
+    data = cfg.data.model_copy(update={"image_size": pcfg.data.image_size, "ecg_fs": pcfg.data.ecg_fs,
+                                       "augment": False})
+    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name, "retrieve")
+    dm = PretrainDataModule(data, max_tokens=pcfg.model.text.max_tokens, seed=cfg.seed,
+                            tokenizer_path=pcfg.model.text.model_path)
+    dm.setup()
+    log_context(client, run_id, "retrieve", cfg, dm.manifest, dm.cohort.skipped)
+    manifest_sha = dm.manifest.content_hash()
+    client.set_tag(run_id, "pretrained_weights_sha256", pretrained.weights_sha256)
+    client.set_tag(run_id, "pretrained_source", pretrained.source)
+
+    start = time.perf_counter()
+    modalities = tuple(cfg.index.modalities)
+    parts, index_parts = [], []
+    for split in ("train", "val", "test"):
+        if len(dm.cohort.indices(split)):
+            emb, _, idx = embed_loader(pretrained.model, dm.loader(split), modalities)
+            parts.append(emb)
+            index_parts.append(idx)
+    order = np.concatenate(index_parts)
+    embeddings = {m: np.concatenate([p[m] for p in parts]) for m in modalities}
+    embed_s = time.perf_counter() - start
+    studies = pd.DataFrame({"study_id": dm.cohort.study_ids[order], "split": dm.cohort.splits[order],
+                            "report_text": dm.cohort.report_text[order]})
+    meta = {"checkpoint_sha256": pretrained.weights_sha256, "manifest_sha256": manifest_sha,
+            "pretrained_source": pretrained.source, "pretrained_kind": pretrained.kind,
+            "image_size": pcfg.data.image_size, "ecg_fs": pcfg.data.ecg_fs}
+    index = StudyIndex.build(cfg.index.path, embeddings, studies, _params(cfg), meta)
+
+    metrics = {"index.n_studies": float(len(studies)), "time.embed_s": embed_s,
+               **{f"index.{m}.build_s": v["build_s"] for m, v in index.meta["modalities"].items()},
+               **{f"index.{m}.bytes": float((Path(cfg.index.path) / f"{m}.faiss").stat().st_size) for m in modalities}}
+    # Sanity of the stored index: the test split's X-ray -> report retrieval through it
+    # must equal the exact computation on the embeddings it holds.
+    test = np.flatnonzero(studies["split"].values == "test")
+    if {"xray", "report"} <= set(modalities) and len(test) > 1:
+        sim = embeddings["xray"][test] @ embeddings["report"][test].T
+        metrics.update({f"test.xray_to_report.{k.replace('@', '_at_')}": v
+                        for k, v in retrieval_metrics(sim, ks=(1, 5)).items()})
+    log_metrics(client, run_id, metrics)
+    log_cohort_summary(client, run_id, dm.cohort)
+    if len(test) > 1:  # test-split embeddings + findings for the notebooks' embedding map (no identifiers)
+        _log_test_embeddings(client, run_id, embeddings, dm.cohort.labels[order][test], test)
+        log_figure(client, run_id, embedding_map_figure(embeddings[modalities[0]][test], dm.cohort.labels[order][test],
+                                                        modalities[0]), "embedding_map")
+    log_json(client, run_id, "index_meta.json", {k: v for k, v in index.meta.items() if k != "pretrained_source"}
+             | {"pretrained_source": pretrained.source})
+    finish(client, run_id)
+    return BuildOutcome(run_id, tracking_uri, Path(cfg.index.path), metrics)
+
+
+def _log_test_embeddings(client, run_id, embeddings, labels, rows) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test_embeddings.npz"
+        np.savez(path, labels=labels, **{m: e[rows] for m, e in embeddings.items()})
+        client.log_artifact(run_id, str(path), artifact_path="results")
+
+
+def embedding_map_figure(vectors: np.ndarray, labels: np.ndarray, modality: str):
+    """2-D PCA map of the test split's embeddings, one panel per finding (positive in colour)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    from medmm.io.findings import FINDINGS
+
+    xy = PCA(n_components=2, random_state=0).fit_transform(vectors)
+    cols = 3
+    rows = -(-len(FINDINGS) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, (j, finding) in zip(axes.flat, enumerate(FINDINGS)):
+        pos = labels[:, j] > 0
+        ax.scatter(xy[~pos, 0], xy[~pos, 1], s=6, c="#cccccc")
+        ax.scatter(xy[pos, 0], xy[pos, 1], s=8, c="#d62728")
+        ax.set_title(f"{finding} ({int(pos.sum())})", fontsize=9)
+        ax.set_xticks([]), ax.set_yticks([])
+    for ax in list(axes.flat)[len(FINDINGS):]:
+        ax.axis("off")
+    fig.suptitle(f"test split, {modality} embeddings (PCA)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def query(cfg: RetrieveConfig, kind: str, value: str, k: int, against: str) -> list[dict]:
+    """Top-``k`` studies for one X-ray / ECG file or text."""
+    import torch
+
+    from medmm.cohort.manifest import Manifest
+    from medmm.retrieval.index import StudyIndex
+    from medmm.tracking.run_context import default_tracking_uri
+    from medmm.workflows.contrastive.served import input_batch
+
+    pretrained = _load_model(cfg, cfg.tracking.uri or default_tracking_uri())
+    try:
+        manifest_sha = Manifest.load(cfg.data.root).content_hash()
+    except FileNotFoundError as exc:
+        raise MedmmInputError(cfg.data.root, f"cannot check the index against its cohort: {exc}") from None
+    index = StudyIndex.load(cfg.index.path, checkpoint_sha256=pretrained.weights_sha256,
+                            manifest_sha256=manifest_sha)
+    column = {"xray": "xray", "ecg": "ecg", "text": "report"}[kind]
+    with torch.no_grad():
+        emb = pretrained.model.encode(column, input_batch(column, [value], pretrained.config, pretrained.tokenizer))
+    return index.search(emb.numpy(), against, k)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medmm.retrieval.index import format_hits
+
+    args = parse_args(argv)
+    try:
+        cfg = build_config(RetrieveConfig, args.config, args.overrides)
+        if args.command == "build":
+            outcome = build(cfg)
+            print(f"index of {int(outcome.metrics['index.n_studies'])} studies written to {outcome.index_path}")
+            for name, value in sorted(outcome.metrics.items()):
+                print(f"  {name}: {value:.4g}")
+            print(f"MLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
+            return 0
+        given = [(k, v) for k, v in (("xray", args.xray), ("ecg", args.ecg), ("text", args.text)) if v]
+        if not given:
+            raise ConfigError("query: give one of --xray FILE, --ecg FILE or --text TEXT")
+        kind, value = given[0]
+        hits = query(cfg, kind, value, args.k or cfg.query.k, args.against or cfg.query.against)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    except MedmmInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"query": {kind: value}, "against": args.against or cfg.query.against, "hits": hits}, indent=2))
+    else:
+        print(format_hits(hits))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

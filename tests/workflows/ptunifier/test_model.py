@@ -1,0 +1,108 @@
+"""PTUnifier model: the three input kinds through one model, prompt selection, variants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medmm.config.core import ConfigError
+from tests.workflows.ptunifier.conftest import make_model
+
+
+def test_each_input_kind_through_the_same_model(text_batch):
+    model, cfg = make_model()
+    model.eval()
+    ids, mask = text_batch
+    n, s, h = len(ids), cfg.data.image_size, cfg.model.hidden
+    image = torch.randn(n, 1, s, s)
+    k_t, k_v = cfg.model.prompts.k_text, cfg.model.prompts.k_visual
+    patches = (s // cfg.model.image.patch_size) ** 2
+    pair, img_only, txt_only = model(image, ids, mask), model(image=image), model(ids=ids, mask=mask)
+    for out in (pair, img_only, txt_only):
+        assert out.cls.shape == (n, 2 * h)
+    assert pair.text.shape == (n, ids.shape[1], h) and pair.image.shape == (n, 1 + patches, h)
+    assert img_only.text.shape == (n, k_t + 2, h) and img_only.image.shape == (n, 1 + patches, h)
+    assert txt_only.text.shape == (n, ids.shape[1], h) and txt_only.image.shape == (n, 1 + k_v, h)
+    assert pair.text_prompt_idx is None and pair.visual_prompt_idx is None
+    assert img_only.text_prompt_idx.shape == (n, k_t) and txt_only.visual_prompt_idx.shape == (n, k_v)
+    # One batch mixing the three kinds: each row equals the row run with its own kind.
+    has_image = torch.tensor([1, 1, 0, 1], dtype=torch.bool)
+    has_text = torch.tensor([1, 0, 1, 1], dtype=torch.bool)
+    mixed = model(image, ids, mask, has_image, has_text)
+    for row, ref in ((0, pair), (1, img_only), (2, txt_only), (3, pair)):
+        torch.testing.assert_close(mixed.cls[row], ref.cls[row], atol=1e-4, rtol=1e-4)
+    assert (mixed.visual_prompt_idx[2] >= 0).all() and (mixed.visual_prompt_idx[[0, 1, 3]] == -1).all()
+    assert (mixed.text_prompt_idx[1] >= 0).all() and (mixed.text_prompt_idx[[0, 2, 3]] == -1).all()
+    with pytest.raises(ValueError, match="image, a text or both"):
+        model(image, ids, mask, torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+
+
+def test_one_side_itc_embeddings_equal_the_paired_ones(text_batch):
+    """What a registered PTUnifier model serves for one input column (an X-ray or a report
+    alone) is the side that pretraining's ITC compares."""
+    from medmm.workflows.ptunifier.module import itc_embeddings, itc_image_embeddings, itc_text_embeddings
+
+    model, cfg = make_model()
+    model.eval()
+    ids, mask = text_batch
+    image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+    with torch.no_grad():
+        img, txt = itc_embeddings(model, image, ids, mask)
+        torch.testing.assert_close(itc_image_embeddings(model, image), img)
+        torch.testing.assert_close(itc_text_embeddings(model, ids, mask), txt)
+
+
+def test_prompts_are_the_top_k_by_similarity(text_batch):
+    model, cfg = make_model()
+    ids, mask = text_batch
+    image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+    k_t, k_v = cfg.model.prompts.k_text, cfg.model.prompts.k_visual
+    with torch.no_grad():
+        picked_text = model(image=image).text_prompt_idx.numpy()
+        picked_visual = model(ids=ids, mask=mask).visual_prompt_idx.numpy()
+        # Direct computation: image query = mean of patch conv outputs + their positions.
+        p = cfg.model.image.patch_size
+        w = model.patch_embed.weight.numpy().reshape(len(model.patch_embed.weight), -1)
+        x = image.numpy()
+        s = x.shape[-1] // p
+        patches = x.reshape(len(x), s, p, s, p).transpose(0, 1, 3, 2, 4).reshape(len(x), s * s, p * p)
+        emb = patches @ w.T + model.patch_embed.bias.numpy() + model.image_pos[0, 1:].numpy()
+        q_img = emb.mean(1)
+        # Text query: masked mean of the embedding-layer outputs without [CLS].
+        tok = model.text_embeddings(input_ids=ids).numpy()
+        m = mask.numpy().astype(float)
+        m[:, 0] = 0
+        q_txt = (tok * m[..., None]).sum(1) / m.sum(1, keepdims=True)
+        text_pool, visual_pool = model.text_prompts.numpy(), model.visual_prompts.numpy()
+    for i in range(len(ids)):
+        assert set(picked_text[i]) == set(np.argsort(-(q_img[i] @ text_pool.T))[:k_t])
+        assert set(picked_visual[i]) == set(np.argsort(-(q_txt[i] @ visual_pool.T))[:k_v])
+    # The pseudo-text tokens are exactly those pool rows (before the text encoder).
+    assert len({tuple(sorted(r)) for r in picked_text}) > 1, "different images should pick different prompts"
+
+
+def test_static_and_no_prompt_variants(text_batch):
+    ids, mask = text_batch
+    static, cfg = make_model("model.prompts.mode=static")
+    static.eval()
+    image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+    out = static(image=image)
+    assert out.text.shape[1] == cfg.model.prompts.k_text + 2 and out.text_prompt_idx is None
+    assert static.text_prompts.shape == (cfg.model.prompts.k_text, static.text_dim)
+    # The same k prompts for every input: the pseudo-text side does not depend on the image.
+    a, _ = static.pseudo_text(static.image_query(image[:1]))
+    b, _ = static.pseudo_text(static.image_query(image[1:2]))
+    torch.testing.assert_close(a, b)
+    none, cfg = make_model("model.prompts.mode=none")
+    none.eval()
+    assert none.visual_prompts is None and none.text_prompts is None
+    assert none(image=image).text.shape[1] == 2  # [CLS] [SEP]
+    assert none(ids=ids, mask=mask).image.shape[1] == 1  # the image [CLS] alone
+
+
+def test_pool_needs_one_width_and_k_within_the_pool():
+    with pytest.raises(ValueError, match="image.dim == the text width"):
+        make_model("model.image.dim=64", "model.image.heads=2")
+    with pytest.raises(ConfigError, match="larger than pool_size"):
+        make_model("model.prompts.pool_size=2")
