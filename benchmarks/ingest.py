@@ -30,7 +30,7 @@ def generate(root: Path, n_files: int) -> None:
     import numpy as np
     from pydicom.uid import generate_uid
 
-    from medmm.io.dicom import write_cxr_dicom
+    from medmm.demo.writers import write_cxr_dicom
 
     done = root / ".complete"
     if done.exists() and int(done.read_text()) == n_files:

@@ -79,8 +79,9 @@ def main() -> None:
 
     from medmm.data.read_cache import cached_reads
     from medmm.demo.realdata import invesalius_ct_path, load_invesalius_ct
-    from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
-    from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
+    from medmm.demo.writers import write_dicom_series, write_wfdb
+    from medmm.io.ecg import STANDARD_LEADS, read_ecg
+    from medmm.io.volume import read_dicom_series, read_nifti
 
     warnings.simplefilter("ignore")
     ct_path = invesalius_ct_path(Path(__file__).resolve().parents[1])

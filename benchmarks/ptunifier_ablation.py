@@ -24,6 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from medmm.config.core import build_config  # noqa: E402
+from medmm.pipelines.pretrain import COMMAND as PRETRAIN_COMMAND  # noqa: E402
+from medmm.workflows.contrastive.run import run as contrastive_run  # noqa: E402
+from medmm.workflows.ptunifier.run import run as ptunifier_run  # noqa: E402
 
 # (column, task, label fraction, headline metric)
 DOWNSTREAM = [
@@ -39,8 +42,6 @@ DOWNSTREAM = [
 
 
 def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
-    from medmm.workflows.contrastive.run import config_class, run
-
     if variant == "more":
         path = REPO / "configs/pretrain/default.yaml"
         extra = ["tracking.register_model=true", "tracking.registered_name=medmm-more-ablation",
@@ -51,7 +52,8 @@ def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
     overrides = [*common, "trainer.max_epochs=1", f"trainer.limit_train_batches={args.pretrain_steps}",
                  f"output_dir={args.work / 'pretrain' / variant}", "tracking.experiment=medmm-ptunifier-ablation",
                  f"tracking.run_name=ablation-{variant}", *extra]
-    cfg = build_config(config_class(path, overrides), path, overrides)
+    cfg = build_config(PRETRAIN_COMMAND.schema_for(path, overrides), path, overrides)
+    run = ptunifier_run if cfg.kind == "ptunifier" else contrastive_run
     t0 = time.perf_counter()
     out = run(cfg)
     seconds = time.perf_counter() - t0

@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from medmm.config.core import build_config
+from medmm.data.tokenizer import load_tokenizer
+from medmm.demo.pathology import build_pathology_cohort, he_wheel_path
+from medmm.models.registry import create_model
+from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -105,8 +112,8 @@ def ptunifier_pretrained(tiny_cohort, tmp_path_factory):
     ``ptunifier-tiny``."""
     from mlflow.tracking import MlflowClient
 
-    from medmm.workflows.contrastive.run import main
-    from tests.workflows.ptunifier.conftest import PTU_TINY
+    from medmm.pipelines.pretrain import main
+    from tests.conftest import PTU_TINY
 
     tmp = tmp_path_factory.mktemp("ptu")
     overrides = tiny_overrides(tiny_cohort, tmp)
@@ -121,9 +128,9 @@ def ptunifier_pretrained(tiny_cohort, tmp_path_factory):
 
 
 def finetune_cli(pretrained: dict, checkpoint, task: str, *extra: str) -> int:
-    """``python -m medmm.workflows.finetune.run`` (in process) on the tiny cohort, into the
+    """``python -m medmm.pipelines.finetune`` (in process) on the tiny cohort, into the
     PTUnifier run's store, run name = task."""
-    from medmm.workflows.finetune.run import main
+    from medmm.pipelines.finetune import main
 
     tmp = pretrained["tmp"]
     over = [f"checkpoint={checkpoint}", f"data.root={pretrained['overrides'][0].split('=', 1)[1]}",
@@ -191,3 +198,50 @@ def tiny_segment_run(tiny_volume_cohort, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("segrun")
     cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(tiny_volume_cohort, tmp))
     return train(cfg), tmp
+
+
+# --- PTUnifier: the tiny config and a tiny model built from it
+PTU_TINY = REPO / "configs/pretrain/ptunifier_tiny.yaml"
+
+REPORTS = ["No pleural effusion. The heart is normal.", "Cardiomegaly with a small left pleural effusion.",
+           "Normal chest.", "Pacemaker in place; calcified granuloma in the right upper lobe."]
+
+
+def ptu_cfg(*overrides: str) -> PTUnifierPretrainConfig:
+    return build_config(PTUnifierPretrainConfig, PTU_TINY, list(overrides))
+
+
+def make_model(*overrides: str):
+    cfg = ptu_cfg(*overrides)
+    torch.manual_seed(0)
+    return create_model("ptunifier", cfg.model, image_size=cfg.data.image_size), cfg
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture
+def text_batch(tokenizer):
+    enc = tokenizer(REPORTS, padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+# --- pathology: the real H&E source and a tiny pathology cohort
+def he_source() -> Path:
+    path = he_wheel_path()
+    if not path.is_absolute():
+        path = REPO / path
+    if not path.exists():
+        pytest.skip(f"H&E source not found at {path}: run `make data-cache` (make test does it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pathology_cohort(tmp_path_factory) -> Path:
+    """24 patients, 256-px slides cut from the real H&E image, built once per session."""
+    root = tmp_path_factory.mktemp("pathology") / "demo_pathology"
+    build_pathology_cohort(root, n_patients=24, seed=3, slide_side=256, he_source=he_source(),
+                           split_fractions=(0.5, 0.15, 0.35))
+    return root

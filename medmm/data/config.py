@@ -1,17 +1,28 @@
-"""TODO docstring."""
+"""Config of a cohort's data as the training workflows read it (``data:`` of their schemas)."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from medmm.config.core import StrictModel
 
 MODALITIES = ("xray", "ecg", "report", "labs")
+LABS_FILE = "labs.csv"  # <root>/labs.csv: one row per study, keyed by STUDY_KEY, one column per lab value
+STUDY_KEY = "study_id"
 
 
-DEMO_LAB_COLUMNS = ["bnp", "wbc", "crp", "hemoglobin", "creatinine", "sodium"]
+def labs_table_columns(root: str | Path) -> list[str]:
+    """The lab columns of ``<root>/labs.csv`` in file order: every column but the study key
+    (none without the file)."""
+    path = Path(root) / LABS_FILE
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        header = next(csv.reader(f), [])
+    return [column for column in header if column != STUDY_KEY]
 
 
 class DataConfig(StrictModel):
@@ -24,6 +35,13 @@ class DataConfig(StrictModel):
     augment: bool = True
     strict: bool = Field(False, description="raise on the first bad file instead of skipping and counting it")
     limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
-    lab_columns: list[str] = Field(DEMO_LAB_COLUMNS, description="columns of <root>/labs.csv fed to the labs encoder")
+    lab_columns: list[str] | None = Field(
+        None, description=f"columns of <root>/{LABS_FILE} fed to the labs encoder (default: every column but "
+                          f"{STUDY_KEY}, in file order)")
 
-
+    @model_validator(mode="after")
+    def _default_lab_columns(self) -> DataConfig:
+        # resolved once, so that the run's recorded config names the columns its model was built for
+        if self.lab_columns is None:
+            self.__dict__["lab_columns"] = labs_table_columns(self.root)
+        return self

@@ -14,6 +14,8 @@ from medmm.cohort.splits import verify_before_training
 from medmm.data.augment import augment_ecg, augment_xray, normalise_xray, sample_rngs
 from medmm.data.config import DataConfig
 from medmm.data.decoded_cohort import DecodedCohort, decode_cohort
+from medmm.data.labs_percentiles import LabPercentiles
+from medmm.io.errors import MedmmInputError
 
 
 class StudyDataset(Dataset):
@@ -85,7 +87,7 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.cohort is not None:
             return
-        from medmm.models.encoders.text import load_tokenizer
+        from medmm.data.tokenizer import load_tokenizer
 
         self.manifest = Manifest.load(self.cfg.root)
         verify_before_training(self.manifest)  # no patient in two splits, before any batch
@@ -103,9 +105,6 @@ class PretrainDataModule(L.LightningDataModule):
         """<root>/labs.csv -> [N, 2L] training-set percentiles + missingness flags (None
         without the file). A study without a labs row counts as all values missing."""
         import pandas as pd
-
-        from medmm.data.labs_percentiles import LabPercentiles
-        from medmm.io.errors import MedmmInputError
 
         path = Path(self.cfg.root) / "labs.csv"
         if not path.exists():

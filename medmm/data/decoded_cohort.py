@@ -19,7 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from medmm.cohort.manifest import Manifest, resolve_under
+from medmm.data.ecg_transforms import preprocess_ecg
+from medmm.io.dicom import read_dicom
+from medmm.io.ecg import read_ecg
 from medmm.io.errors import MedmmInputError
+from medmm.io.findings import FINDINGS
+from medmm.io.reports import read_report
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2
@@ -56,8 +61,6 @@ def load_xray_input(path: str | Path, image_size: int) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    from medmm.io.dicom import read_dicom
-
     image = read_dicom(path).pixels
     if image.ndim != 2:
         raise MedmmInputError(path, f"expected a single-frame radiograph, got shape {image.shape}")
@@ -67,8 +70,6 @@ def load_xray_input(path: str | Path, image_size: int) -> np.ndarray:
 
 def load_ecg_input(path: str | Path, ecg_fs: int) -> np.ndarray:
     """An ECG file (WFDB or DICOM waveform) -> the model's input: [12, ecg_fs * 10] float32."""
-    from medmm.data.ecg_transforms import preprocess_ecg
-    from medmm.io.ecg import read_ecg
 
     record = read_ecg(path)
     return preprocess_ecg(record.signal, record.fs, target_fs=ecg_fs)
@@ -76,8 +77,6 @@ def load_ecg_input(path: str | Path, ecg_fs: int) -> np.ndarray:
 
 def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict | None]:
     row, root, image_size, ecg_fs = args
-    from medmm.io.findings import FINDINGS
-    from medmm.io.reports import read_report
 
     has = {m: isinstance(row.get(m), str) and bool(row.get(m)) for m in ("xray", "ecg", "report")}
     current = None

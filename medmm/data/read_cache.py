@@ -27,9 +27,13 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-from monai.transforms import Transform  # this module is MONAI-based: import cost accepted
+from monai.transforms import (
+    Transform,  # this module is MONAI-based: import cost accepted
+)
 
+from medmm.io.ecg import read_ecg
 from medmm.io.errors import MedmmInputError
+from medmm.io.volume import read_dicom_series, read_nifti
 
 __all__ = ["KINDS", "ReadRecord", "cached_reads", "file_stamp"]
 
@@ -52,9 +56,6 @@ def file_stamp(path: str | Path) -> str:
 
 def _read(item: dict) -> dict:
     import torch
-
-    from medmm.io.ecg import read_ecg
-    from medmm.io.volume import read_dicom_series, read_nifti
 
     kind, path = item["kind"], item["path"]
     if kind in ("dicom_series", "nifti"):

@@ -12,7 +12,9 @@ from typing import Iterator
 
 import numpy as np
 
+from medmm.cohort.manifest import Manifest
 from medmm.io.errors import InconsistentDataError, MedmmInputError
+from medmm.io.volume import read_dicom_series, read_nifti
 
 
 @dataclass
@@ -65,7 +67,6 @@ def normalise_intensity(array: np.ndarray, modality: str, data_cfg) -> np.ndarra
 
 def read_input_volume(path: str | Path):
     """A NIfTI file or a DICOM series folder -> :class:`medmm.io.volume.Volume` (RAS+)."""
-    from medmm.io.volume import read_dicom_series, read_nifti
 
     path = Path(path)
     return read_dicom_series(path) if path.is_dir() else read_nifti(path)
@@ -77,8 +78,6 @@ def model_input(volume, modality: str, data_cfg) -> np.ndarray:
 
 
 def _read_label(path: Path, volume) -> np.ndarray:
-    from medmm.io.volume import read_nifti
-
     lab = read_nifti(path)
     if lab.shape != volume.shape:
         raise InconsistentDataError(path, f"label shape {lab.shape} differs from the image's {volume.shape}")
@@ -93,7 +92,6 @@ def _read_label(path: Path, volume) -> np.ndarray:
 def load_volume_cohort(data_cfg, strict: bool = False) -> VolumeCohort:
     """Read every case of the configured modalities; a bad file is skipped and counted
     (``strict`` raises instead)."""
-    from medmm.cohort.manifest import Manifest
 
     root = Path(data_cfg.root)
     manifest = Manifest.load(root)
@@ -133,7 +131,13 @@ def patch_dataset(cases: list[VolumeCase], data_cfg):
     """MONAI dataset of random training patches: pad to the ROI, crop around foreground
     (``pos_fraction``) or anywhere, then random intensity scale / shift."""
     from monai.data import Dataset
-    from monai.transforms import Compose, RandCropByPosNegLabeld, RandScaleIntensityd, RandShiftIntensityd, SpatialPadd
+    from monai.transforms import (
+        Compose,
+        RandCropByPosNegLabeld,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
 
     roi = tuple(int(r) for r in data_cfg.roi)
     pos = float(data_cfg.pos_fraction)

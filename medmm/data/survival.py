@@ -16,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmm.cohort.manifest import Manifest
 from medmm.io.errors import InconsistentDataError, MedmmInputError
+from medmm.io.table import read_table
+from medmm.io.wsi import ColorTextureEncoder, feature_bag, read_wsi
 
 
 @dataclass
@@ -85,7 +88,6 @@ def _outcome(clinical: pd.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]
 
 def _cached_bag(slide_path: Path, sha: str, cache: Path, magnification: float, tile_size: int,
                 max_tiles: int | None, seed: int) -> np.ndarray:
-    from medmm.io.wsi import feature_bag, read_wsi
 
     key = cache / f"{sha[:24]}_{magnification:g}x_{tile_size}_{max_tiles}_{seed}.npy"
     if key.exists():
@@ -102,8 +104,6 @@ def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification
     """Slides + genomics + clinical of a cohort folder with a manifest (modalities ``wsi``,
     ``genomics``, ``clinical``, ``gene_groups``). A slide that cannot be read is skipped and
     counted (its patient dropped), never the end of the run."""
-    from medmm.cohort.manifest import Manifest
-    from medmm.io.table import read_table
 
     manifest = Manifest.load(root)
     table = manifest.table
@@ -144,7 +144,6 @@ def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification
     gene_cols = [c for genes in genomics.groups.values() for c in genes]
     mean_tiles = np.stack([b.mean(0) for b in bags])
     x = np.concatenate([genomics.values.loc[ids, gene_cols].to_numpy(float), mean_tiles], axis=1)
-    from medmm.io.wsi import ColorTextureEncoder
 
     names = gene_cols + [f"tile_mean.{n}" for n in ColorTextureEncoder.names]
     split = np.array([r.split for r in keep])

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medmm.io.findings import FINDINGS
+from medmm.io.labeler import label_report
 
 PHRASES = {
     "cardiomegaly": "an enlarged heart",
@@ -54,8 +55,6 @@ def study_questions(study: int, labels: np.ndarray, effusion_side: str | None) -
 
 
 def effusion_sides(report_texts) -> list[str | None]:
-    from medmm.io.labeler import label_report
-
     return [label_report(str(t)).effusion_side for t in report_texts]
 
 

@@ -1,7 +1,9 @@
 """The demo cohort: real Indiana University chest X-ray report text paired with a
 synthetic chest X-ray (DICOM), 12-lead ECG (WFDB) and labs row that carry the findings
-of their own study's report, plus a manifest, a patient-level split and the chance and
-oracle levels of every evaluation metric on the test split.
+of their own study's report, plus a manifest, a patient-level split, what the cohort's
+ideal observer knows (``reference_model.json``: which findings each modality carries) and
+the chance and oracle levels of every evaluation metric on the test split
+(``reference_levels.json``).
 
 Deterministic by seed: each study draws from its own generator seeded by (seed, index),
 so the cohort is the same whether it is built by one process or several.
@@ -16,13 +18,27 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydicom.uid import generate_uid
 
 from medmm.cohort.manifest import Manifest, file_sha256, patient_level_split
+from medmm.demo.ecg_synth import LEADS, planted_in_ecg, synthesize_ecg
+from medmm.demo.iu_reports import default_iu_source, load_iu_reports
+from medmm.demo.labs import planted_in_labs, synthesize_labs
+from medmm.demo.writers import write_cxr_dicom, write_wfdb
+from medmm.demo.xray_phantom import device_kind_from_text, planted_in_xray, render_chest_xray
 from medmm.io.findings import FINDINGS
+from medmm.io.reports import format_report, read_report
+from medmm.metrics.reference_levels import (
+    REFERENCE_LEVELS_FILE,
+    REFERENCE_MODEL_FILE,
+    ReferenceModel,
+    levels_from_model,
+)
 
 MODALITY_FILES = {"xray": "xray.dcm", "ecg": "ecg.hea", "report": "report.txt"}
 DIRECTIONS = (("xray", "report"), ("ecg", "report"), ("report", "xray"), ("report", "ecg"), ("xray", "ecg"),
               ("ecg", "xray"))
+ZERO_SHOT_MODALITIES = ("xray", "ecg")
 
 
 @dataclass(frozen=True)
@@ -36,10 +52,6 @@ class StudySpec:
 
 def observable_findings() -> dict[str, tuple[str, ...]]:
     """Which findings each modality carries (the report carries all of them)."""
-    from medmm.demo.ecg_synth import planted_in_ecg
-    from medmm.demo.labs import planted_in_labs
-    from medmm.demo.xray_phantom import planted_in_xray
-
     return {"xray": tuple(planted_in_xray()), "ecg": tuple(planted_in_ecg()), "labs": tuple(planted_in_labs()),
             "report": FINDINGS}
 
@@ -68,15 +80,6 @@ def _dropped(seed: int, index: int, missing: dict[str, float]) -> set[str]:
 
 def _write_study(args: tuple[StudySpec, str, int, set[str]]) -> dict[str, str]:
     spec, out, seed, dropped = args
-    from pydicom.uid import generate_uid
-
-    from medmm.demo.ecg_synth import LEADS, synthesize_ecg
-    from medmm.demo.labs import synthesize_labs
-    from medmm.demo.xray_phantom import device_kind_from_text, render_chest_xray
-    from medmm.io.dicom import write_cxr_dicom
-    from medmm.io.ecg import write_wfdb
-    from medmm.io.reports import format_report, read_report
-
     rng = np.random.default_rng([seed, spec.index])
     folder = Path(out) / "patients" / spec.patient_id / spec.study_id
     folder.mkdir(parents=True, exist_ok=True)
@@ -106,8 +109,6 @@ def _write_study(args: tuple[StudySpec, str, int, set[str]]) -> dict[str, str]:
 
 
 def _study_specs(n_studies: int | None, seed: int, iu_source: str | Path | None) -> list[StudySpec]:
-    from medmm.demo.iu_reports import default_iu_source, load_iu_reports
-
     reports = load_iu_reports(iu_source or default_iu_source())
     usable = [r for r in reports if r.sections.get("FINDINGS") or r.sections.get("IMPRESSION")]
     rng = np.random.default_rng(seed)
@@ -172,33 +173,27 @@ def build_demo_cohort(out: str | Path, *, n_studies: int | None = None, seed: in
     manifest = Manifest(out, pd.DataFrame(rows, columns=["patient_id", "study_id", "modality", "path", "sha256",
                                                          "split"]))
     manifest.save()
-    write_reference_levels(manifest, out / "reference_levels.json")
+    model = reference_model()
+    model.save(out / REFERENCE_MODEL_FILE)
+    write_reference_levels(manifest, model, out / REFERENCE_LEVELS_FILE)
     return manifest
+
+
+def reference_model() -> ReferenceModel:
+    """The demo cohort's ideal observer: the finding vocabulary, which findings each
+    modality carries, and the retrieval directions and zero-shot modalities it has levels for."""
+    return ReferenceModel(findings=FINDINGS, observable=observable_findings(), directions=DIRECTIONS,
+                          zero_shot=ZERO_SHOT_MODALITIES)
 
 
 def labels_of_split(manifest: Manifest, split: str) -> np.ndarray:
     """Finding labels [studies, findings] of one split, read from its reports by the labeler."""
-    from medmm.io.reports import read_report
-
     studies = manifest.studies(split)
     return np.stack([read_report(manifest.resolve(p)).labels.as_vector() for p in studies["report"]]).astype(np.int64)
 
 
-def compute_reference_levels(labels: np.ndarray, ks=(1, 5, 10), label_ks=(1, 5)) -> dict:
-    """Chance and oracle of each retrieval direction and zero-shot AUROC, for these labels."""
-    from medmm.metrics.reference_levels import reference_levels, zero_shot_reference_levels
-
-    observable = observable_findings()
-    mask = {m: np.array([f in observable[m] for f in FINDINGS]) for m in ("xray", "ecg", "report")}
-    directions = {
-        f"{q}->{c}": reference_levels(labels, mask[q], mask[c], ks=ks, label_ks=label_ks) for q, c in DIRECTIONS
-    }
-    zero_shot = {m: zero_shot_reference_levels(labels, mask[m], FINDINGS) for m in ("xray", "ecg")}
-    return {"n_test_studies": int(len(labels)), "observable": {k: list(v) for k, v in observable.items()},
-            "retrieval": directions, "zero_shot": zero_shot}
-
-
-def write_reference_levels(manifest: Manifest, path: Path) -> dict:
-    levels = compute_reference_levels(labels_of_split(manifest, "test"))
+def write_reference_levels(manifest: Manifest, model: ReferenceModel, path: Path) -> dict:
+    """Chance / oracle levels of the test split, written to ``path``."""
+    levels = levels_from_model(labels_of_split(manifest, "test"), model)
     path.write_text(json.dumps(levels, indent=2))
     return levels

@@ -25,7 +25,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmm.cohort.manifest import Manifest, file_sha256, patient_level_split
+from medmm.data.survival import _outcome
+from medmm.demo.writers import write_pyramidal_tiff
 from medmm.io.errors import CorruptFileError
+from medmm.io.wsi import ColorTextureEncoder
+from medmm.metrics.survival import harrell_c
 
 HE_MEMBER = "tiatoolbox/data/target_image.png"
 DEFAULT_HE_WHEEL = Path("data/cache/tiatoolbox-2.1.3-py3-none-any.whl")
@@ -72,8 +77,6 @@ def patch_library(he: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     density): the densest third and the sparsest third."""
     from skimage.color import rgb2hed
 
-    from medmm.io.wsi import ColorTextureEncoder
-
     h = rgb2hed(he)[..., 0] > ColorTextureEncoder.h_threshold
     n = he.shape[0] // PATCH
     patches, density = [], []
@@ -111,9 +114,6 @@ def build_pathology_cohort(out: str | Path, n_patients: int = 240, seed: int = 0
                            split_fractions: tuple[float, float, float] = (0.6, 0.15, 0.25),
                            effect_path: float = 1.0, effect_gen: float = 1.0):
     """Write the cohort; returns its Manifest."""
-    from medmm.cohort.manifest import Manifest, file_sha256, patient_level_split
-    from medmm.io.wsi import write_pyramidal_tiff
-
     out = Path(out)
     for sub in ("slides", "genomics", "clinical"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -176,10 +176,6 @@ def build_pathology_cohort(out: str | Path, n_patients: int = 240, seed: int = 0
 
 def oracle_c_index(root: str | Path, split: str = "test") -> float:
     """Harrell's C of the planted risk on one split: the ceiling any model can reach."""
-    from medmm.cohort.manifest import Manifest
-    from medmm.data.survival import _outcome
-    from medmm.metrics.survival import harrell_c
-
     root = Path(root)
     table = Manifest.load(root).table
     cases = sorted(table.loc[(table["split"] == split) & (table["modality"] == "wsi"), "patient_id"])

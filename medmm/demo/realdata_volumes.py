@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medmm.cohort.manifest import Manifest, file_sha256
 from medmm.demo.realdata import invesalius_ct_path, load_invesalius_ct, load_invesalius_masks
+from medmm.demo.volumes import write_labels_json
 
 __all__ = ["REAL_CLASSES", "RealDataMissing", "find_cranium", "load_invesalius_head_ct", "load_mni152_t1",
            "write_real_volume_cohort"]
@@ -116,9 +118,6 @@ def write_real_volume_cohort(out: str | Path, *, invesalius_root: str | Path | N
     """Write both real volumes as slab cases (NIfTI image + label), manifest and labels.json."""
     import nibabel as nib
     import pandas as pd
-
-    from medmm.cohort.manifest import Manifest, file_sha256
-    from medmm.demo.volumes import write_labels_json
 
     out = Path(out)
     sources = {

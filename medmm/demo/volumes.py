@@ -41,6 +41,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medmm.cohort.manifest import Manifest, file_sha256, patient_level_split
+from medmm.demo.writers import write_dicom_series
+
 __all__ = ["CLASSES", "PhantomCase", "make_phantom", "write_volume_cohort", "write_case"]
 
 CLASSES = ("background", "liver", "kidney", "spleen", "spine")
@@ -189,8 +192,6 @@ def write_case(case: PhantomCase, folder: Path) -> dict[str, Path]:
     """image.nii.gz, label.nii.gz and dicom/ (one file per slice) of one case."""
     import nibabel as nib
 
-    from medmm.io.volume import write_dicom_series
-
     folder.mkdir(parents=True, exist_ok=True)
     image_path, label_path, dicom_dir = folder / "image.nii.gz", folder / "label.nii.gz", folder / "dicom"
     nib.save(nib.Nifti1Image(case.image.astype(np.int16), case.affine), image_path)
@@ -212,8 +213,6 @@ def write_volume_cohort(out: str | Path, *, n_per_modality: int = 20, size: int 
     slices). Each modality is split by patient on its own, so both have every split.
     """
     import pandas as pd
-
-    from medmm.cohort.manifest import Manifest, file_sha256, patient_level_split
 
     out = Path(out)
     rows = []

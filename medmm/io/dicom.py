@@ -1,4 +1,4 @@
-"""DICOM images: read one file into a float array, write a chest radiograph.
+"""DICOM images: read one file into a float array.
 
 This module knows nothing of torch. It reads single-image (and multi-frame) files;
 assembling a series of slices into a volume comes later.
@@ -18,16 +18,10 @@ attenuation, i.e. brighter on a standard display**.
   rescale reads as ``4095 - stored``: exactly the values a MONOCHROME2 file holding
   the same picture would read as. Any window stored in the file is reflected the same
   way (see :attr:`DicomImage.voi_window`).
-
-Write side: :func:`write_cxr_dicom` writes a valid Part-10 CR or DX image (explicit VR
-little endian, 16 bits allocated) from an image in ``[0, 1]`` (1 = most attenuation)
-and checks the file by reading it back.
 """
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,18 +32,11 @@ from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputE
 from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
-    "CR_SOP_CLASS_UID",
-    "DX_SOP_CLASS_UID",
     "METADATA_KEYS",
     "DicomImage",
     "image_from_dataset",
     "read_dicom",
-    "write_cxr_dicom",
 ]
-
-CR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
-DX_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
-_SOP_CLASS_BY_MODALITY = {"CR": CR_SOP_CLASS_UID, "DX": DX_SOP_CLASS_UID}
 
 METADATA_KEYS: tuple[str, ...] = (
     "Modality",
@@ -363,175 +350,3 @@ def image_from_dataset(ds: Any, where: str, *, describe: bool = True) -> DicomIm
         metadata=metadata,
         voi_window=voi,
     )
-
-
-# --------------------------------------------------------------------------- writing
-
-_DATE = re.compile(r"^\d{8}$")
-
-
-def _check_uid(name: str, value: str) -> str:
-    from pydicom.uid import UID
-
-    with warnings.catch_warnings():  # pydicom warns on invalid UIDs; we raise instead
-        warnings.simplefilter("ignore")
-        uid = UID(str(value))
-    if not uid.is_valid:
-        raise ValueError(f"{name} {value!r} is not a valid DICOM UID (digits and dots, <= 64 chars)")
-    return str(uid)
-
-
-def write_cxr_dicom(
-    path: str | Path,
-    image01: np.ndarray,
-    *,
-    patient_id: str,
-    patient_name: str,
-    study_uid: str,
-    series_uid: str,
-    sop_uid: str,
-    study_date: str,
-    modality: str = "DX",
-    photometric: str = "MONOCHROME2",
-    bits_stored: int = 12,
-    pixel_spacing_mm: float = 0.7,
-    rescale_slope: float = 1.0,
-    rescale_intercept: float = 0.0,
-) -> Path:
-    """Write a 2-D chest radiograph as a DICOM Part-10 file; return the path.
-
-    ``image01`` is ``[rows, cols]`` in ``[0, 1]`` with 1 = most attenuation (white on
-    a MONOCHROME2 display). Stored value ``s = round(image01 * (2**bits_stored - 1))``;
-    for ``photometric="MONOCHROME1"`` the stored value is ``2**bits_stored - 1 - s`` so
-    that :func:`read_dicom` of either file gives ``s * rescale_slope +
-    rescale_intercept``. ``modality`` "CR" writes Computed Radiography Image Storage,
-    "DX" Digital X-Ray Image Storage - For Presentation; both carry PixelSpacing and
-    ImagerPixelSpacing (the DX Detector module requires the latter), a full-range VOI
-    window, PA chest view, explicit VR little endian, 16 bits allocated, unsigned.
-
-    The written file is read back with pydicom and checked (pixels, UIDs, SOP class).
-    Raises ValueError for bad arguments.
-    """
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
-
-    path = Path(path)
-    modality = str(modality).upper()
-    photometric = str(photometric).upper()
-    if modality not in _SOP_CLASS_BY_MODALITY:
-        raise ValueError(f"modality must be 'CR' or 'DX', got {modality!r}")
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise ValueError(f"photometric must be 'MONOCHROME1' or 'MONOCHROME2', got {photometric!r}")
-    if not isinstance(bits_stored, (int, np.integer)) or not 8 <= int(bits_stored) <= 16:
-        raise ValueError(f"bits_stored must be an integer in 8..16, got {bits_stored!r}")
-    bits_stored = int(bits_stored)
-    if not (np.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
-        raise ValueError(f"pixel_spacing_mm must be > 0, got {pixel_spacing_mm!r}")
-    if not (np.isfinite(rescale_slope) and rescale_slope > 0 and np.isfinite(rescale_intercept)):
-        raise ValueError(f"rescale_slope must be > 0 and both finite, got {rescale_slope!r}, {rescale_intercept!r}")
-    if not _DATE.match(str(study_date)):
-        raise ValueError(f"study_date must be YYYYMMDD, got {study_date!r}")
-    uids = {
-        "study_uid": _check_uid("study_uid", study_uid),
-        "series_uid": _check_uid("series_uid", series_uid),
-        "sop_uid": _check_uid("sop_uid", sop_uid),
-    }
-    img = np.asarray(image01)
-    if img.ndim != 2 or min(img.shape) < 1:
-        raise ValueError(f"image01 must be a non-empty 2-D array, got shape {img.shape}")
-    if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
-        raise ValueError(f"image01 must be real-valued, got dtype {img.dtype}")
-    img = img.astype(np.float64)
-    if not np.all(np.isfinite(img)) or img.min() < 0.0 or img.max() > 1.0:
-        raise ValueError("image01 must be finite and within [0, 1]")
-
-    max_value = 2**bits_stored - 1
-    stored = np.rint(img * max_value).astype(np.uint16)
-    if photometric == "MONOCHROME1":
-        stored = (max_value - stored).astype(np.uint16)
-    rows, cols = stored.shape
-    sop_class = _SOP_CLASS_BY_MODALITY[modality]
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = uids["sop_uid"]
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "MEDMM_0"
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8
-    # SOP common
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = uids["sop_uid"]
-    # patient (type 2 fields present, empty)
-    ds.PatientName = str(patient_name)
-    ds.PatientID = str(patient_id)
-    ds.PatientBirthDate = ""
-    ds.PatientSex = ""
-    # general study
-    ds.StudyInstanceUID = uids["study_uid"]
-    ds.StudyDate = str(study_date)
-    ds.StudyTime = ""
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = ""
-    # general series
-    ds.Modality = modality
-    ds.SeriesInstanceUID = uids["series_uid"]
-    ds.SeriesNumber = 1
-    ds.Laterality = ""
-    ds.BodyPartExamined = "CHEST"
-    ds.ViewPosition = "PA"
-    ds.Manufacturer = ""
-    # general image: PA chest displayed as facing the patient
-    ds.InstanceNumber = 1
-    ds.PatientOrientation = ["L", "F"]
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.BurnedInAnnotation = "NO"
-    # image pixel
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = [float(pixel_spacing_mm), float(pixel_spacing_mm)]
-    ds.ImagerPixelSpacing = [float(pixel_spacing_mm), float(pixel_spacing_mm)]
-    # modality LUT + a full-range VOI window (in modality-LUT output units)
-    ds.RescaleIntercept = f"{float(rescale_intercept):.10g}"[:16]
-    ds.RescaleSlope = f"{float(rescale_slope):.10g}"[:16]
-    ds.RescaleType = "US"
-    ds.WindowCenter = f"{rescale_intercept + rescale_slope * max_value / 2.0:.10g}"[:16]
-    ds.WindowWidth = f"{rescale_slope * (max_value + 1):.10g}"[:16]
-    if modality == "DX":
-        ds.ImageType = ["ORIGINAL", "PRIMARY", ""]
-        ds.PresentationIntentType = "FOR PRESENTATION"
-        ds.PixelIntensityRelationship = "LOG"
-        ds.PixelIntensityRelationshipSign = -1 if photometric == "MONOCHROME1" else 1
-        ds.DetectorType = ""
-    ds.PixelData = stored.astype("<u2").tobytes()
-
-    ds.save_as(path, enforce_file_format=True)
-
-    # validate by reading back with pydicom
-    try:
-        back = pydicom.dcmread(path)
-        ok = (
-            back.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
-            and back.SOPClassUID == sop_class
-            and back.file_meta.MediaStorageSOPClassUID == sop_class
-            and back.SOPInstanceUID == uids["sop_uid"]
-            and back.StudyInstanceUID == uids["study_uid"]
-            and back.SeriesInstanceUID == uids["series_uid"]
-            and np.array_equal(back.pixel_array, stored)
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure means we wrote a bad file
-        raise InconsistentDataError(path, f"written DICOM does not read back ({type(exc).__name__}: {exc})") from exc
-    if not ok:
-        raise InconsistentDataError(path, "written DICOM reads back with different pixels or identifiers")
-    return path

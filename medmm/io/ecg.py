@@ -1,4 +1,4 @@
-"""ECG readers and writers: WFDB records and DICOM waveform files.
+"""ECG readers: WFDB records and DICOM waveform files.
 
 Everything here works on plain numpy arrays (no torch). The one in-memory type is
 :class:`ECGRecord`: ``signal`` is float32 ``[leads, time]`` in physical units (by
@@ -33,7 +33,6 @@ __all__ = [
     "STANDARD_LEADS",
     "ECGRecord",
     "normalize_lead_name",
-    "write_wfdb",
     "read_wfdb",
     "read_dicom_ecg",
     "read_ecg",
@@ -58,22 +57,11 @@ _TO_MV = {
     "v": 1e3,
 }
 
-# WFDB storage formats medmm writes: format -> (lowest, highest) storable digital
-# value. The lowest value of the full range is the format's "missing sample" code,
-# so it is excluded (NaN is written as that code).
-_WFDB_WRITE_RANGE = {
-    "80": (-127, 127),
-    "212": (-2047, 2047),
-    "16": (-32767, 32767),
-    "24": (-(2**23) + 1, 2**23 - 1),
-    "32": (-(2**31) + 1, 2**31 - 1),
-}
 # Bytes per sample of the common WFDB formats, for the truncation check.
 _WFDB_BYTES_PER_SAMPLE = {
     "8": 1.0, "80": 1.0, "16": 2.0, "61": 2.0, "160": 2.0, "212": 1.5,
     "24": 3.0, "32": 4.0, "310": 4.0 / 3.0, "311": 4.0 / 3.0,
 }
-_RECORD_NAME_RE = re.compile(r"[-\w]+")
 
 
 @dataclass(frozen=True)
@@ -142,79 +130,6 @@ def normalize_lead_name(name: str) -> str:
     s = re.sub(r"\s*\(.*?\)\s*", " ", s).strip()  # drop "(Einthoven)", "(Goldberger)"
     s = re.sub(r"^(lead|ecg\s+lead|mdc_ecg_lead)[\s_:-]*", "", s, flags=re.IGNORECASE)
     return _CANONICAL.get(s.lower(), s)
-
-
-# --------------------------------------------------------------------------- WFDB
-def write_wfdb(
-    record_path: str | os.PathLike,
-    signal_mV: np.ndarray,
-    fs: float,
-    lead_names: Sequence[str],
-    units: str | Sequence[str] = "mV",
-    fmt: str = "16",
-    adc_gain: float = 1000.0,
-    comments: Sequence[str] | None = None,
-) -> Path:
-    """Write ``signal_mV`` ``[leads, time]`` as a WFDB record; returns the ``.hea`` path.
-
-    ``record_path`` is the record path without extension (``dir/name`` writes
-    ``dir/name.hea`` and ``dir/name.dat``); the name may contain only letters,
-    digits, ``-`` and ``_`` (a WFDB rule). Values are stored as
-    ``round(value * adc_gain)`` (baseline 0), so the round trip is exact to
-    ``0.5 / adc_gain``; NaN is stored as the format's missing-sample code. Values
-    that do not fit the format at this gain raise ``ValueError``.
-    """
-    import wfdb
-
-    record_path = Path(record_path)
-    if record_path.suffix in (".hea", ".dat"):
-        record_path = record_path.with_suffix("")
-    name = record_path.name
-    if not _RECORD_NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"WFDB record name {name!r} may contain only letters, digits, '-' and '_'"
-        )
-    sig = np.asarray(signal_mV, dtype=np.float64)
-    if sig.ndim != 2 or sig.shape[0] == 0 or sig.shape[1] == 0:
-        raise ValueError(f"signal must be [leads, time] with both > 0, got shape {sig.shape}")
-    n_leads = sig.shape[0]
-    names = [str(n) for n in lead_names]
-    if len(names) != n_leads:
-        raise ValueError(f"{n_leads} leads but {len(names)} lead names")
-    unit_list = [units] * n_leads if isinstance(units, str) else [str(u) for u in units]
-    if len(unit_list) != n_leads:
-        raise ValueError(f"{n_leads} leads but {len(unit_list)} units")
-    fmt = str(fmt)
-    if fmt not in _WFDB_WRITE_RANGE:
-        raise ValueError(f"fmt {fmt!r} not supported for writing; use one of {sorted(_WFDB_WRITE_RANGE)}")
-    if not adc_gain > 0:
-        raise ValueError(f"adc_gain must be positive, got {adc_gain!r}")
-    if np.isinf(sig).any():
-        raise ValueError("signal contains infinite values")
-    lo, hi = _WFDB_WRITE_RANGE[fmt]
-    finite = sig[~np.isnan(sig)]
-    if finite.size and (
-        np.round(finite.max() * adc_gain) > hi or np.round(finite.min() * adc_gain) < lo
-    ):
-        raise ValueError(
-            f"signal range [{finite.min():.4g}, {finite.max():.4g}] does not fit WFDB format "
-            f"{fmt} at adc_gain {adc_gain} (digital range {lo}..{hi})"
-        )
-    write_dir = record_path.parent
-    write_dir.mkdir(parents=True, exist_ok=True)
-    wfdb.wrsamp(
-        name,
-        fs=float(fs),
-        units=unit_list,
-        sig_name=names,
-        p_signal=np.ascontiguousarray(sig.T),
-        fmt=[fmt] * n_leads,
-        adc_gain=[float(adc_gain)] * n_leads,
-        baseline=[0] * n_leads,
-        comments=list(comments) if comments else None,
-        write_dir=str(write_dir),
-    )
-    return write_dir / f"{name}.hea"
 
 
 _RECORD_LINE = re.compile(r"^(\S+)\s+(\d+)(?:\s+(\S+)(?:\s+(\d+))?)?")

@@ -1,4 +1,4 @@
-"""3-D volumes: assemble a DICOM series, read a NIfTI file, write a CT series.
+"""3-D volumes: assemble a DICOM series, read a NIfTI file.
 
 This module knows nothing of torch.
 
@@ -43,15 +43,12 @@ from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputE
 from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
-    "CT_SOP_CLASS_UID",
     "LPS_TO_RAS",
     "Volume",
     "read_dicom_series",
     "read_nifti",
-    "write_dicom_series",
 ]
 
-CT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 """Converts an LPS affine to RAS (and back): ``A_ras = LPS_TO_RAS @ A_lps``."""
 
@@ -392,148 +389,3 @@ def _finite_by_construction(header: Any) -> bool:
         return False
     biggest = float(max(abs(np.iinfo(dtype).min), np.iinfo(dtype).max)) if dtype.kind != "b" else 1.0
     return biggest * abs(slope) + abs(inter) < 1e38
-
-
-# --------------------------------------------------------------------------- DICOM write
-
-
-def _ds_str(x: float) -> str:
-    """A float as a DICOM Decimal String (at most 16 characters)."""
-    for digits in range(12, 3, -1):
-        s = f"{x:.{digits}g}"
-        if len(s) <= 16:
-            return s
-    return f"{x:.3e}"
-
-
-def write_dicom_series(
-    volume_array: np.ndarray,
-    affine_ras: np.ndarray,
-    folder: str | Path,
-    *,
-    modality: str = "CT",
-    rescale_intercept: float = -1024.0,
-    series_uid: str | None = None,
-    study_uid: str | None = None,
-    file_prefix: str = "slice",
-) -> list[Path]:
-    """Write ``volume_array[i, j, k]`` as a CT Image Storage series, one file per k.
-
-    Geometry follows the module docstring in reverse: ImageOrientationPatient is
-    the LPS directions of the affine's columns 0 and 1 (which must be orthogonal),
-    PixelSpacing ``[|col 1|, |col 0|]``, ImagePositionPatient of slice k the LPS
-    world position of voxel ``(0, 0, k)``, SliceThickness ``|col 2|``. For
-    :func:`read_dicom_series` to return the same affine, column 2 must point to
-    the side of ``row_cosine x column_cosine`` (``det(affine_ras[:3, :3]) > 0``;
-    the LPS flip has determinant +1); otherwise the series reads back as the same
-    voxels with k reversed (an equivalent affine).
-
-    Values are rounded to integers and stored as int16 with RescaleSlope 1 and the
-    given RescaleIntercept (``stored = round(value) - intercept``). Fresh UIDs are
-    generated unless given; patient fields are written empty. Returns the paths,
-    in slice order. Raises ValueError for bad arguments.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
-
-    arr = np.asarray(volume_array)
-    if arr.ndim != 3 or min(arr.shape) < 1:
-        raise ValueError(f"volume_array must be a non-empty 3-D array, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"volume_array must be real-valued, got dtype {arr.dtype}")
-    values = np.rint(arr.astype(np.float64))
-    if not np.all(np.isfinite(values)):
-        raise ValueError("volume_array must be finite")
-    intercept = float(rescale_intercept)
-    if not np.isfinite(intercept) or intercept != round(intercept):
-        raise ValueError(f"rescale_intercept must be a finite integer value, got {rescale_intercept!r}")
-    stored = values - intercept
-    if stored.min() < -32768 or stored.max() > 32767:
-        raise ValueError(
-            f"values minus the intercept span [{stored.min()}, {stored.max()}], outside int16: change rescale_intercept"
-        )
-    stored = stored.astype(np.int16)
-
-    aff = np.asarray(affine_ras, dtype=np.float64)
-    if aff.shape != (4, 4) or not np.all(np.isfinite(aff)):
-        raise ValueError(f"affine_ras must be a finite 4x4 matrix, got shape {aff.shape}")
-    lps = LPS_TO_RAS @ aff
-    col0, col1, col2 = lps[:3, 0], lps[:3, 1], lps[:3, 2]
-    s0, s1, s2 = (float(np.linalg.norm(c)) for c in (col0, col1, col2))
-    if min(s0, s1, s2) <= 0:
-        raise ValueError("affine_ras has a zero column: not invertible")
-    row_cos, col_cos = col0 / s0, col1 / s1
-    if abs(float(row_cos @ col_cos)) > 1e-6:
-        raise ValueError("affine_ras columns 0 and 1 must be orthogonal (DICOM pixels are rectangular)")
-    if abs(float(np.linalg.det(lps[:3, :3]))) < 1e-9 * s0 * s1 * s2:
-        raise ValueError("affine_ras is singular")
-
-    modality = str(modality).upper()
-    if modality != "CT":
-        raise ValueError(f"only modality 'CT' is supported, got {modality!r}")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    study_uid = study_uid or generate_uid()
-    series_uid = series_uid or generate_uid()
-    frame_uid = generate_uid()
-    ni, nj, nk = arr.shape
-    iop = [_ds_str(float(v)) for v in (*row_cos, *col_cos)]
-    normal = np.cross(row_cos, col_cos)
-
-    paths = []
-    for k in range(nk):
-        ipp = lps[:3, :3] @ np.array([0.0, 0.0, float(k)]) + lps[:3, 3]
-        sop_uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CT_SOP_CLASS_UID
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = "MEDMM_0"
-
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 192"
-        ds.SOPClassUID = CT_SOP_CLASS_UID
-        ds.SOPInstanceUID = sop_uid
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.PatientName = ""
-        ds.PatientID = ""
-        ds.PatientBirthDate = ""
-        ds.PatientSex = ""
-        ds.StudyInstanceUID = study_uid
-        ds.StudyDate = ""
-        ds.StudyTime = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = ""
-        ds.AccessionNumber = ""
-        ds.Modality = modality
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = 1
-        ds.Manufacturer = ""
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PositionReferenceIndicator = ""
-        ds.KVP = ""
-        ds.AcquisitionNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [_ds_str(float(v)) for v in ipp]
-        ds.ImageOrientationPatient = iop
-        ds.SliceLocation = _ds_str(float(ipp @ normal))
-        ds.SliceThickness = _ds_str(s2)
-        ds.PixelSpacing = [_ds_str(s1), _ds_str(s0)]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = nj
-        ds.Columns = ni
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = _ds_str(intercept)
-        ds.RescaleSlope = "1"
-        ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
-        path = folder / f"{file_prefix}{k:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths

@@ -239,22 +239,3 @@ def feature_bag(slide: WholeSlide, magnification: float | None = 20, mpp: float 
     feats = np.stack([encoder(slide.read_tile(grid, int(i)), grid.mpp) for i in order]).astype(np.float32)
     names = tuple(getattr(encoder, "names", [f"f{i}" for i in range(feats.shape[1])]))
     return FeatureBag(feats, grid.coords[order], names, grid.mpp, tile_size)
-
-
-def write_pyramidal_tiff(path: str | Path, rgb: np.ndarray, mpp: float, n_levels: int = 3, tile: int = 256) -> Path:
-    """Write an RGB image as a tiled, deflate-compressed pyramidal TIFF (each level half the
-    previous) with its resolution, readable by OpenSlide as ``generic-tiff``."""
-    import tifffile
-    from PIL import Image
-
-    path = Path(path)
-    img = np.ascontiguousarray(rgb, dtype=np.uint8)
-    with tifffile.TiffWriter(path) as tw:
-        for level in range(n_levels):
-            if level:
-                h, w = img.shape[:2]
-                img = np.asarray(Image.fromarray(img).resize((max(1, w // 2), max(1, h // 2)), Image.BOX))
-            res = 1e4 / (mpp * 2**level)  # pixels per cm
-            tw.write(img, tile=(tile, tile), photometric="rgb", compression="deflate",
-                     resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=0 if level == 0 else 1)
-    return path

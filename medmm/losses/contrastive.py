@@ -20,8 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LogitScale", "info_nce", "label_aware_targets", "known_label_targets", "multi_modal_clip_loss", "pair_key",
-           "same_label_contrastive"]
+__all__ = [
+    "LogitScale",
+    "clip_loss",
+    "known_label_targets",
+    "label_aware_targets",
+    "multi_modal_clip_loss",
+    "pair_key",
+    "same_label_contrastive",
+]
 
 LOG_SCALE_INIT = math.log(1.0 / 0.07)
 LOG_SCALE_MAX = math.log(100.0)
@@ -58,14 +65,14 @@ def _zero_with_grad(*tensors: Tensor) -> Tensor:
     return sum((t.float().sum() * 0.0 for t in tensors), torch.zeros((), device=tensors[0].device))
 
 
-def info_nce(
+def clip_loss(
     a: Tensor,
     b: Tensor,
     logit_scale: Tensor | nn.Module | float,
     valid: Tensor | None = None,
     targets: Tensor | None = None,
 ) -> Tensor:
-    """Symmetric InfoNCE between paired, L2-normalised embeddings ``a`` [N,d], ``b`` [N,d].
+    """CLIP's symmetric InfoNCE between paired, L2-normalised embeddings ``a`` [N,d], ``b`` [N,d].
 
     ``logits = exp(logit_scale) * a @ b.T``;
     ``loss = 1/2 [CE(logits, diag) + CE(logits.T, diag)]`` (mean over rows).
@@ -82,7 +89,7 @@ def info_nce(
     with T row- / column-normalised. The identity gives back the hard loss.
     """
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"info_nce expects a, b of equal shape [N, d]; got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"clip_loss expects a, b of equal shape [N, d]; got {tuple(a.shape)} and {tuple(b.shape)}")
     log_scale = _log_scale_tensor(logit_scale, a)
     if valid is not None:
         valid = valid.to(device=a.device, dtype=torch.bool).reshape(-1)
@@ -138,7 +145,7 @@ def multi_modal_clip_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Pairwise CLIP loss over the configured modality pairs (one shared temperature).
 
-    For each pair (m1, m2): ``L = info_nce(emb[m1], emb[m2], scale, present[m1] & present[m2])``
+    For each pair (m1, m2): ``L = clip_loss(emb[m1], emb[m2], scale, present[m1] & present[m2])``
     (a modality absent from ``present`` counts as present for every sample).
     ``total = mean`` (or ``sum``) of ``L`` over the *active* pairs, i.e. pairs with at least
     2 valid samples in the batch, so a batch without ECGs does not dilute the X-ray-text
@@ -161,7 +168,7 @@ def multi_modal_clip_loss(
         for m in (m1, m2):
             if m in present:
                 valid = valid & present[m].to(device=a.device, dtype=torch.bool).reshape(-1)
-        loss = info_nce(a, b, logit_scale, valid, targets)
+        loss = clip_loss(a, b, logit_scale, valid, targets)
         per_pair[pair_key((m1, m2))] = loss
         if int(valid.sum()) >= 2:
             active.append(loss)

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from medmm.losses.contrastive import _log_scale_tensor, _zero_with_grad, known_label_targets, pair_key
 from medmm.losses.symile import Negatives, symile_logits
 
-__all__ = ["world", "gather_with_grad", "gather_no_grad", "gathered_clip_loss", "gathered_symile_loss"]
+__all__ = ["gather_no_grad", "gather_with_grad", "gathered_clip_loss", "gathered_symile_loss", "world"]
 
 
 def world() -> tuple[int, int]:

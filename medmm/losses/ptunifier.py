@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["itc_loss", "itm_loss", "mlm_loss", "sample_hard_negatives", "whole_word_mask", "word_starts"]
+
 
 def itc_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE over L2-normalised [B, d] embeddings; row i of each is a pair."""

@@ -3,6 +3,8 @@ MulModSeg trains (background is one of the classes)."""
 
 from __future__ import annotations
 
+__all__ = ["dice_ce_loss"]
+
 
 def dice_ce_loss(lambda_dice: float = 1.0, lambda_ce: float = 1.0):
     """``loss(logits [B, C, *], labels [B, 1, *] integer) -> scalar``: mean soft Dice loss

@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+__all__ = ["alignment_l1", "cox_partial_nll", "discrete_time_nll"]
+
 
 def cox_partial_nll(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
                     ties: Literal["efron", "breslow"] = "efron") -> torch.Tensor:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from medmm.losses.contrastive import _log_scale_tensor
 
-__all__ = ["mip", "symile_logits", "symile_loss", "symile_scores", "clip_scores", "Negatives"]
+__all__ = ["Negatives", "clip_scores", "mip", "symile_logits", "symile_loss", "symile_scores"]
 
 Negatives = Literal["n", "n_squared"]
 

@@ -44,19 +44,40 @@ Zero-shot AUROC: chance 0.5; oracle 1.0 for a finding the modality shows, 0.5 ot
 
 Everything is computed per observed-pattern group: cost O(U V log V) for U query and V
 candidate patterns, never a Python loop over N^2 pairs.
+
+A synthetic cohort says what its ideal observer knows in a :class:`ReferenceModel`
+(``reference_model.json``: the finding vocabulary, the findings each modality shows, the
+retrieval directions and zero-shot modalities it defines levels for);
+:func:`levels_from_model` turns it and any set of test labels into the levels of every
+direction (the layout of the cohort's ``reference_levels.json``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from medmm.metrics.retrieval import as_numpy, row_ids
+from medmm.metrics.zeroshot import binary_auroc
 
-__all__ = ["reference_levels", "oracle_scores", "expected_topk", "zero_shot_reference_levels"]
+__all__ = [
+    "REFERENCE_LEVELS_FILE",
+    "REFERENCE_MODEL_FILE",
+    "ReferenceModel",
+    "expected_topk",
+    "levels_from_model",
+    "oracle_scores",
+    "reference_levels",
+    "zero_shot_reference_levels",
+]
+
+REFERENCE_MODEL_FILE = "reference_model.json"  # a cohort's ReferenceModel, at its root
+REFERENCE_LEVELS_FILE = "reference_levels.json"  # levels_from_model of its test split, at its root
 
 
 @dataclass(frozen=True)
@@ -241,8 +262,6 @@ def zero_shot_reference_levels(labels: Any, obs: Any, names: Sequence[str]) -> d
     None where the split has one class. Keys as ``per_finding_auroc``: the finding names
     plus ``"macro"`` (mean of defined).
     """
-    from medmm.metrics.zeroshot import binary_auroc
-
     lab = as_numpy(labels)
     seen = as_numpy(obs).astype(bool).reshape(-1)
     if lab.ndim != 2 or lab.shape[1] != len(names) or seen.shape != (len(names),):
@@ -263,3 +282,81 @@ def zero_shot_reference_levels(labels: Any, obs: Any, names: Sequence[str]) -> d
         ok = [x for x in level.values() if x is not None]
         level["macro"] = float(np.mean(ok)) if ok else None
     return out
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """What the ideal observer of a synthetic cohort knows.
+
+    ``findings``: the label columns, in order; ``observable[m]``: the findings modality m
+    shows (a subset of ``findings``); ``directions``: the (query, candidate) retrieval
+    directions and ``zero_shot``: the modalities whose zero-shot AUROC the cohort defines
+    levels for. Raises ValueError for a finding or modality it does not know.
+    """
+
+    findings: tuple[str, ...]
+    observable: Mapping[str, tuple[str, ...]]
+    directions: tuple[tuple[str, str], ...]
+    zero_shot: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "findings", tuple(self.findings))
+        object.__setattr__(self, "observable", {m: tuple(f) for m, f in self.observable.items()})
+        object.__setattr__(self, "directions", tuple((str(q), str(c)) for q, c in self.directions))
+        object.__setattr__(self, "zero_shot", tuple(self.zero_shot))
+        if len(set(self.findings)) != len(self.findings):
+            raise ValueError(f"reference model: repeated finding in {self.findings}")
+        for modality, shown in self.observable.items():
+            unknown = sorted(set(shown) - set(self.findings))
+            if unknown:
+                raise ValueError(f"reference model: {modality} shows unknown finding(s) {unknown}")
+        used = {m for direction in self.directions for m in direction} | set(self.zero_shot)
+        missing = sorted(used - set(self.observable))
+        if missing:
+            raise ValueError(f"reference model: no observable findings given for modality(ies) {missing}")
+
+    def mask(self, modality: str) -> np.ndarray:
+        """bool [F]: which of ``findings`` the modality shows."""
+        shown = set(self.observable[modality])
+        return np.array([f in shown for f in self.findings], dtype=bool)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"findings": list(self.findings), "observable": {m: list(f) for m, f in self.observable.items()},
+                "directions": [list(d) for d in self.directions], "zero_shot": list(self.zero_shot)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReferenceModel:
+        try:
+            return cls(findings=data["findings"], observable=data["observable"],
+                       directions=[tuple(d) for d in data["directions"]], zero_shot=data["zero_shot"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a reference model ({type(exc).__name__}: {exc})") from exc
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceModel:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def levels_from_model(labels: Any, model: ReferenceModel, ks: Sequence[int] = (1, 5, 10),
+                      label_ks: Sequence[int] = (1, 5)) -> dict[str, Any]:
+    """Chance and oracle of each of the model's retrieval directions (:func:`reference_levels`)
+    and zero-shot modalities (:func:`zero_shot_reference_levels`) for these test labels
+    [N, F], F in the order of ``model.findings``::
+
+        {"n_test_studies": N, "observable": {modality: [finding, ...]},
+         "retrieval": {"xray->report": {"chance": {...}, "oracle": {...}, "contrastive_optimum": {...}}},
+         "zero_shot": {"xray": {"chance": {finding: auroc, "macro": ...}, "oracle": {...}}}}
+    """
+    lab = as_numpy(labels).astype(np.int64)
+    if lab.ndim != 2 or lab.shape[1] != len(model.findings):
+        raise ValueError(f"labels must be [N, {len(model.findings)}] (the model's findings), got {lab.shape}")
+    retrieval = {f"{q}->{c}": reference_levels(lab, model.mask(q), model.mask(c), ks=ks, label_ks=label_ks)
+                 for q, c in model.directions}
+    zero_shot = {m: zero_shot_reference_levels(lab, model.mask(m), model.findings) for m in model.zero_shot}
+    return {"n_test_studies": int(len(lab)), "observable": {m: list(f) for m, f in model.observable.items()},
+            "retrieval": retrieval, "zero_shot": zero_shot}

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medmm.io.labeler import label_report
+
 _TOKEN = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
@@ -72,8 +74,6 @@ def clinical_efficacy(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, flo
     """Micro- and macro-averaged precision / recall / F1 of the labeler's positive
     findings in the generated reports against those of the references.
     A finding absent from both sides of every pair is left out of the macro average."""
-    from medmm.io.labeler import label_report
-
     _check(hyps, refs)
     pred = np.stack([label_report(t).as_vector() for t in hyps]).astype(bool)
     true = np.stack([label_report(t).as_vector() for t in refs]).astype(bool)

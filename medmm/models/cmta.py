@@ -18,17 +18,33 @@ medmm's bags here are at most a few hundred.
 
 ``fusion`` also gives the comparison models of the same backbone: ``concat`` (P, G
 concatenated, no translation), ``pathology`` (P only) and ``genomics`` (G only).
+Registered as ``cmta``; the variants are its ``fusion`` setting.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from medmm.config.core import StrictModel
+from medmm.models.registry import ModelExample, register_model
+
 Fusion = Literal["cmta", "concat", "pathology", "genomics"]
+
+
+class CMTAConfig(StrictModel):
+    name: Literal["cmta"] = Field("cmta", description="registry name")
+    fusion: Fusion = Field("cmta", description="cmta (translation + alignment), or the comparison models concat, "
+                                               "pathology (P only), genomics (G only)")
+    dim: int = Field(64, description="token width")
+    heads: int = Field(4, description="attention heads")
+    dropout: float = 0.25
+    n_bins: int = Field(4, ge=1, description="discrete-time bins, one hazard logit each")
 
 
 def _attention_layer(dim: int, heads: int, dropout: float) -> nn.TransformerEncoderLayer:
@@ -149,3 +165,21 @@ class CMTA(nn.Module):
             fused = out["P"] if self.fusion == "pathology" else out["G"]
         out["logits"] = self.head(fused)
         return out
+
+
+def tiny_cmta() -> ModelExample:
+    """Two patients, bags of five 8-d tiles and six small gene groups."""
+    n, tiles, tile_dim, groups = 2, 5, 8, [3, 4, 2, 5, 3, 2]
+    cfg = CMTAConfig(dim=8, heads=2, n_bins=3)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(n, tiles, tile_dim, generator=g), [torch.randn(n, k, generator=g) for k in groups])
+    shapes = {"P": (n, cfg.dim), "G": (n, cfg.dim), "P_hat": (n, cfg.dim), "G_hat": (n, cfg.dim),
+              "logits": (n, cfg.n_bins)}
+    return ModelExample(cfg, inputs, shapes, {"tile_dim": tile_dim, "group_sizes": groups})
+
+
+@register_model("cmta", config=CMTAConfig, example=tiny_cmta)
+def build_cmta(cfg: CMTAConfig, tile_dim: int = 64, group_sizes: Sequence[int] = (8,) * 6) -> CMTA:
+    """``tile_dim``: width of a tile feature; ``group_sizes``: genes in each gene group."""
+    return CMTA(tile_dim, list(group_sizes), dim=cfg.dim, heads=cfg.heads, dropout=cfg.dropout, n_bins=cfg.n_bins,
+                fusion=cfg.fusion)

@@ -2,7 +2,7 @@
 head each into a shared space, and a learned temperature (registered as ``more``).
 
 The model only embeds; the loss lives in ``medmm.losses`` and the training loop in
-``medmm.tasks`` (the LightningModule / model split of Lightning and open_clip).
+``medmm.workflows.contrastive`` (the LightningModule / model split of Lightning and open_clip).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from medmm.models.encoders.labs import LabsEncoderConfig, build_labs_encoder
 from medmm.models.encoders.text import TextEncoderConfig, build_text_encoder
 from medmm.models.encoders.xray import XrayEncoderConfig, build_xray_encoder
 from medmm.models.heads.projection import projection_head
-from medmm.models.registry import register_model
+from medmm.models.registry import ModelExample, register_model
 
 
 class ModelConfig(StrictModel):
@@ -36,7 +36,6 @@ class ModelConfig(StrictModel):
     ecg: ECGEncoderConfig = ECGEncoderConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     labs: LabsEncoderConfig = LabsEncoderConfig()
-
 
 
 class MultiModalContrastiveModel(nn.Module):
@@ -82,6 +81,22 @@ class MultiModalContrastiveModel(nn.Module):
         return {m: self.encode(m, batch) for m in (modalities or self.modalities)}
 
 
-@register_model("more")
+def tiny_more() -> ModelExample:
+    """Every encoder at its smallest, on a batch of two studies with all four modalities."""
+    n, size, n_labs = 2, 32, 3
+    cfg = ModelConfig(modalities=["xray", "ecg", "report", "labs"], embed_dim=8, proj_hidden=16,
+                      xray=XrayEncoderConfig(widths=[4, 8, 8, 8]), ecg=ECGEncoderConfig(dim=8, depth=1, heads=2),
+                      text=TextEncoderConfig(lora_r=2, lora_alpha=4, lora_layers=[5], max_tokens=8),
+                      labs=LabsEncoderConfig(hidden=[8]))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (n, 6), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102  # MiniLM's [CLS] ... [SEP]
+    batch = {"xray": torch.randn(n, 1, size, size, generator=g), "ecg": torch.randn(n, 12, 500, generator=g),
+             "report_ids": ids, "report_mask": torch.ones_like(ids), "labs": torch.rand(n, 2 * n_labs, generator=g)}
+    return ModelExample(cfg, (batch,), {m: (n, cfg.embed_dim) for m in cfg.modalities},
+                        {"image_size": size, "n_labs": n_labs})
+
+
+@register_model("more", config=ModelConfig, example=tiny_more)
 def build_more(cfg: ModelConfig, image_size: int = 128, n_labs: int = 6) -> MultiModalContrastiveModel:
     return MultiModalContrastiveModel(cfg, image_size, n_labs)

@@ -30,7 +30,9 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from medmm.config.core import StrictModel
-from medmm.models.registry import register_model
+from medmm.data.tokenizer import load_tokenizer, packaged_minilm_path
+from medmm.models.encoders.text import masked_mean
+from medmm.models.registry import ModelExample, register_model
 
 
 class PTUnifierImageConfig(StrictModel):
@@ -77,17 +79,10 @@ class PTUnifierModelConfig(StrictModel):
     prompts: PromptConfig = PromptConfig()
 
 
-
-
 def select_prompts(query: torch.Tensor, pool: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k pool vectors with the largest dot product with each query: ([n, k, d], [n, k])."""
     idx = torch.topk(query @ pool.T, k, dim=-1).indices
     return pool[idx], idx
-
-
-def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 class FusionLayer(nn.Module):
@@ -138,8 +133,6 @@ class PTUnifier(nn.Module):
     def __init__(self, cfg: PTUnifierModelConfig, image_size: int):
         super().__init__()
         from transformers import AutoModel
-
-        from medmm.models.encoders.text import load_tokenizer, packaged_minilm_path
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.cfg = cfg
@@ -328,6 +321,25 @@ class PTUnifier(nn.Module):
                 p.requires_grad_(trainable)
 
 
-@register_model("ptunifier")
+def tiny_ptunifier() -> ModelExample:
+    """One MiniLM layer, a one-block ViT and small prompt pools, on a batch mixing an
+    image-report pair, an image alone and a report alone."""
+    size, hidden, k_text, k_visual = 32, 16, 3, 4
+    cfg = PTUnifierModelConfig(image=PTUnifierImageConfig(patch_size=8, depth=1), text=PTUnifierTextConfig(layers=1),
+                               hidden=hidden, fusion_layers=1, fusion_heads=2, itc_dim=8,
+                               prompts=PromptConfig(pool_size=8, k_visual=k_visual, k_text=k_text))
+    g = torch.Generator().manual_seed(0)
+    n, length = 3, 6
+    ids = torch.randint(1000, 2000, (n, length), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102  # MiniLM's [CLS] ... [SEP]
+    has_image, has_text = torch.tensor([True, True, False]), torch.tensor([True, False, True])
+    inputs = (torch.randn(n, 1, size, size, generator=g), ids, torch.ones_like(ids), has_image, has_text)
+    text_len, image_len = max(length, k_text + 2), 1 + max((size // 8) ** 2, k_visual)
+    shapes = {"cls": (n, 2 * hidden), "text": (n, text_len, hidden), "image": (n, image_len, hidden),
+              "text_prompt_idx": (n, k_text), "visual_prompt_idx": (n, k_visual)}
+    return ModelExample(cfg, inputs, shapes, {"image_size": size})
+
+
+@register_model("ptunifier", config=PTUnifierModelConfig, example=tiny_ptunifier)
 def build_ptunifier(cfg: PTUnifierModelConfig, image_size: int = 128) -> PTUnifier:
     return PTUnifier(cfg, image_size)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -25,7 +26,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from medmm.config.core import StrictModel
-from medmm.models.registry import register_model
+from medmm.data.tokenizer import load_tokenizer, packaged_minilm_path
+from medmm.models.encoders.text import masked_mean
+from medmm.models.registry import ModelExample, register_model
 
 
 class SegModelConfig(StrictModel):
@@ -49,7 +52,6 @@ class SegModelConfig(StrictModel):
         return v
 
 
-
 MODALITY_WORDS = {"ct": "CT", "mr": "MR"}
 MODALITY_INDEX = {"ct": 0, "mr": 1}
 
@@ -61,8 +63,6 @@ def class_prompt(modality: str, class_name: str) -> str:
 @functools.lru_cache(maxsize=8)
 def _prompt_embeddings_cached(prompts: tuple[str, ...], model_path: str | None) -> torch.Tensor:
     from transformers import AutoModel
-
-    from medmm.models.encoders.text import load_tokenizer, masked_mean, packaged_minilm_path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = model_path or packaged_minilm_path()
@@ -98,8 +98,9 @@ class FeatureBackbone(nn.Module):
     bottleneck is caught by a forward hook (UNet's innermost block, SwinUNETR's
     ``encoder10``)."""
 
-    def __init__(self, cfg, in_channels: int = 1):
+    def __init__(self, cfg: SegModelConfig, in_channels: int = 1):
         super().__init__()
+        # monai takes seconds to import and only the segmentation workflow needs it.
         from monai.networks.nets import SwinUNETR, UNet
 
         self.kind = cfg.backbone
@@ -225,15 +226,30 @@ class Segmenter(nn.Module):
         return self.head(features, bottleneck, modality)
 
 
-@register_model("segmenter")
-def build_segmenter(cfg, *, class_names: list[str], conditioning: str = "text", in_channels: int = 1,
-                    text_embeddings: torch.Tensor | None = None) -> Segmenter:
-    """``conditioning``: "text" (MulModSeg heads) or "none" (plain head). ``text_embeddings``
-    skips the MiniLM pass (e.g. when loading saved weights, which carry them)."""
+DEFAULT_CLASSES = ("background", "foreground")
+
+
+def tiny_segmenter() -> ModelExample:
+    """A two-level UNet and narrow text-conditioned heads on a CT and an MR patch of 16^3."""
+    classes = ["background", "liver", "kidney"]
+    cfg = SegModelConfig(feature_width=8, channels=[8, 16, 16], strides=[2, 2], num_res_units=0, text_hidden=16,
+                         head_width=4)
+    g = torch.Generator().manual_seed(0)
+    inputs = (torch.randn(2, 1, 16, 16, 16, generator=g), torch.tensor([0, 1]))
+    return ModelExample(cfg, inputs, {"output": (2, len(classes), 16, 16, 16)},
+                        {"class_names": classes, "conditioning": "text"})
+
+
+@register_model("segmenter", config=SegModelConfig, example=tiny_segmenter)
+def build_segmenter(cfg: SegModelConfig, *, class_names: Sequence[str] = DEFAULT_CLASSES, conditioning: str = "text",
+                    in_channels: int = 1, text_embeddings: torch.Tensor | None = None) -> Segmenter:
+    """``class_names``: one output channel each, background included. ``conditioning``: "text"
+    (MulModSeg heads) or "none" (plain head). ``text_embeddings`` skips the MiniLM pass (e.g.
+    when loading saved weights, which carry them)."""
     backbone = FeatureBackbone(cfg, in_channels)
     if conditioning == "text":
         if text_embeddings is None:
-            text_embeddings = prompt_embeddings(class_names, cfg.text_model_path)
+            text_embeddings = prompt_embeddings(list(class_names), cfg.text_model_path)
         head = TextConditionedHeads(text_embeddings, backbone.out_channels, backbone.bottleneck_channels,
                                     cfg.text_hidden, cfg.head_width)
     elif conditioning == "none":

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmm.pipelines.make_demo", description=__doc__)
@@ -27,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: the spec's `missing`; droppable: ecg, report, labs)")
     args = parser.parse_args(argv)
 
-    from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
+    # imported here so that --help and argument errors skip their ~1.5 s of imports (scipy, pydicom, pandas)
     from medmm.demo.generator import build_demo_cohort
+    from medmm.metrics.reference_levels import REFERENCE_LEVELS_FILE
 
     spec = load_cohort_spec(args.spec) if args.spec.exists() else CohortSpec(
         name="demo", root=args.out, modalities=["xray", "ecg", "report", "labs"], split=SplitSpec())
@@ -45,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
                                  missing=missing)
     studies = manifest.studies()
     counts = studies["split"].value_counts().to_dict()
-    levels = json.loads((args.out / "reference_levels.json").read_text())
+    levels = json.loads((args.out / REFERENCE_LEVELS_FILE).read_text())
     print(f"demo cohort: {len(studies)} studies of {studies['patient_id'].nunique()} patients "
           f"({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))}) in {args.out} "
           f"[{time.perf_counter() - start:.0f} s]")

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from medmm.cohort.spec import load_cohort_spec
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m medmm.pipelines.make_demo_pathology", description=__doc__)
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                              "data/cache/tiatoolbox-2.1.3-py3-none-any.whl)")
     args = parser.parse_args(argv)
 
-    from medmm.cohort.spec import load_cohort_spec
+    # imported here so that --help and argument errors skip its imports (pandas, scikit-image, the survival data)
     from medmm.demo.pathology import build_pathology_cohort, oracle_c_index
 
     fractions, seed = (0.6, 0.15, 0.25), 0

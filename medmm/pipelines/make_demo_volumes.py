@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: data/cache/Cranium.inv3 from `make invesalius-ct`)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    # each branch imports only the builder it runs, after argument parsing (--help stays fast)
     if args.real:
         from medmm.demo.realdata_volumes import RealDataMissing, write_real_volume_cohort
 

@@ -24,10 +24,19 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
-from medmm.tracking.run_context import artifact_location, default_tracking_uri, log_json_artifact, log_run_context
+import numpy as np
+
+from medmm.io.findings import FINDINGS
+from medmm.tracking.run_context import (
+    artifact_location,
+    default_tracking_uri,
+    log_json_artifact,
+    log_run_context,
+)
 
 # "latest" is reserved by MLflow (models:/name/latest), hence "newest"
 LATEST, CHAMPION = "newest", "champion"
@@ -71,8 +80,6 @@ def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: l
 
 
 def log_metrics(client, run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
-    import time
-
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
@@ -145,10 +152,6 @@ def finish(client, run_id: str, status: str = "FINISHED") -> None:
 def log_cohort_summary(client, run_id: str, cohort) -> None:
     """Aggregate counts only (no identifiers): studies and positive findings per split,
     report length in words; ``results/cohort_summary.json`` (the cohort-overview notebook reads it)."""
-    import numpy as np
-
-    from medmm.io.findings import FINDINGS
-
     summary = {"findings": list(FINDINGS), "skipped": len(cohort.skipped), "splits": {}}
     for split in ("train", "val", "test"):
         idx = cohort.indices(split)
@@ -156,13 +159,14 @@ def log_cohort_summary(client, run_id: str, cohort) -> None:
             continue
         words = np.array([len(str(t).split()) for t in cohort.report_text[idx]])
         summary["splits"][split] = {
-            "studies": int(len(idx)),
+            "studies": len(idx),
             "positives": {f: int(v) for f, v in zip(FINDINGS, cohort.labels[idx].sum(0))},
             "no_finding": int((cohort.labels[idx].sum(1) == 0).sum()),
             "report_words_median": float(np.median(words)), "report_words_p90": float(np.percentile(words, 90)),
             "xray_shape": list(cohort.xray.shape[1:]), "ecg_shape": list(cohort.ecg.shape[1:]),
         }
     log_json(client, run_id, "cohort_summary.json", summary)
+
 
 def save_weights(module_or_state, path: Path) -> Path:
     """A module's state dict (or a dict of tensors) as safetensors."""

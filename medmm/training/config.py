@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Config of the Lightning trainer of the training workflows (``trainer:`` of their schemas)."""
 
 from __future__ import annotations
 

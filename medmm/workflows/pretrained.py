@@ -1,58 +1,89 @@
-"""Load a medmm pretraining model back from where the pretrain pipeline left it: an MLflow
-model URI (``models:/medmm-more@champion``, ``runs:/<id>/model``) or a local folder holding
-``model.safetensors`` + ``config.yaml`` (the pyfunc model's artifacts).
+"""Pretrained models of both pretraining families, as downstream workflows load and use them.
 
-Downstream pipelines (report generation, the retrieval index) start from this. Each
-pretraining model kind registers a loader by its registry name; ``more`` (the contrastive
-X-ray / ECG / report model) is built in, PTUnifier adds its own under ``ptunifier``.
-The weights' SHA-256 identifies the checkpoint (a retrieval index stores it).
+A source is an MLflow model URI (``models:/medmm-more@champion``, ``runs:/<id>/model``) or a
+local folder holding ``model.safetensors`` + ``config.yaml`` (what :func:`save_pretrained_folder`
+writes; a pretraining run's pyfunc model keeps them under ``artifacts/``). The stored config's
+``model.name`` names the family, ``more`` (the contrastive X-ray / ECG / report model) or
+``ptunifier``, and so its config schema and model builder. The weights' SHA-256 identifies
+the checkpoint (a retrieval index stores it). :class:`Backbone` gives downstream tasks the
+features they need from a model of either family.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from pydantic import Field
+from safetensors.torch import load_file, save_file
+from torch import nn
 
-from medmm.config.core import StrictModel
+from medmm.config.core import ConfigError, StrictModel, load_yaml, to_yaml
+from medmm.data.tokenizer import load_tokenizer
 from medmm.io.errors import MedmmInputError
+from medmm.models.registry import create_model
+from medmm.workflows.contrastive.config import PretrainConfig
+from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+
+
+@torch.no_grad()
+def embed_loader(model, loader, modalities: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    model.eval()
+    out: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
+    labels, indices = [], []
+    device = next(model.parameters()).device
+    for batch in loader:
+        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        for m, e in model(batch, modalities).items():
+            out[m].append(e.float().cpu().numpy())
+        labels.append(batch["labels"].cpu().numpy())
+        indices.append(batch["index"].cpu().numpy())
+    return {m: np.concatenate(v) for m, v in out.items()}, np.concatenate(labels), np.concatenate(indices)
+
+
+@torch.no_grad()
+def embed_texts(model, tokenizer, texts: list[str], max_tokens: int) -> np.ndarray:
+    model.eval()
+    device = next(model.parameters()).device
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+    batch = {"report_ids": enc["input_ids"].to(device), "report_mask": enc["attention_mask"].to(device)}
+    return model.encode("report", batch).float().cpu().numpy()
+
+
+
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+# family (the stored config's model.name) -> the pretraining run's config schema
+FAMILIES: dict[str, type[StrictModel]] = {"more": PretrainConfig, "ptunifier": PTUnifierPretrainConfig}
+# what a served model built on a pretrained model needs installed
+PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "peft", "pydicom", "wfdb", "safetensors"]
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
 class PretrainedConfig(StrictModel):
     source: str | None = Field(
         None, description="pretraining model: MLflow URI (models:/medmm-more@champion, runs:/<id>/model) or a "
                           "folder with model.safetensors + config.yaml")
-    kind: str = Field("more", description="registry name of the pretraining model (more; ptunifier when merged)")
+    kind: str | None = Field(
+        "more", description="pretraining family this workflow needs (more | ptunifier), checked against the "
+                            "stored config's model.name; null accepts either")
     tracking_uri: str | None = Field(None, description="MLflow store of `source` (default: this run's store)")
     freeze: bool = Field(False, description="keep the pretrained encoders frozen (else fine-tuned at encoder_lr)")
 
 
-
-WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
-_LOADERS: dict[str, Callable[[Path, Path], "PretrainedModel"]] = {}
-
-
 @dataclass
 class PretrainedModel:
-    kind: str  # registry name of the pretraining model
-    model: Any  # nn.Module with .encoders (modality -> encoder) and .encode(modality, batch)
+    kind: str  # family: the stored config's model.name
+    model: Any  # nn.Module; the contrastive family has .encoders (modality -> encoder) and .encode(modality, batch)
     config: Any  # the pretraining run's validated config
     tokenizer: Any
     weights_sha256: str
     source: str
-
-
-def register_pretrained_loader(kind: str):
-    def decorator(fn: Callable[[Path, Path], PretrainedModel]):
-        _LOADERS[kind] = fn
-        return fn
-
-    return decorator
 
 
 def file_sha256(path: Path) -> str:
@@ -63,59 +94,149 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _artifact_folder(source: str, dst: Path, tracking_uri: str | None) -> Path:
+def resolve_source(source: str | Path, dst: Path, tracking_uri: str | None = None) -> Path:
+    """The folder holding ``model.safetensors`` + ``config.yaml`` of a local folder or an MLflow
+    model / run URI (downloaded under ``dst``)."""
     local = Path(source)
     if not local.exists():
+        if not _URI.match(str(source)):
+            raise MedmmInputError(source, "no such folder, and not an MLflow URI (models:/..., runs:/...)")
+        # mlflow costs about a second to import; configs import this module and do not need it
         import mlflow
 
         if tracking_uri:
             mlflow.set_tracking_uri(tracking_uri)
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst)))
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(source), dst_path=str(dst)))
         except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
-            raise MedmmInputError(source, f"not a local folder and not a loadable MLflow model URI ({exc})") from None
-    for folder in (local, local / "artifacts"):
-        if (folder / WEIGHTS).exists() and (folder / CONFIG).exists():
+            raise MedmmInputError(source, f"not a loadable MLflow model URI ({exc})") from None
+    for folder in (local, local / "artifacts", local / "model" / "artifacts"):
+        if (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file():
             return folder
     raise MedmmInputError(source, f"holds no {WEIGHTS} + {CONFIG} (expected a medmm pretraining model)")
 
 
-def load_pretrained(source: str, kind: str = "more", tracking_uri: str | None = None) -> PretrainedModel:
-    """The pretraining model at ``source`` in eval mode, with its config and weights hash."""
+def _check_kind(kind: str | None, where) -> None:
+    if kind is not None and kind not in FAMILIES:
+        raise ConfigError(f"unknown pretraining family {kind!r} for {where}; known: {', '.join(FAMILIES)}")
+
+
+def read_pretrain_config(path: Path, kind: str | None = None):
+    """(family, validated pretraining config) of a pretraining run's ``config.yaml``; the family
+    is the config's ``model.name``. ``kind``, when given, must be that family."""
+    _check_kind(kind, path)
+    data = load_yaml(path)
+    family = (data.get("model") or {}).get("name", "more")
+    if family not in FAMILIES:
+        raise MedmmInputError(path, f"model.name {family!r} is not a pretraining family ({', '.join(FAMILIES)})")
+    if kind is not None and kind != family:
+        raise MedmmInputError(path, f"holds a {family!r} pretraining model, but a {kind!r} model was asked for")
     try:
-        loader = _LOADERS[kind]
-    except KeyError:
-        raise MedmmInputError(source, f"unknown pretraining model kind {kind!r}; known: {', '.join(sorted(_LOADERS))}")
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = _artifact_folder(str(source), Path(tmp), tracking_uri)
-        loaded = loader(folder / WEIGHTS, folder / CONFIG)
-    loaded.source = str(source)
-    return loaded
+        return family, FAMILIES[family].model_validate(data)
+    except Exception as exc:  # noqa: BLE001 - any validation problem names the file
+        raise MedmmInputError(path, f"not a valid pretraining config: {exc}") from None
 
 
-@register_pretrained_loader("more")
-def load_more_files(weights: Path, config: Path) -> PretrainedModel:
-    from safetensors.torch import load_file
+def build_model(family: str, config) -> nn.Module:
+    """A model of ``family`` shaped by its pretraining ``config`` (random weights)."""
+    if family == "more":  # the labs encoder's input width is the cohort's lab columns
+        return create_model(family, config.model, image_size=config.data.image_size,
+                            n_labs=len(config.data.lab_columns or []))
+    return create_model(family, config.model, image_size=config.data.image_size)
 
-    from medmm.config.core import build_config
-    from medmm.models.encoders.text import load_tokenizer
-    from medmm.models.registry import create_model
-    from medmm.workflows.contrastive.config import PretrainConfig
 
-    cfg = build_config(PretrainConfig, config)
-    model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size)
-    model.load_state_dict(load_file(str(weights)))
+def load_pretrained_files(weights: Path, config: Path, kind: str | None = None, source: str = "") -> PretrainedModel:
+    """The pretraining model of ``config`` with the safetensors ``weights``, in eval mode."""
+    family, cfg = read_pretrain_config(Path(config), kind)
+    model = build_model(family, cfg)
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except (RuntimeError, OSError) as exc:
+        raise MedmmInputError(weights, f"weights do not fit the config: {exc}") from None
     model.eval()
-    return PretrainedModel("more", model, cfg, load_tokenizer(cfg.model.text.model_path), file_sha256(weights), "")
+    return PretrainedModel(family, model, cfg, load_tokenizer(cfg.model.text.model_path), file_sha256(Path(weights)),
+                           source or str(Path(weights).parent))
+
+
+def load_pretrained(source: str | Path, kind: str | None = None, tracking_uri: str | None = None) -> PretrainedModel:
+    """The pretraining model at ``source`` (folder or MLflow URI) in eval mode, with its config,
+    tokenizer and weights hash. ``kind``, when given, must be the stored model's family."""
+    _check_kind(kind, source)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = resolve_source(source, Path(tmp), tracking_uri)
+        return load_pretrained_files(folder / WEIGHTS, folder / CONFIG, kind, str(source))
 
 
 def save_pretrained_folder(model, config, folder: Path) -> Path:
-    """Write ``model.safetensors`` + ``config.yaml`` (what ``load_pretrained`` reads)."""
-    from safetensors.torch import save_file
-
-    from medmm.config.core import to_yaml
-
+    """Write ``model.safetensors`` + ``config.yaml`` (what :func:`load_pretrained` reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
     (folder / CONFIG).write_text(to_yaml(config))
     return folder
+
+
+class Backbone(nn.Module):
+    """The features downstream tasks take from a pretrained model. PTUnifier gives them
+    through its one fusion encoder (image-only input with pseudo-text prompts, text-only with
+    pseudo-image prompts, image + question for VQA, ITC embeddings for retrieval); the
+    contrastive ("more") model through its uni-modal encoders (image / report features,
+    projected embeddings for retrieval; no VQA: it has no fusion of image and question)."""
+
+    def __init__(self, family: str, model: nn.Module, itc_temperature: float = 0.1):
+        super().__init__()
+        self.family, self.model, self.itc_temperature = family, model, itc_temperature
+
+    @property
+    def is_ptunifier(self) -> bool:
+        return self.family == "ptunifier"
+
+    def feature_dim(self, kind: str) -> int:
+        if self.is_ptunifier:
+            return self.model.out_dim
+        return self.model.encoders["xray" if kind == "image" else "report"].out_dim
+
+    def image_features(self, image):
+        if self.is_ptunifier:
+            return self.model(image=image).cls  # image-only: the text side is pseudo-text prompts
+        return self.model.encoders["xray"](image)
+
+    def text_features(self, ids, mask):
+        if self.is_ptunifier:
+            return self.model(ids=ids, mask=mask).cls  # text-only: pseudo-image prompts
+        return self.model.encoders["report"](ids, mask)
+
+    def pair_features(self, image, ids, mask):
+        if not self.is_ptunifier:
+            raise ConfigError("VQA needs a fusion model (ptunifier); the contrastive model has none")
+        return self.model(image, ids, mask).cls
+
+    def retrieval_embeddings(self, image, ids, mask):
+        if self.is_ptunifier:
+            # ptunifier.module brings lightning (about 3 s): configs import this module without needing it
+            from medmm.workflows.ptunifier.module import itc_embeddings
+
+            return itc_embeddings(self.model, image, ids, mask)
+        return (self.model.encode("xray", {"xray": image}),
+                self.model.encode("report", {"report_ids": ids, "report_mask": mask}))
+
+    def embed(self, column: str, batch: dict) -> torch.Tensor:
+        """One side's retrieval embedding (``xray`` or ``report``), as :meth:`retrieval_embeddings`
+        gives it for pairs: what a served model returns for one input column."""
+        if not self.is_ptunifier:
+            return self.model.encode(column, batch)
+        # ptunifier.module brings lightning (about 3 s): configs import this module without needing it
+        from medmm.workflows.ptunifier.module import (
+            itc_image_embeddings,
+            itc_text_embeddings,
+        )
+
+        if column == "xray":
+            return itc_image_embeddings(self.model, batch["xray"])
+        if column == "report":
+            return itc_text_embeddings(self.model, batch["report_ids"], batch["report_mask"])
+        raise ValueError(f"a PTUnifier model embeds xray or report, not {column!r}")
+
+    def retrieval_temperature(self) -> torch.Tensor | float:
+        if self.is_ptunifier:
+            return self.itc_temperature  # fixed, as in pretraining
+        return 1.0 / self.model.logit_scale().exp()

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmm.demo.writers import write_cxr_dicom, write_wfdb
+
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
 
 
@@ -22,8 +24,6 @@ def _uid(*parts: object) -> str:
 def write_cxr(path: Path, patient: str, study: str, series: int, date: str, time: str = "") -> Path:
     """A real DICOM chest radiograph (8x8); optionally a StudyTime."""
     import pydicom
-
-    from medmm.io.dicom import write_cxr_dicom
 
     rng = np.random.default_rng(abs(hash((patient, study, series))) % 2**32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,8 +38,6 @@ def write_cxr(path: Path, patient: str, study: str, series: int, date: str, time
 
 
 def write_ecg(record: Path, seed: int = 0) -> Path:
-    from medmm.io.ecg import write_wfdb
-
     sig = np.random.default_rng(seed).normal(0, 0.2, (12, 250))
     return write_wfdb(record, sig, 500, LEADS)
 

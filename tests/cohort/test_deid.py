@@ -13,9 +13,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from medmm.io.dicom import write_cxr_dicom
-from medmm.io.volume import read_dicom_series, write_dicom_series
-from medmm.workflows.deid.run import AUDIT_NAME, main
+from medmm.demo.writers import write_cxr_dicom, write_dicom_series
+from medmm.io.volume import read_dicom_series
+from medmm.pipelines.deid import main
+from medmm.workflows.deid.run import AUDIT_NAME
 
 NAME, ID, BIRTH, STUDY_DATE = "QUIXOTE^ZEBULON", "PHI778899X", "19470311", "20190314"
 PLANTED = ["Quixote", "Zebulon", ID, BIRTH, STUDY_DATE, "20190301", "ACC5550199", "Rocinante", "Sancho", "Panza",

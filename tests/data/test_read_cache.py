@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
-from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
+from medmm.demo.writers import write_dicom_series, write_wfdb
+from medmm.io.ecg import STANDARD_LEADS, read_ecg
+from medmm.io.volume import read_dicom_series, read_nifti
 
 monai = pytest.importorskip("monai")
 

@@ -18,11 +18,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from medmm.demo.writers import write_dicom_series, write_wfdb
 from medmm.io.dicom import read_dicom
-from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
+from medmm.io.ecg import STANDARD_LEADS, read_ecg
 from medmm.io.errors import InconsistentDataError, MedmmInputError
 from medmm.io.guard import LIMIT_ENV, max_decoded_bytes
-from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
+from medmm.io.volume import read_dicom_series, read_nifti
 
 
 @contextlib.contextmanager

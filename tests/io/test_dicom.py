@@ -10,7 +10,8 @@ import pydicom
 import pytest
 from pydicom.pixels import apply_modality_lut
 
-from medmm.io.dicom import CR_SOP_CLASS_UID, DX_SOP_CLASS_UID, DicomImage, read_dicom, write_cxr_dicom
+from medmm.demo.writers import CR_SOP_CLASS_UID, DX_SOP_CLASS_UID, write_cxr_dicom
+from medmm.io.dicom import DicomImage, read_dicom
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 
 

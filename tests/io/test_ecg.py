@@ -12,6 +12,7 @@ import wfdb
 from pydicom.data import get_testdata_file
 from scipy import signal as sps
 
+from medmm.demo.writers import write_wfdb
 from medmm.io.ecg import (
     STANDARD_LEADS,
     ECGRecord,
@@ -22,7 +23,6 @@ from medmm.io.ecg import (
     read_wfdb,
     resample_ecg,
     select_leads,
-    write_wfdb,
 )
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 

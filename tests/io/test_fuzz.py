@@ -28,11 +28,12 @@ import pytest
 import wfdb
 from pydicom.data import get_testdata_file
 
+from medmm.demo.writers import write_dicom_series, write_wfdb
 from medmm.io.dicom import read_dicom
-from medmm.io.ecg import STANDARD_LEADS, read_ecg, write_wfdb
+from medmm.io.ecg import STANDARD_LEADS, read_ecg
 from medmm.io.errors import MedmmInputError
 from medmm.io.guard import LIMIT_ENV
-from medmm.io.volume import read_dicom_series, read_nifti, write_dicom_series
+from medmm.io.volume import read_dicom_series, read_nifti
 
 N_CASES = 1000
 CPU_LIMIT_S = 1.0
@@ -356,7 +357,7 @@ def test_fuzz_dicom_series(tmp_path):
                 images.append(ds)
         shape = (int(images[0].Columns), int(images[0].Rows), len(images))
         if vol.array.shape != shape:
-            return f"array {vol.array.shape}, the {len(files)} files declare {shape}"
+            return f"array {vol.array.shape}, the {len(images)} images declare {shape}"
         if not np.all(np.isfinite(vol.array)) or abs(np.linalg.det(vol.affine[:3, :3])) < 1e-6:
             return "non-finite voxels or singular affine"
         return None

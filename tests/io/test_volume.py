@@ -9,8 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 
+from medmm.demo.writers import write_dicom_series
 from medmm.io.errors import MedmmInputError
-from medmm.io.volume import LPS_TO_RAS, Volume, read_dicom_series, read_nifti, write_dicom_series
+from medmm.io.volume import LPS_TO_RAS, Volume, read_dicom_series, read_nifti
 
 SHAPE = (20, 24, 16)
 SPACING = (0.8, 0.9, 2.5)

@@ -20,7 +20,8 @@ with warnings.catch_warnings():  # nibabel calls its DICOM wrappers experimental
     warnings.simplefilter("ignore")  # per-slice geometry used here is the basic part
     from nibabel.nicom import dicomwrappers
 
-from medmm.io.volume import LPS_TO_RAS, read_dicom_series, read_nifti, write_dicom_series
+from medmm.demo.writers import write_dicom_series
+from medmm.io.volume import LPS_TO_RAS, read_dicom_series, read_nifti
 
 
 def _monai_dicom(folder):

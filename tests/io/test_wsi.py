@@ -10,9 +10,10 @@ import tifffile
 from PIL import Image
 from skimage.data import immunohistochemistry
 
+from medmm.demo.writers import write_pyramidal_tiff
 from medmm.io import feature_bag, read_wsi
 from medmm.io.errors import CorruptFileError, InconsistentDataError
-from medmm.io.wsi import ColorTextureEncoder, write_pyramidal_tiff
+from medmm.io.wsi import ColorTextureEncoder
 
 MPP = 0.25  # a 40x scan
 

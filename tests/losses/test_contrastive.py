@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmm.losses.contrastive import LogitScale, info_nce, multi_modal_clip_loss, same_label_contrastive
+from medmm.losses.contrastive import (
+    LogitScale,
+    clip_loss,
+    label_aware_targets,
+    multi_modal_clip_loss,
+    same_label_contrastive,
+)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -32,21 +38,21 @@ def _numpy_loss(a: np.ndarray, b: np.ndarray, scale: float) -> float:
     return 0.5 * (ce(logits) + ce(logits.T))
 
 
-def test_info_nce_matches_hand_loop():
+def test_clip_loss_matches_hand_loop():
     a = _unit(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=torch.float64))
     b = _unit(torch.tensor([[0.9, 0.1], [0.5, 0.5], [-0.2, 1.0]], dtype=torch.float64))
     log_scale = torch.tensor(math.log(5.0))
-    got = info_nce(a, b, log_scale).item()
+    got = clip_loss(a, b, log_scale).item()
     assert got == pytest.approx(_loop_loss(a.tolist(), b.tolist(), 5.0), rel=1e-6)
 
 
-def test_info_nce_matches_numpy_and_is_symmetric():
+def test_clip_loss_matches_numpy_and_is_symmetric():
     g = torch.Generator().manual_seed(0)
     a, b = _unit(torch.randn(7, 4, generator=g)), _unit(torch.randn(7, 4, generator=g))
     scale = LogitScale()
-    got = info_nce(a, b, scale).item()
+    got = clip_loss(a, b, scale).item()
     assert got == pytest.approx(_numpy_loss(a.numpy(), b.numpy(), 1 / 0.07), rel=1e-5)
-    assert info_nce(b, a, scale).item() == pytest.approx(got, rel=1e-6)
+    assert clip_loss(b, a, scale).item() == pytest.approx(got, rel=1e-6)
 
 
 def test_logit_scale_init_and_clamp():
@@ -65,7 +71,7 @@ def test_optimizer_step_updates_temperature():
     opt = torch.optim.AdamW([*proj.parameters(), *scale.parameters()], lr=1e-2)
     x, y = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
     before = scale.log_scale.detach().clone()
-    loss = info_nce(_unit(proj(x)), _unit(proj(y)), scale)
+    loss = clip_loss(_unit(proj(x)), _unit(proj(y)), scale)
     loss.backward()
     assert scale.log_scale.grad is not None and scale.log_scale.grad.abs().item() > 0
     opt.step()
@@ -79,8 +85,8 @@ def test_valid_mask_drops_rows_and_columns():
     valid = torch.tensor([True, False, True, True, False, True])
     b_missing = b.clone()
     b_missing[~valid] = float("nan")  # garbage where the modality is missing
-    got = info_nce(a, b_missing, 2.0, valid)
-    want = info_nce(a[valid], b[valid], 2.0)
+    got = clip_loss(a, b_missing, 2.0, valid)
+    want = clip_loss(a[valid], b[valid], 2.0)
     assert torch.isfinite(got) and got.item() == pytest.approx(want.item(), rel=1e-6)
     got.backward()
     assert torch.all(a.grad[~valid] == 0) and a.grad[valid].abs().sum() > 0
@@ -92,7 +98,7 @@ def test_fewer_than_two_valid_pairs_gives_connected_zero(n_valid):
     b = torch.randn(4, 3, requires_grad=True)
     scale = LogitScale()
     valid = torch.arange(4) < n_valid
-    loss = info_nce(a, b, scale, valid)
+    loss = clip_loss(a, b, scale, valid)
     assert loss.item() == 0.0 and loss.grad_fn is not None
     loss.backward()
     assert scale.log_scale.grad is not None and a.grad is not None
@@ -108,7 +114,7 @@ def test_multi_modal_mean_sum_and_keys():
     pairs = [("text", "xray"), ("text", "ecg")]
     total, parts = multi_modal_clip_loss(emb, pairs, 1.5)
     assert set(parts) == {"text-xray", "text-ecg"}
-    tx, te = info_nce(emb["text"], emb["xray"], 1.5), info_nce(emb["text"], emb["ecg"], 1.5)
+    tx, te = clip_loss(emb["text"], emb["xray"], 1.5), clip_loss(emb["text"], emb["ecg"], 1.5)
     assert total.item() == pytest.approx((tx + te).item() / 2, rel=1e-6)
     summed, _ = multi_modal_clip_loss(emb, pairs, 1.5, reduction="sum")  # MoRE's form
     assert summed.item() == pytest.approx((tx + te).item(), rel=1e-6)
@@ -118,7 +124,7 @@ def test_multi_modal_presence_masks():
     emb = _batch()
     present = {"ecg": torch.tensor([1, 1, 0, 1, 0, 1], dtype=torch.bool)}
     total, parts = multi_modal_clip_loss(emb, [("text", "xray"), ("text", "ecg")], 1.0, present)
-    want_te = info_nce(emb["text"][present["ecg"]], emb["ecg"][present["ecg"]], 1.0)
+    want_te = clip_loss(emb["text"][present["ecg"]], emb["ecg"][present["ecg"]], 1.0)
     assert parts["text-ecg"].item() == pytest.approx(want_te.item(), rel=1e-6)
     assert total.item() == pytest.approx((parts["text-xray"] + want_te).item() / 2, rel=1e-6)
     # no ECG in the batch: the text-ecg pair is inactive and does not dilute the mean
@@ -136,17 +142,13 @@ def test_multi_modal_errors():
 
 
 def test_identity_targets_give_the_hard_loss():
-    from medmm.losses.contrastive import info_nce
-
     g = torch.Generator().manual_seed(0)
     a = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
     b = torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
-    torch.testing.assert_close(info_nce(a, b, 2.0, targets=torch.eye(6)), info_nce(a, b, 2.0))
+    torch.testing.assert_close(clip_loss(a, b, 2.0, targets=torch.eye(6)), clip_loss(a, b, 2.0))
 
 
 def test_label_aware_soft_targets_match_a_hand_computation():
-    from medmm.losses.contrastive import info_nce, label_aware_targets
-
     labels = torch.tensor([[0, 1], [0, 1], [1, 0]])
     t = label_aware_targets(labels, 0.5)
     expected = torch.tensor([[0.75, 0.25, 0.0], [0.25, 0.75, 0.0], [0.0, 0.0, 1.0]])
@@ -162,7 +164,7 @@ def test_label_aware_soft_targets_match_a_hand_computation():
             row = [logits[i][j] if direction == "rows" else logits[j][i] for j in range(3)]
             lse = math.log(sum(math.exp(x) for x in row))
             total += -sum(expected[i][j].item() * (row[j] - lse) for j in range(3)) / 3
-    torch.testing.assert_close(info_nce(a, b, scale, targets=t), torch.tensor(total / 2), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(clip_loss(a, b, scale, targets=t), torch.tensor(total / 2), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError):
         label_aware_targets(labels, 1.5)
 

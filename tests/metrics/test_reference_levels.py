@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from medmm.metrics.reference_levels import (
+    ReferenceModel,
     expected_topk,
+    levels_from_model,
     oracle_scores,
     reference_levels,
     zero_shot_reference_levels,
@@ -236,11 +238,49 @@ def test_contrastive_optimum_is_the_pair_likelihood_ranking():
     assert blind["contrastive_optimum"]["P@5"] == pytest.approx(blind["chance"]["P@5"])
     assert blind["oracle"]["P@5"] > blind["chance"]["P@5"] + 0.1
     # brute force: rank by the pair likelihood with random tie-breaking
-    from medmm.metrics.reference_levels import oracle_scores
-
     scores = oracle_scores(labels, [True, False], [True, True], "pair")
     rng = np.random.default_rng(0)
     mc = np.mean([retrieval_metrics(scores + rng.uniform(0, 1e-9, scores.shape), labels, labels)["P@5"]
                   for _ in range(3000)])
     got = reference_levels(labels, [True, False], [True, True])["contrastive_optimum"]["P@5"]
     assert got == pytest.approx(mc, abs=0.01)
+
+
+TOY_MODEL = ReferenceModel(findings=("a", "b", "c"), observable={"img": ("a",), "sig": ("b", "c"), "txt": ("a", "b", "c")},
+                           directions=(("img", "txt"), ("sig", "img")), zero_shot=("img",))
+
+
+def test_reference_model_round_trips_and_masks(tmp_path):
+    path = TOY_MODEL.save(tmp_path / "reference_model.json")
+    back = ReferenceModel.load(path)
+    assert back == TOY_MODEL
+    assert back.mask("sig").tolist() == [False, True, True]
+    assert back.directions == (("img", "txt"), ("sig", "img"))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"observable": {"img": ("z",)}}, "unknown finding"),
+    ({"directions": (("img", "ecg"),)}, "ecg"),
+    ({"zero_shot": ("ecg",)}, "ecg"),
+    ({"findings": ("a", "a", "b", "c")}, "repeated"),
+])
+def test_reference_model_rejects_what_it_does_not_know(change, words):
+    fields = {"findings": TOY_MODEL.findings, "observable": TOY_MODEL.observable,
+              "directions": TOY_MODEL.directions, "zero_shot": TOY_MODEL.zero_shot, **change}
+    with pytest.raises(ValueError, match=words):
+        ReferenceModel(**fields)
+    with pytest.raises(ValueError, match="not a reference model"):
+        ReferenceModel.from_dict({"findings": ["a"]})
+
+
+def test_levels_from_model_are_the_levels_of_each_direction():
+    labels = np.random.default_rng(3).integers(0, 2, (40, 3))
+    got = levels_from_model(labels, TOY_MODEL, ks=(1, 5), label_ks=(1, 5))
+    assert got["n_test_studies"] == 40
+    assert got["observable"] == {"img": ["a"], "sig": ["b", "c"], "txt": ["a", "b", "c"]}
+    assert list(got["retrieval"]) == ["img->txt", "sig->img"]
+    want = reference_levels(labels, [False, True, True], [True, False, False], ks=(1, 5), label_ks=(1, 5))
+    assert got["retrieval"]["sig->img"] == want
+    assert got["zero_shot"] == {"img": zero_shot_reference_levels(labels, [True, False, False], ["a", "b", "c"])}
+    with pytest.raises(ValueError, match="the model's findings"):
+        levels_from_model(labels[:, :2], TOY_MODEL)

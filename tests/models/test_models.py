@@ -1,14 +1,20 @@
-"""Registry-wide model tests (timm's pattern): every registered model builds from a tiny
-config, embeds a batch into unit vectors, and trains its temperature."""
+"""Registry-wide model tests (timm's pattern): every registered model builds from its tiny
+config, runs forward on its example batch with the expected output shapes and passes
+gradients back; then the specific tests of the contrastive model and its encoders."""
+
+import dataclasses
 
 import pytest
 import torch
 
 from medmm.config.core import build_config
-from medmm.models.encoders.text import MiniLMLoRATextEncoder, load_tokenizer, masked_mean
-from medmm.models.registry import create_model, list_models
+from medmm.data.tokenizer import load_tokenizer
+from medmm.losses import multi_modal_clip_loss
+from medmm.models import create_model, list_models, model_example, registered_model
+from medmm.models.encoders.text import MiniLMLoRATextEncoder, masked_mean
+from medmm.models.encoders.xray import XrayCNN
 from medmm.workflows.contrastive.config import PretrainConfig
-from tests.conftest import REPO, TINY_CONFIG
+from tests.conftest import TINY_CONFIG
 
 
 def tiny_cfg(*overrides):
@@ -24,24 +30,62 @@ def fake_batch(cfg, n=4):
             "report_ids": enc["input_ids"], "report_mask": enc["attention_mask"]}
 
 
-# Models with their own config schema and inputs (volumes; prompt-pool fusion) are walked
-# by their own tests; every other registered model embeds studies like "more".
-OWN_TESTS = {"segmenter": "tests/workflows/segment", "ptunifier": "tests/workflows/ptunifier"}
-CONTRASTIVE_MODELS = [n for n in list_models() if n not in OWN_TESTS]
+def output_tensors(out) -> dict[str, torch.Tensor]:
+    """The tensors of a model output: a tensor, a dict of tensors or a dataclass of them."""
+    if torch.is_tensor(out):
+        return {"output": out}
+    items = out.items() if isinstance(out, dict) else ((f.name, getattr(out, f.name)) for f in dataclasses.fields(out))
+    return {k: v for k, v in items if torch.is_tensor(v)}
 
 
-def test_models_outside_the_contrastive_walk_have_their_own_tests():
-    for name, folder in OWN_TESTS.items():
-        assert name in list_models(), name
-        assert any((REPO / folder).glob("test_*.py")), f"{name}: no tests in {folder}"
+def test_the_survival_models_are_registered():
+    assert {"cox", "deepsurv", "discrete_hazard", "cmta"} <= set(list_models())
 
 
-@pytest.mark.parametrize("name", CONTRASTIVE_MODELS)
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_runs_forward_and_backward_on_its_example(name):
+    example = model_example(name)
+    assert isinstance(example.config, registered_model(name).config)
+    torch.manual_seed(0)
+    model = create_model(name, example.config, **example.build_kwargs).train()
+    outputs = output_tensors(model(*example.inputs))
+    assert {k: tuple(outputs[k].shape) for k in example.output_shapes} == dict(example.output_shapes)
+    floats = [t for t in outputs.values() if t.is_floating_point()]
+    assert all(torch.isfinite(t).all() for t in floats)
+    g = torch.Generator().manual_seed(1)  # a random projection: no output is constant under it
+    sum((t.float() * torch.randn(t.shape, generator=g)).sum() for t in floats).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(grad).all() for grad in grads)
+    assert any(grad.abs().sum() > 0 for grad in grads)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_takes_its_config_as_a_dict(name):
+    example = model_example(name)
+    torch.manual_seed(0)
+    from_config = create_model(name, example.config, **example.build_kwargs)
+    torch.manual_seed(0)
+    from_dict = create_model(name, example.config.model_dump(), **example.build_kwargs)
+    assert from_config.state_dict().keys() == from_dict.state_dict().keys()
+    for key, value in from_config.state_dict().items():
+        torch.testing.assert_close(from_dict.state_dict()[key], value)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds_from_its_defaults(name):
+    assert isinstance(create_model(name), torch.nn.Module)
+
+
+def test_a_config_of_another_model_is_refused():
+    with pytest.raises(TypeError, match="takes a CoxConfig"):
+        create_model("cox", model_example("cmta").config)
+
+
 @pytest.mark.parametrize("xray", ["cnn", "vit"])
-def test_every_registered_model_embeds_to_unit_vectors(name, xray):
-    cfg = tiny_cfg(f"model.name={name}", f"model.xray.name={xray}", "model.xray.patch_size=16",
+def test_more_embeds_to_unit_vectors(xray):
+    cfg = tiny_cfg("model.name=more", f"model.xray.name={xray}", "model.xray.patch_size=16",
                    "model.xray.vit_dim=32", "model.xray.vit_depth=1", "model.xray.vit_heads=2")
-    model = create_model(name, cfg.model, image_size=cfg.data.image_size)
+    model = create_model("more", cfg.model, image_size=cfg.data.image_size)
     emb = model(fake_batch(cfg))
     assert set(emb) == {"xray", "ecg", "report"}
     for e in emb.values():
@@ -54,8 +98,6 @@ def test_every_registered_model_embeds_to_unit_vectors(name, xray):
 def test_xray_cnn_trains_in_channels_last_at_every_width(widths, size, bf16):
     """The CNN runs channels-last; some oneDNN kernels crash there (a 1x1 stride-2 conv on
     8 channels did), so forward and backward run at the widths configs use, in both precisions."""
-    from medmm.models.encoders.xray import XrayCNN
-
     torch.manual_seed(0)
     net = XrayCNN(widths).train()
     x = torch.randn(3, 1, size, size)
@@ -67,7 +109,7 @@ def test_xray_cnn_trains_in_channels_last_at_every_width(widths, size, bf16):
 
 
 def test_unknown_model_name_lists_registered():
-    with pytest.raises(KeyError, match="registered: more"):
+    with pytest.raises(KeyError, match=r"registered: .*\bmore\b"):
         create_model("nope", None)
 
 
@@ -190,8 +232,6 @@ def test_only_lora_and_heads_train_and_temperature_is_optimised():
     assert text_trainable and all("lora_" in n for n in text_trainable)
     assert all(".layer.5." in n for n in text_trainable)  # lora_layers: [5]
     assert "logit_scale.log_scale" in trainable
-    from medmm.losses.contrastive import multi_modal_clip_loss
-
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     before = model.logit_scale.log_scale.detach().clone()
     emb = model(fake_batch(cfg))

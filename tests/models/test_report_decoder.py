@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medmm.config.core import build_config
+from medmm.data.tokenizer import packaged_minilm_path
 from medmm.models.encoders.ecg import build_ecg_encoder
 from medmm.models.encoders.xray import build_xray_encoder
 from medmm.models.heads.report_decoder import DecoderConfig, ReportGenerator, decoder_config, xray_tokens
@@ -84,8 +85,6 @@ def test_greedy_equals_a_hand_argmax_loop_and_beam_is_at_least_as_likely():
 
 def test_minilm_initialised_decoder_keeps_the_pretrained_self_attention():
     from transformers import AutoModel
-
-    from medmm.models.encoders.text import packaged_minilm_path
 
     pcfg = build_config(PretrainConfig, TINY_CONFIG, [])
     gen = ReportGenerator.from_pretrained(

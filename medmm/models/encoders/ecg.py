@@ -21,8 +21,6 @@ class ECGEncoderConfig(StrictModel):
     dropout: float = Field(0.0, description="transformer dropout (off by default: on CPU its masks cost ~40% of the step)")
 
 
-
-
 class ECGConvTransformer(nn.Module):
     def __init__(self, cfg: ECGEncoderConfig, leads: int = 12, max_tokens: int = 512):
         super().__init__()

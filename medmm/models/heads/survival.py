@@ -1,9 +1,33 @@
-"""Survival heads over a feature vector: linear Cox, DeepSurv MLP, discrete-time hazards."""
+"""Survival heads over a feature vector: linear Cox, DeepSurv MLP, discrete-time hazards
+(registered as ``cox``, ``deepsurv`` and ``discrete_hazard``)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
+from pydantic import Field
 from torch import nn
+
+from medmm.config.core import StrictModel
+from medmm.models.registry import ModelExample, register_model
+
+
+class CoxConfig(StrictModel):
+    name: Literal["cox"] = Field("cox", description="registry name")
+
+
+class DeepSurvConfig(StrictModel):
+    name: Literal["deepsurv"] = Field("deepsurv", description="registry name")
+    hidden: list[int] = Field([32], description="hidden widths of the MLP")
+    dropout: float = 0.3
+
+
+class DiscreteHazardConfig(StrictModel):
+    name: Literal["discrete_hazard"] = Field("discrete_hazard", description="registry name")
+    hidden: list[int] = Field([32], description="hidden widths of the MLP")
+    dropout: float = 0.3
+    n_bins: int = Field(4, ge=1, description="time bins, one hazard logit each")
 
 
 def mlp(in_dim: int, hidden: list[int], out_dim: int, dropout: float) -> nn.Sequential:
@@ -63,3 +87,41 @@ def discrete_survival(logits: torch.Tensor) -> torch.Tensor:
 def discrete_risk(logits: torch.Tensor) -> torch.Tensor:
     """CMTA's risk score: minus the sum of the survival curve (higher = earlier death)."""
     return -discrete_survival(logits).sum(-1)
+
+
+EXAMPLE_ROWS, EXAMPLE_FEATURES = 5, 4
+
+
+def _example_features() -> torch.Tensor:
+    return torch.randn(EXAMPLE_ROWS, EXAMPLE_FEATURES, generator=torch.Generator().manual_seed(0))
+
+
+def tiny_cox() -> ModelExample:
+    return ModelExample(CoxConfig(), (_example_features(),), {"output": (EXAMPLE_ROWS,)},
+                        {"n_features": EXAMPLE_FEATURES})
+
+
+def tiny_deepsurv() -> ModelExample:
+    return ModelExample(DeepSurvConfig(hidden=[8]), (_example_features(),), {"output": (EXAMPLE_ROWS,)},
+                        {"n_features": EXAMPLE_FEATURES})
+
+
+def tiny_discrete_hazard() -> ModelExample:
+    cfg = DiscreteHazardConfig(hidden=[8], n_bins=3)
+    return ModelExample(cfg, (_example_features(),), {"output": (EXAMPLE_ROWS, cfg.n_bins)},
+                        {"n_features": EXAMPLE_FEATURES})
+
+
+@register_model("cox", config=CoxConfig, example=tiny_cox)
+def build_cox(cfg: CoxConfig, n_features: int = 16) -> CoxHead:
+    return CoxHead(n_features)
+
+
+@register_model("deepsurv", config=DeepSurvConfig, example=tiny_deepsurv)
+def build_deepsurv(cfg: DeepSurvConfig, n_features: int = 16) -> DeepSurv:
+    return DeepSurv(n_features, cfg.hidden, cfg.dropout)
+
+
+@register_model("discrete_hazard", config=DiscreteHazardConfig, example=tiny_discrete_hazard)
+def build_discrete_hazard(cfg: DiscreteHazardConfig, n_features: int = 16) -> DiscreteHazardHead:
+    return DiscreteHazardHead(n_features, cfg.hidden, cfg.dropout, cfg.n_bins)

@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.contrastive.run`` (defaults = configs/pretrain/default.yaml)."""
+"""Config of contrastive pretraining, ``python -m medmm.pipelines.pretrain`` (defaults = configs/pretrain/default.yaml)."""
 
 from __future__ import annotations
 
@@ -99,6 +99,8 @@ class EvalConfig(StrictModel):
 
 
 class PretrainConfig(StrictModel):
+    kind: Literal["contrastive"] = Field("contrastive", description="pretraining family: contrastive | ptunifier "
+                                         "(the pretrain command picks the schema by it)")
     seed: int = 0
     output_dir: Path = Field(Path("runs/pretrain"), description="checkpoints and local artifacts")
     model: ModelConfig = ModelConfig()

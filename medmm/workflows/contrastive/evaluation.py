@@ -1,10 +1,14 @@
 """Held-out evaluation of a contrastive model: retrieval in every direction between the
 modalities (exact pair R@k, label-match Hit@k / P@k) and zero-shot AUROC per finding
-from text prompts, each beside its chance and oracle level."""
+from text prompts, each beside its chance and oracle level where the cohort defines them
+(a synthetic cohort's ``reference_model.json`` / ``reference_levels.json``; a real
+cohort has none, and its rows show no chance or oracle)."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,12 +16,20 @@ import numpy as np
 import torch
 
 from medmm.data.prompts import ZERO_SHOT_PROMPTS
-from medmm.demo.generator import compute_reference_levels
 from medmm.io.findings import FINDINGS
+from medmm.losses.symile import clip_scores, symile_scores
+from medmm.metrics.candidates import candidate_accuracy
+from medmm.metrics.reference_levels import (
+    REFERENCE_LEVELS_FILE,
+    REFERENCE_MODEL_FILE,
+    ReferenceModel,
+    levels_from_model,
+)
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
 from medmm.retrieval.gallery_prior import fit_prior_correction
 from medmm.retrieval.memory_retrieval import PairedMemory, fit_memory_translation
+from medmm.workflows.pretrained import embed_loader, embed_texts
 
 
 @dataclass
@@ -29,39 +41,39 @@ class EvalResult:
     indices: np.ndarray | None = None
 
 
+# Retrieval directions evaluated (query -> candidate), in the order of the result rows.
+RETRIEVAL_DIRECTIONS = (("xray", "report"), ("ecg", "report"), ("report", "xray"), ("report", "ecg"),
+                        ("xray", "ecg"), ("ecg", "xray"))
+ZERO_SHOT_MODALITIES = ("xray", "ecg")
+
+
 def cohort_reference_levels(cohort_root: Path, test_labels: np.ndarray) -> dict:
-    """Chance / oracle levels of the evaluated test studies (the cohort's file when it
-    describes exactly these studies, else recomputed for the studies that were read)."""
-    path = cohort_root / "reference_levels.json"
-    if path.exists():
-        levels = json.loads(path.read_text())
-        if levels.get("n_test_studies") == len(test_labels):
-            return levels
-    return compute_reference_levels(test_labels.astype("int64"))
+    """Chance / oracle levels of the evaluated test studies, from the cohort's own files.
+
+    ``reference_levels.json`` when it describes as many test studies as were read;
+    otherwise the levels recomputed for these studies from ``reference_model.json`` (what
+    the cohort's ideal observer knows). ``{}`` (no levels) for a cohort with neither file,
+    a real cohort, and, with a one-line warning on stderr, for a cohort whose levels file
+    describes other studies and that has no reference model to recompute them.
+    """
+    levels_path, model_path = cohort_root / REFERENCE_LEVELS_FILE, cohort_root / REFERENCE_MODEL_FILE
+    levels = json.loads(levels_path.read_text()) if levels_path.exists() else None
+    if levels is not None and levels.get("n_test_studies") == len(test_labels):
+        return levels
+    if model_path.exists():
+        model = ReferenceModel.load(model_path)
+        if model.findings != FINDINGS:
+            raise ValueError(f"{model_path}: findings {list(model.findings)} are not the labels' {list(FINDINGS)}")
+        return levels_from_model(test_labels, model)
+    if levels is not None:
+        print(f"WARNING: {levels_path} describes {levels.get('n_test_studies')} test studies, not the "
+              f"{len(test_labels)} read, and there is no {REFERENCE_MODEL_FILE} to recompute them: "
+              "no chance / oracle levels", file=sys.stderr)
+    return {}
 
 
-@torch.no_grad()
-def embed_loader(model, loader, modalities: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    model.eval()
-    out: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
-    labels, indices = [], []
-    device = next(model.parameters()).device
-    for batch in loader:
-        batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        for m, e in model(batch, modalities).items():
-            out[m].append(e.float().cpu().numpy())
-        labels.append(batch["labels"].cpu().numpy())
-        indices.append(batch["index"].cpu().numpy())
-    return {m: np.concatenate(v) for m, v in out.items()}, np.concatenate(labels), np.concatenate(indices)
 
 
-@torch.no_grad()
-def embed_texts(model, tokenizer, texts: list[str], max_tokens: int) -> np.ndarray:
-    model.eval()
-    device = next(model.parameters()).device
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-    batch = {"report_ids": enc["input_ids"].to(device), "report_mask": enc["attention_mask"].to(device)}
-    return model.encode("report", batch).float().cpu().numpy()
 
 
 def prompt_embeddings(model, tokenizer, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
@@ -84,11 +96,6 @@ def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tup
     """Symile-MIMIC's task: which of k candidate X-rays belongs with a query made of two
     or more other modalities (e.g. ECG + labs); chance 1 / k. Symile scores a candidate
     with the product of the query representations, CLIP with the sum of dot products."""
-    import itertools
-
-    from medmm.losses.symile import clip_scores, symile_scores
-    from medmm.metrics.candidates import candidate_accuracy
-
     metrics, rows = {}, []
     others = [m for m in ("ecg", "labs", "report") if m in emb]
     if "xray" not in emb or len(emb["xray"]) < k:
@@ -107,10 +114,12 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
                          ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None,
                          memory_loader=None) -> EvalResult:
     """Evaluate on one split. ``reference`` is the cohort's chance / oracle levels
-    (``reference_levels.json``: ``retrieval[q->c][chance|oracle][metric]`` and
-    ``zero_shot[modality][chance|oracle][finding]``). With ``val_loader``, label-match
-    retrieval is also reported prior-corrected (:mod:`medmm.retrieval.gallery_prior`) and,
-    with ``memory_loader`` (the training split, unaugmented), memory-translated
+    (:func:`cohort_reference_levels`: ``retrieval[q->c][chance|oracle][metric]`` and
+    ``zero_shot[modality][chance|oracle][finding]``); a direction or modality it lacks
+    (all of them, for ``{}``) is evaluated with no chance / oracle beside it. With
+    ``val_loader``, label-match retrieval is also reported prior-corrected
+    (:mod:`medmm.retrieval.gallery_prior`) and, with ``memory_loader`` (the training
+    split, unaugmented), memory-translated
     (:mod:`medmm.retrieval.memory_retrieval`); each one's settings are chosen on validation,
     and a *val-chosen* row reports, per direction, the method (plain, prior-corrected or
     memory-translated; ``val_chosen_method`` 0 / 1 / 2) with the best validation score."""
@@ -121,10 +130,11 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
     logit_scale = float(model.logit_scale().detach().exp()) if hasattr(model, "logit_scale") else 1.0
     metrics: dict[str, float] = {}
     rows: list[dict] = []
-    for direction, levels in reference["retrieval"].items():
-        q, c = direction.split("->")
+    no_levels = {"chance": {}, "oracle": {}}
+    for q, c in RETRIEVAL_DIRECTIONS:
         if q not in emb or c not in emb:
             continue
+        levels = reference.get("retrieval", {}).get(f"{q}->{c}", no_levels)
         values = retrieval_metrics(emb[q] @ emb[c].T, labels, labels, ks=ks, label_ks=label_ks)
         values.pop("P@1", None)  # identical to Hit@1
         for name, value in values.items():
@@ -178,11 +188,11 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
     metrics.update(extra_metrics)
     rows.extend(extra_rows)
     pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
-    for modality in ("xray", "ecg"):
+    for modality in ZERO_SHOT_MODALITIES:
         if modality not in emb:
             continue
         auroc = per_finding_auroc(zero_shot_scores(emb[modality], pos, neg), labels, FINDINGS)
-        ref = reference["zero_shot"][modality]
+        ref = reference.get("zero_shot", {}).get(modality, no_levels)
         observable = reference.get("observable", {}).get(modality, [])
         planted = [f for f in FINDINGS if f in observable and auroc[f] is not None]
         for f in FINDINGS:
@@ -198,7 +208,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
 
 
 def format_table(rows: list[dict]) -> str:
-    """A fixed-width text table of the metrics beside chance and oracle."""
+    """A fixed-width text table of the metrics beside chance and oracle ("-" where undefined)."""
     def fmt(x):
         return "   -  " if x is None else f"{x:6.3f}"
 

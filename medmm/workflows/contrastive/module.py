@@ -9,7 +9,11 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss, same_label_contrastive
+from medmm.losses.contrastive import (
+    known_label_targets,
+    multi_modal_clip_loss,
+    same_label_contrastive,
+)
 from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss, world
 from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model

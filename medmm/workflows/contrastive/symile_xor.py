@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmm.losses.contrastive import info_nce
-from medmm.losses.symile import clip_scores, symile_loss, symile_scores
+from medmm.losses import clip_scores, multi_modal_clip_loss, symile_loss, symile_scores
 
 MISSING_PLACEHOLDER = 0.5
 
@@ -57,10 +56,6 @@ class LinearEncoders(nn.Module):
         return out
 
 
-def pairwise_clip_loss(reps: list[torch.Tensor], log_scale: torch.Tensor) -> torch.Tensor:
-    return torch.stack([info_nce(reps[i], reps[j], log_scale) for i, j in combinations(range(len(reps)), 2)]).mean()
-
-
 @dataclass
 class XorResult:
     loss: str
@@ -81,6 +76,8 @@ def run_xor(loss: Literal["symile", "clip"], *, n_vars: int = 3, missing: float 
     values, flags = xor_data(n_train, n_vars, g, missing)
     test_values, test_flags = xor_data(n_test, n_vars, g, 0.0)
     model = LinearEncoders(n_vars, dim, with_flags=missing > 0, log_scale_init=log_scale_init)
+    variables = [f"v{m + 1}" for m in range(n_vars)]
+    every_pair = list(combinations(variables, 2))  # CLIP's pairwise loss: the mean over all pairs
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     last = float("nan")
     for _ in range(epochs):
@@ -91,7 +88,7 @@ def run_xor(loss: Literal["symile", "clip"], *, n_vars: int = 3, missing: float 
             if loss == "symile":
                 value = symile_loss(reps, model.log_scale, negatives, g)
             else:
-                value = pairwise_clip_loss(reps, model.log_scale)
+                value, _ = multi_modal_clip_loss(dict(zip(variables, reps)), every_pair, model.log_scale)
             opt.zero_grad()
             value.backward()
             opt.step()

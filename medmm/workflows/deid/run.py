@@ -1,6 +1,4 @@
-"""``python -m medmm.workflows.deid.run``: de-identify a folder of DICOM files and report text.
-
-    MEDMM_DEID_KEY=<secret> python -m medmm.workflows.deid.run --in /data/raw --out /data/deid
+"""De-identification of a folder of DICOM files, reports and ECGs (``python -m medmm.pipelines.deid``).
 
 DICOM (recognised by content) per DICOM PS3.15 Annex E (medmm.cohort.deid_dicom);
 ``*.txt`` reports scrubbed (medmm.cohort.deid_text), with the cohort's own patient
@@ -18,7 +16,6 @@ when any file was refused or unreadable.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import hmac
 import json
@@ -27,7 +24,16 @@ import secrets
 import shutil
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+
+import pydicom
+
+from medmm.cohort.deid_dicom import DicomDeidentifier
+from medmm.cohort.deid_text import ReportScrubber
+from medmm.cohort.deid_wfdb import deidentify_header, signal_files
+from medmm.cohort.scan import looks_like_dicom
+from medmm.io.errors import CorruptFileError, MedmmInputError
 
 KEY_ENV = "MEDMM_DEID_KEY"
 AUDIT_NAME = "deid_audit.jsonl"
@@ -54,8 +60,6 @@ def _walk(root: Path):
 
 def collect_identifiers(dicom_files: list[Path]) -> tuple[set[str], set[str]]:
     """Person names and patient / accession IDs of the cohort (kept in memory only)."""
-    import pydicom
-
     names, ids = set(), set()
     for path in dicom_files:
         try:
@@ -73,17 +77,9 @@ def collect_identifiers(dicom_files: list[Path]) -> tuple[set[str], set[str]]:
 
 
 def deidentify_tree(src: Path, dst: Path, key: bytes, *, allow_burned_in: bool = False) -> dict:
-    import pydicom
-
-    from medmm.cohort.deid_dicom import DicomDeidentifier
-    from medmm.cohort.deid_text import ReportScrubber
-    from medmm.cohort.deid_wfdb import deidentify_header, signal_files
-    from medmm.cohort.scan import looks_like_dicom
-    from medmm.io.errors import CorruptFileError, MedmmInputError
-
     src, dst = src.resolve(), dst.resolve()
     if dst == src or src in dst.parents:
-        raise ValueError("--out must lie outside --in")
+        raise MedmmInputError(dst, "the output folder must lie outside the input folder")
     files = list(_walk(src))
     dicom = [p for p in files if looks_like_dicom(p)]
     dicom_set = set(dicom)
@@ -156,42 +152,41 @@ def deidentify_tree(src: Path, dst: Path, key: bytes, *, allow_burned_in: bool =
     return {"summary": dict(summary), "refused": refused}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medmm.workflows.deid.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--in", dest="src", type=Path, required=True, help="folder with DICOM files and reports")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (outside --in)")
-    parser.add_argument("--allow-burned-in", action="store_true",
-                        help="also de-identify images flagged BurnedInAnnotation=YES (their pixels may still show PHI)")
-    parser.add_argument("--key-file", type=Path, default=None,
-                        help=f"file holding the secret key (default: ${KEY_ENV}; else a random one-off key)")
-    args = parser.parse_args(argv)
-    if args.key_file:
-        key = args.key_file.read_bytes().strip()
-    elif os.environ.get(KEY_ENV):
-        key = os.environ[KEY_ENV].encode()
-    else:
-        key = secrets.token_bytes(32)
-        print(f"WARNING: no key (${KEY_ENV} or --key-file): a one-off random key is used, so pseudonyms, UIDs and "
-              "date shifts will differ from any other run", file=sys.stderr)
-    if not args.src.is_dir():
-        print(f"error: --in {args.src} is not a folder", file=sys.stderr)
-        return 2
-    try:
-        result = deidentify_tree(args.src, args.out, key, allow_burned_in=args.allow_burned_in)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("de-identified: " + ", ".join(f"{k} {v}" for k, v in sorted(result["summary"].items())) +
-          f"; audit log {args.out / AUDIT_NAME}")
+def secret_key(key_file: Path | None) -> bytes:
+    """The key of the pseudonyms: ``key_file``'s content, else ``$MEDMM_DEID_KEY``, else a
+    random one-off key (with a warning: its pseudonyms match no other run)."""
+    if key_file:
+        return key_file.read_bytes().strip()
+    if os.environ.get(KEY_ENV):
+        return os.environ[KEY_ENV].encode()
+    print(f"WARNING: no key (${KEY_ENV} or --key-file): a one-off random key is used, so pseudonyms, UIDs and "
+          "date shifts will differ from any other run", file=sys.stderr)
+    return secrets.token_bytes(32)
+
+
+@dataclass
+class DeidOutcome:
+    out: Path
+    summary_counts: dict[str, int]
+    refused: list[Path]  # input paths not written (burned-in annotation or unreadable)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.refused else 0
+
+    def __str__(self) -> str:  # what the command prints
+        return ("de-identified: " + ", ".join(f"{k} {v}" for k, v in sorted(self.summary_counts.items())) +
+                f"; audit log {self.out / AUDIT_NAME}")
+
+
+def run(src: Path, out: Path, key: bytes, *, allow_burned_in: bool = False) -> DeidOutcome:
+    """De-identify ``src`` into ``out``; the refused files are named on stderr."""
+    if not src.is_dir():
+        raise MedmmInputError(src, "the input (--in) is not a folder")
+    result = deidentify_tree(src, out, key, allow_burned_in=allow_burned_in)
     if result["refused"]:
         # The operator's own input paths, on the operator's console only (never in the audit log).
         print(f"{len(result['refused'])} file(s) not written (burned-in annotation or unreadable):", file=sys.stderr)
         for path in result["refused"]:
-            print(f"  {path.relative_to(args.src.resolve()) if path.is_absolute() else path}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+            print(f"  {path.relative_to(src.resolve()) if path.is_absolute() else path}", file=sys.stderr)
+    return DeidOutcome(out, result["summary"], result["refused"])

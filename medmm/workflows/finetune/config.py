@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.finetune.run`` (configs/finetune/<task>.yaml)."""
+"""Config of ``python -m medmm.pipelines.finetune`` (configs/finetune/<task>.yaml)."""
 
 from __future__ import annotations
 

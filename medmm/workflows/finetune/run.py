@@ -1,8 +1,5 @@
-"""``python -m medmm.workflows.finetune.run``: one downstream task from one pretrained
-checkpoint, evaluated on the cohort's held-out split and tracked in MLflow.
-
-    python -m medmm.workflows.finetune.run --config configs/finetune/image_classification.yaml \\
-        checkpoint=runs/ptunifier/<run id>/export data.label_fraction=0.01
+"""Fine-tuning run (``python -m medmm.pipelines.finetune``): one downstream task from one
+pretrained checkpoint, evaluated on the cohort's held-out split and tracked in MLflow.
 
 Tasks: image-only finding classification (PTUnifier: through pseudo-text prompts),
 text-only report classification, image-report retrieval both ways, and VQA with closed
@@ -13,19 +10,41 @@ the two families are compared on the tasks where both apply.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
+import lightning as L
+import mlflow
 import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from torch.utils.data import DataLoader
 
-from medmm.config.core import ConfigError, build_config, options_help
-from medmm.io.errors import MedmmInputError
+from medmm.config.core import ConfigError
+from medmm.data.config import DataConfig
+from medmm.data.datamodule import PretrainDataModule, StudyCollate, StudyDataset
+from medmm.data.vqa import ANSWERS, effusion_sides, study_questions, target_matrix
+from medmm.io.findings import FINDINGS
+from medmm.metrics.retrieval import retrieval_metrics
+from medmm.metrics.zeroshot import per_finding_auroc
+from medmm.tracking.figures import grouped_bars_figure
+from medmm.tracking.pipeline_run import (
+    finish,
+    lightning_logger,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    register_with_aliases,
+)
+from medmm.tracking.run_context import default_tracking_uri
 from medmm.workflows.finetune.config import FinetuneConfig
+from medmm.workflows.finetune.module import FinetuneTask, label_subset
+from medmm.workflows.finetune.served import log_finetuned_model
+from medmm.workflows.pretrained import Backbone, load_pretrained
 
 
 @dataclass
@@ -36,18 +55,16 @@ class FinetuneOutcome:
     family: str
     model_uri: str | None = None  # the registered fine-tuned model (tracking.register_model)
     version: str | None = None
+    task: str = ""
+    registered_name: str | None = None
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmm.workflows.finetune.run",
-        description="Fine-tune / evaluate a pretrained medmm model on a downstream task, tracked in MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config options (override any with key=value):\n" + "\n".join(options_help(FinetuneConfig)),
-    )
-    parser.add_argument("--config", type=Path, default=None, help="YAML config (configs/finetune/<task>.yaml)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. checkpoint=runs/.../export")
-    return parser.parse_intermixed_args(argv)
+    def __str__(self) -> str:  # what the command prints
+        lines = ["", f"{self.task} ({self.family} checkpoint), held-out split:", ""]
+        lines += [f"  {name:32s} {value:.3f}" for name, value in self.metrics.items()]
+        lines += ["", f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
+        if self.model_uri:
+            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
+        return "\n".join(lines)
 
 
 class QuestionCollate:
@@ -66,8 +83,6 @@ class QuestionCollate:
         self.studies.epoch = value
 
     def __call__(self, idx: list[int]) -> dict:
-        import torch
-
         qs = [self.questions[i] for i in idx]
         batch = self.studies([q.study for q in qs])
         ids = [self.tokens[q.text] for q in qs]
@@ -80,11 +95,6 @@ class QuestionCollate:
 
 
 def _vqa_data(dm, cfg: FinetuneConfig, tokenizer, indices: np.ndarray, train: bool, seed: int):
-    from torch.utils.data import DataLoader
-
-    from medmm.data.datamodule import StudyCollate, StudyDataset
-    from medmm.data.vqa import effusion_sides, study_questions, target_matrix
-
     sides = effusion_sides(dm.cohort.report_text[indices])
     questions = []
     rng = np.random.default_rng(seed)
@@ -99,18 +109,12 @@ def _vqa_data(dm, cfg: FinetuneConfig, tokenizer, indices: np.ndarray, train: bo
     studies = StudyCollate(StudyDataset(dm.cohort, indices, dm.token_ids, dm.token_len),
                            augment=train and cfg.data.augment, seed=seed)
     collate = QuestionCollate(studies, questions, tokens, target_matrix(questions))
-    import torch
 
     return DataLoader(list(range(len(questions))), batch_size=cfg.data.batch_size, shuffle=train, drop_last=False,
                       collate_fn=collate, generator=torch.Generator().manual_seed(seed) if train else None)
 
 
 def _study_loader(dm, cfg: FinetuneConfig, indices: np.ndarray, train: bool, seed: int):
-    import torch
-    from torch.utils.data import DataLoader
-
-    from medmm.data.datamodule import StudyCollate, StudyDataset
-
     ds = StudyDataset(dm.cohort, indices, dm.token_ids, dm.token_len)
     collate = StudyCollate(ds, augment=train and cfg.data.augment, seed=seed)
     # Retrieval trains on in-batch negatives: drop a last batch of one.
@@ -123,14 +127,6 @@ def evaluate(task, loader, cfg: FinetuneConfig) -> dict[str, float]:
     """Held-out metrics: macro / per-finding AUROC (classification), R@k and label P@k both
     ways (retrieval), accuracy and balanced accuracy of closed answers and AUROC of the
     findings named for "What is abnormal?" (VQA)."""
-    import torch
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
-
-    from medmm.data.vqa import ANSWERS
-    from medmm.io.findings import FINDINGS
-    from medmm.metrics.retrieval import retrieval_metrics
-    from medmm.metrics.zeroshot import per_finding_auroc
-
     task.eval()
     outs, targets, labels, kinds, imgs, txts = [], [], [], [], [], []
     with torch.no_grad():
@@ -178,34 +174,6 @@ def evaluate(task, loader, cfg: FinetuneConfig) -> dict[str, float]:
 def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    import lightning as L
-    import mlflow
-    import torch
-    from mlflow.tracking import MlflowClient
-
-    from medmm.data.config import DataConfig
-    from medmm.data.datamodule import PretrainDataModule
-    from medmm.models.encoders.text import load_tokenizer
-    from medmm.tracking.figures import grouped_bars_figure
-    from medmm.tracking.pipeline_run import (
-        finish,
-        lightning_logger,
-        log_context,
-        log_figure,
-        log_json,
-        log_metrics,
-        register_with_aliases,
-    )
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.finetune.module import (
-        Backbone,
-        FinetuneTask,
-        label_subset,
-        load_pretrained,
-        resolve_checkpoint,
-    )
-    from medmm.workflows.finetune.served import log_finetuned_model
-
     if cfg.checkpoint is None:
         raise ConfigError("checkpoint is required: checkpoint=<exported model folder or MLflow URI>")
     start = time.perf_counter()
@@ -214,8 +182,8 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
         torch.set_num_threads(cfg.threads)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
-    folder = resolve_checkpoint(cfg.checkpoint, tracking_uri)
-    family, model, pre = load_pretrained(folder)
+    pretrained = load_pretrained(cfg.checkpoint, kind=None, tracking_uri=tracking_uri)
+    family, model, pre, folder = pretrained.kind, pretrained.model, pretrained.config, pretrained.source
     if cfg.task == "vqa" and family != "ptunifier":
         raise ConfigError(f"task vqa needs a PTUnifier checkpoint; {folder} holds a {family!r} model")
     prompts_trainable = (cfg.prompts == "trained" if cfg.prompts != "checkpoint"
@@ -233,16 +201,12 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     test_idx = dm.cohort.indices("test")
     if d.max_test_studies is not None and d.max_test_studies < len(test_idx):
         test_idx = np.sort(np.random.default_rng(cfg.seed).choice(test_idx, d.max_test_studies, replace=False))
-    tokenizer = load_tokenizer(pre.model.text.model_path)
+    tokenizer = pretrained.tokenizer
     if cfg.task == "vqa":
-        from medmm.data.vqa import ANSWERS
-
         train_loader = _vqa_data(dm, cfg, tokenizer, train_idx, True, cfg.seed)
         test_loader = _vqa_data(dm, cfg, tokenizer, test_idx, False, cfg.seed)
         outputs = list(ANSWERS)
     else:
-        from medmm.io.findings import FINDINGS
-
         train_loader = _study_loader(dm, cfg, train_idx, True, cfg.seed)
         test_loader = _study_loader(dm, cfg, test_idx, False, cfg.seed)
         outputs = list(FINDINGS) if cfg.task != "retrieval" else []
@@ -276,32 +240,8 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
         model_uri = log_finetuned_model(run_id, task, cfg, pre, outputs, prompts_trainable)
         version = register_with_aliases(client, model_uri, registered_name(cfg), run_id, metric=None)
     finish(client, run_id)
-    return FinetuneOutcome(run_id, tracking_uri, metrics, family, model_uri, version)
+    return FinetuneOutcome(run_id, tracking_uri, metrics, family, model_uri, version, cfg.task, registered_name(cfg))
 
 
 def registered_name(cfg: FinetuneConfig) -> str:
     return cfg.tracking.registered_name or f"medmm-finetune-{cfg.task}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = build_config(FinetuneConfig, args.config, args.overrides)
-        outcome = run(cfg)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except MedmmInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\n{cfg.task} ({outcome.family} checkpoint), held-out split:\n")
-    for name, value in outcome.metrics.items():
-        print(f"  {name:32s} {value:.3f}")
-    print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
-    if outcome.model_uri:
-        print(f"Registered model: {registered_name(cfg)} version {outcome.version} ({outcome.model_uri})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,33 +11,31 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+import torch
+from safetensors.torch import load_file
 
-from medmm.tracking.pipeline_run import save_weights
-from medmm.workflows.contrastive.served import PIP_REQUIREMENTS as EMBEDDER_REQUIREMENTS
-
-
-def embedding_column(model_input, columns: tuple[str, ...]) -> str:
-    if model_input.shape[1] != 1 or str(model_input.columns[0]) not in columns:
-        raise ValueError(f"give one column per call: {' or '.join(columns)}")
-    return str(model_input.columns[0])
+from medmm.config.core import build_config, to_yaml
+from medmm.data.inputs import input_batch, one_input_column
+from medmm.data.tokenizer import load_tokenizer
+from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.workflows.finetune.config import FinetuneConfig
+from medmm.workflows.finetune.module import FinetuneTask
+from medmm.workflows.pretrained import (
+    PIP_REQUIREMENTS,
+    Backbone,
+    build_model,
+    read_pretrain_config,
+)
 
 
 class FinetunedModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from safetensors.torch import load_file
-
-        from medmm.config.core import build_config
-        from medmm.models.encoders.text import load_tokenizer
-        from medmm.models.registry import create_model
-        from medmm.workflows.finetune.config import FinetuneConfig
-        from medmm.workflows.finetune.module import Backbone, FinetuneTask, read_pretrain_config
-
         a = context.artifacts
         meta = json.loads(Path(a["meta"]).read_text())
         self.cfg = build_config(FinetuneConfig, a["finetune_config"])
         family, self.pre = read_pretrain_config(Path(a["pretrain_config"]))
-        backbone = Backbone(family, create_model(family, self.pre.model, image_size=self.pre.data.image_size),
-                            meta["itc_temperature"])
+        backbone = Backbone(family, build_model(family, self.pre), meta["itc_temperature"])
         self.task = FinetuneTask(self.cfg, backbone, meta["n_outputs"], meta["prompts_trainable"])
         self.task.load_state_dict(load_file(a["weights"]))
         self.task.eval()
@@ -45,15 +43,10 @@ class FinetunedModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(self.pre.model.text.model_path)
 
     def predict(self, context, model_input, params=None):
-        import pandas as pd
-        import torch
-
-        from medmm.workflows.contrastive.served import input_batch
-
         task = self.cfg.task
         with torch.no_grad():
             if task == "retrieval":
-                column = embedding_column(model_input, ("xray", "report"))
+                column = one_input_column(model_input, ("xray", "report"))
                 batch = input_batch(column, model_input[column].tolist(), self.pre, self.tokenizer)
                 return self.task.backbone.embed(column, batch).numpy()
             column = "report" if task == "text_classification" else "xray"
@@ -72,11 +65,8 @@ class FinetunedModel(mlflow.pyfunc.PythonModel):
 
 def log_finetuned_model(run_id: str, task, cfg, pretrain_config, outputs: list[str], prompts_trainable: bool) -> str:
     """Log a fine-tuned ``FinetuneTask`` (backbone + head) as the pyfunc ``model`` of ``run_id``.
-    The files are not named config.yaml / model.safetensors + config.yaml on purpose: the
-    finetune pipeline must not take a fine-tuned model for a pretraining checkpoint."""
-    from medmm.config.core import to_yaml
-    from medmm.tracking.pipeline_run import log_pyfunc
-
+    The files are not named model.safetensors + config.yaml on purpose: the finetune
+    pipeline must not take a fine-tuned model for a pretraining checkpoint."""
     meta = {"n_outputs": len(outputs) if task.head is not None else 0, "outputs": outputs,
             "prompts_trainable": prompts_trainable, "family": task.backbone.family,
             "itc_temperature": float(task.backbone.itc_temperature)}
@@ -89,4 +79,4 @@ def log_finetuned_model(run_id: str, task, cfg, pretrain_config, outputs: list[s
         return log_pyfunc(run_id, FinetunedModel(), {
             "weights": str(tmp / "finetuned.safetensors"), "finetune_config": str(tmp / "finetune_config.yaml"),
             "pretrain_config": str(tmp / "pretrain_config.yaml"), "meta": str(tmp / "finetune_meta.json")},
-            EMBEDDER_REQUIREMENTS)
+            PIP_REQUIREMENTS)

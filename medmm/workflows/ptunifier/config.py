@@ -1,4 +1,4 @@
-"""Config of PTUnifier pretraining (``model.name: ptunifier``; configs/pretrain/ptunifier.yaml).
+"""Config of PTUnifier pretraining (``kind: ptunifier``; configs/pretrain/ptunifier.yaml).
 
 The data, trainer and tracking sections are the contrastive pipeline's own; the model,
 loss and optimiser sections are PTUnifier's.
@@ -7,6 +7,7 @@ loss and optimiser sections are PTUnifier's.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -40,6 +41,8 @@ class PTUnifierOptimConfig(StrictModel):
 
 
 class PTUnifierPretrainConfig(StrictModel):
+    kind: Literal["ptunifier"] = Field("ptunifier", description="pretraining family: contrastive | ptunifier "
+                                       "(the pretrain command picks the schema by it)")
     seed: int = 0
     output_dir: Path = Field(Path("runs/ptunifier"), description="checkpoints and the exported model")
     model: PTUnifierModelConfig = PTUnifierModelConfig()

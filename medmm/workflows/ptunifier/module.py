@@ -12,11 +12,22 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from medmm.losses.ptunifier import itc_loss, itm_loss, mlm_loss, sample_hard_negatives, whole_word_mask, word_starts
+from medmm.data.tokenizer import load_tokenizer
+from medmm.losses.ptunifier import (
+    itc_loss,
+    itm_loss,
+    mlm_loss,
+    sample_hard_negatives,
+    whole_word_mask,
+    word_starts,
+)
 from medmm.models.registry import create_model
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.schedule import cosine_with_warmup
-from medmm.workflows.ptunifier.config import PTUnifierLossConfig, PTUnifierPretrainConfig
+from medmm.workflows.ptunifier.config import (
+    PTUnifierLossConfig,
+    PTUnifierPretrainConfig,
+)
 
 
 def _no_pad(x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +130,6 @@ def param_groups(model, lr: float, head_lr_mult: float, weight_decay: float) -> 
 class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
     def __init__(self, cfg: PTUnifierPretrainConfig):
         super().__init__()
-        from medmm.models.encoders.text import load_tokenizer
-
         self.cfg = cfg
         self.model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size)
         self.masker = MLMMasker(load_tokenizer(cfg.model.text.model_path), cfg.loss.mlm_probability)

@@ -1,9 +1,9 @@
-"""PTUnifier pretraining run: what ``python -m medmm.workflows.contrastive.run`` does when the
-config's ``model.name`` is ``ptunifier`` (the pretrain pipeline dispatches here).
+"""PTUnifier pretraining run (``python -m medmm.pipelines.ptunifier_pretrain``, or
+``python -m medmm.pipelines.pretrain`` with a ``kind: ptunifier`` config).
 
 Same cohort, DataModule, MLflow logging and checkpointing as the contrastive run; then
 the model is exported (safetensors + config.yaml, the input of
-``python -m medmm.workflows.finetune.run``) and evaluated zero-shot on the held-out split
+``python -m medmm.pipelines.finetune``) and evaluated zero-shot on the held-out split
 by ITC retrieval in both directions. The run leaves the shape of
 :mod:`medmm.tracking.pipeline_run` (tag ``medmm.pipeline=pretrain``); with
 ``tracking.register_model`` the export is registered as a pyfunc (``models:/<registered_name>@champion``
@@ -12,33 +12,48 @@ is a valid ``checkpoint=`` of the finetune pipeline).
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
 
+from medmm.data.datamodule import PretrainDataModule
+from medmm.metrics.retrieval import retrieval_metrics
+from medmm.tracking.figures import retrieval_examples_figure
+from medmm.tracking.pipeline_run import (
+    finish,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    register_with_aliases,
+)
+from medmm.training.lightning_run import (
+    PretrainOutcome,
+    checkpointing_trainer,
+    start_or_resume_run,
+)
+from medmm.workflows.pretrained import save_pretrained_folder
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+from medmm.workflows.ptunifier.module import PTUnifierPretrainTask, itc_embeddings
+from medmm.workflows.ptunifier.served import log_pretrained_embedder
 
 EXPORT_DIR = "export"
 
 
 def export_model(model, cfg, folder: Path) -> Path:
     """Weights as safetensors (never pickle) + the resolved config as YAML."""
-    from medmm.workflows.pretrained import save_pretrained_folder
-
     return save_pretrained_folder(model, cfg, folder)
 
 
 def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
     """Held-out retrieval from ITC embeddings: X-ray -> report and report -> X-ray. Returns
     (metrics, image embeddings, text embeddings, labels, cohort indices of the rows)."""
-    import torch
-
-    from medmm.metrics.retrieval import retrieval_metrics
-    from medmm.workflows.ptunifier.module import itc_embeddings
-
     model.eval()
     imgs, txts, labels, indices = [], [], [], []
     with torch.no_grad():
@@ -55,24 +70,9 @@ def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
     return metrics, img, txt, lab, np.concatenate(indices)
 
 
-def run(cfg: PTUnifierPretrainConfig, resume: bool = False):
+def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    from mlflow.tracking import MlflowClient
-
-    from medmm.data.datamodule import PretrainDataModule
-    from medmm.tracking.figures import retrieval_examples_figure
-    from medmm.tracking.pipeline_run import (
-        finish,
-        log_context,
-        log_figure,
-        log_json,
-        log_metrics,
-        register_with_aliases,
-    )
-    from medmm.workflows.contrastive.run import PretrainOutcome, _trainer, start_or_resume_run
-    from medmm.workflows.ptunifier.module import PTUnifierPretrainTask
-    from medmm.workflows.ptunifier.served import log_pretrained_embedder
-
     start = time.perf_counter()
     logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
     run_id = logger.run_id
@@ -89,7 +89,7 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False):
                                  **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
 
     task = PTUnifierPretrainTask(cfg)
-    trainer = _trainer(cfg, logger, run_dir / "checkpoints")
+    trainer = checkpointing_trainer(cfg, logger, run_dir / "checkpoints")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     train_s = time.perf_counter() - start - data_s
 
@@ -115,4 +115,5 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False):
     finish(client, run_id)
     table = "\n".join(f"{k:32s} {v:.3f}" for k, v in metrics.items())
     table += f"\n\nexported model: {export}\ntime: data {data_s:.0f} s, train {train_s:.0f} s, eval {eval_s:.0f} s"
-    return PretrainOutcome(run_id, tracking_uri, metrics, table, model_uri, len(dm.cohort.skipped))
+    return PretrainOutcome(run_id, tracking_uri, metrics, table, model_uri, len(dm.cohort.skipped),
+                           cfg.tracking.registered_name)

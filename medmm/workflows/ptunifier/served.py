@@ -9,38 +9,38 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+import torch
 
-from medmm.workflows.contrastive.served import PIP_REQUIREMENTS as EMBEDDER_REQUIREMENTS
-from medmm.workflows.finetune.served import embedding_column
+from medmm.data.inputs import input_batch, one_input_column
+from medmm.tracking.pipeline_run import log_pyfunc
+from medmm.workflows.pretrained import (
+    CONFIG,
+    PIP_REQUIREMENTS,
+    WEIGHTS,
+    load_pretrained_files,
+    save_pretrained_folder,
+)
+from medmm.workflows.ptunifier.module import itc_image_embeddings, itc_text_embeddings
 
 
 class PretrainedEmbedder(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from medmm.models.encoders.text import load_tokenizer
-        from medmm.workflows.finetune.module import Backbone, load_pretrained
-
-        family, model, self.cfg = load_pretrained(Path(context.artifacts["weights"]).parent)
-        self.backbone = Backbone(family, model).eval()
-        self.tokenizer = load_tokenizer(self.cfg.model.text.model_path)
+        a = context.artifacts
+        loaded = load_pretrained_files(Path(a["weights"]), Path(a["config"]), "ptunifier")
+        self.model, self.cfg, self.tokenizer = loaded.model, loaded.config, loaded.tokenizer
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        from medmm.workflows.contrastive.served import input_batch
-
-        column = embedding_column(model_input, ("xray", "report"))
+        column = one_input_column(model_input, ("xray", "report"))
         with torch.no_grad():
             batch = input_batch(column, model_input[column].tolist(), self.cfg, self.tokenizer)
-            return self.backbone.embed(column, batch).numpy()
+            if column == "xray":
+                return itc_image_embeddings(self.model, batch["xray"]).numpy()
+            return itc_text_embeddings(self.model, batch["report_ids"], batch["report_mask"]).numpy()
 
 
 def log_pretrained_embedder(run_id: str, model, config) -> str:
-    """Log a pretraining model (PTUnifier) as the pyfunc ``model`` of ``run_id``."""
-    from medmm.tracking.pipeline_run import log_pyfunc
-    from medmm.workflows.pretrained import save_pretrained_folder
-
+    """Log a PTUnifier pretraining model as the pyfunc ``model`` of ``run_id``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained_folder(model, config, Path(tmp))
-        return log_pyfunc(run_id, PretrainedEmbedder(), {"weights": str(folder / "model.safetensors"),
-                                                         "config": str(folder / "config.yaml")},
-                          EMBEDDER_REQUIREMENTS)
+        return log_pyfunc(run_id, PretrainedEmbedder(), {"weights": str(folder / WEIGHTS),
+                                                         "config": str(folder / CONFIG)}, PIP_REQUIREMENTS)

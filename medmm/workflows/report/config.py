@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.report.run`` (defaults = configs/report/default.yaml)."""
+"""Config of ``python -m medmm.pipelines.report`` (defaults = configs/report/default.yaml)."""
 
 from __future__ import annotations
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import html
 import textwrap
 
+from medmm.io.labeler import UNCERTAIN_POSITIVE, find_mentions, split_sentences
+from medmm.tracking.figures import grouped_bars_figure
+
 # agreed: in both reports; extra: only in the generated one; missed: only in the reference
 COLOURS = {"agreed": "#b7e4c7", "extra": "#f4a6a6", "missed": "#ffd58a", "negated": "#dddddd"}
 
@@ -13,8 +16,6 @@ COLOURS = {"agreed": "#b7e4c7", "extra": "#f4a6a6", "missed": "#ffd58a", "negate
 def finding_spans(text: str) -> list[tuple[str, int, int, str, bool]]:
     """(sentence, start, end, finding, positive) for every finding mention of ``text``;
     ``positive`` is False for a negated or discounted-uncertain mention."""
-    from medmm.io.labeler import UNCERTAIN_POSITIVE, find_mentions, split_sentences
-
     sentences = split_sentences(text)
     return [(sentences[m.sentence], m.start, m.end, m.finding,
              not m.negated and (not m.uncertain or m.finding in UNCERTAIN_POSITIVE)) for m in find_mentions(text)]
@@ -23,8 +24,6 @@ def finding_spans(text: str) -> list[tuple[str, int, int, str, bool]]:
 def highlight_html(text: str, other_positive: set[str], generated: bool) -> str:
     """HTML of ``text`` sentence by sentence with finding mentions marked: green when the
     other report has the finding too, red (generated only) / amber (missed), grey if negated."""
-    from medmm.io.labeler import split_sentences
-
     spans = finding_spans(text)
     out = []
     for sentence in split_sentences(text):
@@ -79,6 +78,4 @@ def examples_figure(examples: list[dict]):
 
 def metrics_figure(table: dict[str, dict[str, float]], metrics: tuple[str, ...]):
     """Grouped bars: one group per metric, one bar per system (model decodings, baselines)."""
-    from medmm.tracking.figures import grouped_bars_figure
-
     return grouped_bars_figure(table, metrics, "report generation on the held-out split")

@@ -1,8 +1,4 @@
-"""``python -m medmm.workflows.report.run``: report generation from a pretrained encoder.
-
-    python -m medmm.workflows.report.run train --config configs/report/default.yaml pretrained.source=models:/medmm-more@champion
-    python -m medmm.workflows.report.run evaluate --config ... [--model models:/medmm-report@champion]
-    python -m medmm.workflows.report.run generate --model models:/medmm-report@champion --xray study.dcm [--ecg ecg.hea] [--beams 3] [--json]
+"""Report generation from a pretrained encoder (``python -m medmm.pipelines.report``).
 
 ``train`` fits the decoder (and fine-tunes the encoders) on the train split, keeps the
 epoch with the lowest validation loss, scores it on the held-out split with greedy and
@@ -14,9 +10,7 @@ MLflow and registers the model. ``evaluate`` scores a registered model again;
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -24,13 +18,44 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import lightning as L
+import mlflow
 import numpy as np
+import pandas as pd
+import torch
+import transformers
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, Subset
 
-from medmm.config.core import ConfigError, build_config, options_help
+from medmm.config.core import ConfigError
+from medmm.data.datamodule import PretrainDataModule
 from medmm.io.errors import MedmmInputError
+from medmm.io.labeler import label_report
+from medmm.metrics.report_generation import report_generation_metrics
+from medmm.models.heads.report_decoder import ReportGenerator
+from medmm.tracking.pipeline_run import (
+    finish,
+    lightning_logger,
+    log_cohort_summary,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    register_with_aliases,
+    start_run,
+)
+from medmm.tracking.run_context import default_tracking_uri
+from medmm.workflows.pretrained import embed_texts, load_pretrained
 from medmm.workflows.report.config import ReportConfig
+from medmm.workflows.report.figures import examples_figure, metrics_figure
+from medmm.workflows.report.module import (
+    ReportGenerationTask,
+    generate_reports,
+    most_frequent_report,
+    nearest_report,
+)
+from medmm.workflows.report.served import log_report_model
 
-DEFAULT_CONFIG = Path("configs/report/default.yaml")
 HEADLINE = ("bleu1", "bleu4", "rouge_l", "cider", "ce_f1")
 METRIC_ORDER = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "ce_precision", "ce_recall", "ce_f1",
                 "ce_macro_f1")
@@ -44,30 +69,18 @@ class ReportOutcome:
     table: str
     model_uri: str | None
     version: str | None
+    split: str = "test"
+    registered_name: str | None = None
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmm.workflows.report.run",
-        description="Report generation (X-ray [+ ECG] -> report text), evaluated against baselines and tracked in MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config options (override any with key=value):\n" + "\n".join(options_help(ReportConfig)),
-    )
-    parser.add_argument("command", choices=("train", "evaluate", "generate"))
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    parser.add_argument("--model", help="report model URI for evaluate / generate "
-                                        "(default: models:/<tracking.registered_name>@champion)")
-    parser.add_argument("--xray", nargs="*", default=[], help="generate: DICOM radiograph(s)")
-    parser.add_argument("--ecg", nargs="*", default=[], help="generate: ECG record(s), one per X-ray")
-    parser.add_argument("--beams", type=int, default=None, help="generate: 1 = greedy, n = beam search")
-    parser.add_argument("--json", action="store_true", help="generate: JSON output for programs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_intermixed_args(argv)
+    def __str__(self) -> str:  # what the command prints
+        lines = ["", f"Report generation on the '{self.split}' split (held-out patients):", "", self.table, "",
+                 f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
+        if self.version:
+            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
+        return "\n".join(lines)
 
 
 def _data_module(cfg: ReportConfig, pretrain_cfg):
-    from medmm.data.datamodule import PretrainDataModule
-
     # The encoders were trained on inputs of the pretraining run's size and ECG rate.
     data = cfg.data.model_copy(update={"image_size": pretrain_cfg.data.image_size, "ecg_fs": pretrain_cfg.data.ecg_fs})
     dm = PretrainDataModule(data, max_tokens=cfg.decoder.max_tokens, seed=cfg.seed,
@@ -77,20 +90,12 @@ def _data_module(cfg: ReportConfig, pretrain_cfg):
 
 
 def _embed_texts(model, tokenizer, texts: list[str], max_tokens: int, chunk: int = 256) -> np.ndarray:
-    from medmm.workflows.contrastive.evaluation import embed_texts
-
     return np.concatenate([embed_texts(model, tokenizer, texts[i : i + chunk], max_tokens)
                            for i in range(0, len(texts), chunk)])
 
 
 def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -> tuple[dict, list[dict]]:
     """Metrics of the model (each decoding) and of both baselines on ``split``, and examples."""
-    from torch.utils.data import DataLoader, Subset
-
-    from medmm.io.labeler import label_report
-    from medmm.metrics.report_generation import report_generation_metrics
-    from medmm.workflows.report.module import generate_reports, most_frequent_report, nearest_report
-
     cohort, tok = dm.cohort, pretrained.tokenizer
     loader = dm.loader(split, batch_size=cfg.generation.batch_size)
     if cfg.eval.max_studies is not None and cfg.eval.max_studies < len(loader.dataset):
@@ -134,9 +139,6 @@ def format_metrics(metrics: dict[str, dict[str, float]]) -> str:
 
 
 def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) -> str:
-    from medmm.tracking.pipeline_run import log_figure, log_json, log_metrics
-    from medmm.workflows.report.figures import examples_figure, metrics_figure
-
     for system, values in metrics.items():
         log_metrics(client, run_id, values, prefix=f"{split}.{system}.")
     rows = [{"system": s, **v} for s, v in metrics.items()]
@@ -153,25 +155,6 @@ def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) ->
 def train(cfg: ReportConfig) -> ReportOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    import lightning as L
-    import torch
-    import transformers
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from medmm.models.heads.report_decoder import ReportGenerator
-    from medmm.tracking.pipeline_run import (
-        finish,
-        lightning_logger,
-        log_cohort_summary,
-        log_context,
-        log_metrics,
-        register_with_aliases,
-    )
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.pretrained import load_pretrained
-    from medmm.workflows.report.module import ReportGenerationTask
-    from medmm.workflows.report.served import log_report_model
-
     transformers.logging.set_verbosity_error()  # the decoder's new cross-attention weights are expected
     if cfg.pretrained.source is None:
         raise ConfigError("pretrained.source is required: an MLflow model URI or a folder of a pretraining model")
@@ -228,12 +211,11 @@ def train(cfg: ReportConfig) -> ReportOutcome:
         version = register_with_aliases(client, model_uri, cfg.tracking.registered_name, run_id, "best_val_loss",
                                         higher_is_better=False)
     finish(client, run_id)
-    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, version)
+    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, version, cfg.eval.split,
+                         cfg.tracking.registered_name)
 
 
 def _load_report_model(uri: str, tracking_uri: str | None):
-    import mlflow
-
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
     try:
@@ -244,10 +226,6 @@ def _load_report_model(uri: str, tracking_uri: str | None):
 
 def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
     """Score a registered report model (and the baselines) again on ``eval.split``, as a new run."""
-    from medmm.tracking.pipeline_run import finish, log_context, start_run
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.pretrained import load_pretrained
-
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     wrapper = _load_report_model(model_uri, tracking_uri).unwrap_python_model()
     source = cfg.pretrained.source
@@ -262,52 +240,22 @@ def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
     metrics, examples = evaluate_systems(cfg, wrapper.model, pretrained, dm, cfg.eval.split)
     table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split, log_text=True)
     finish(client, run_id)
-    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, None)
+    return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, None, cfg.eval.split,
+                         cfg.tracking.registered_name)
 
 
 def generate(model_uri: str, tracking_uri: str | None, xrays: list[str], ecgs: list[str], beams: int | None) -> list[dict]:
-    import pandas as pd
-
     if not xrays:
         raise ConfigError("generate: give at least one --xray file")
     if ecgs and len(ecgs) != len(xrays):
         raise ConfigError(f"generate: {len(ecgs)} --ecg files for {len(xrays)} --xray files")
-    model = _load_report_model(model_uri, tracking_uri)
+    model = _load_report_model(model_uri, tracking_uri or default_tracking_uri())
     frame = pd.DataFrame({"xray": xrays, **({"ecg": ecgs} if ecgs else {})})
     texts = model.predict(frame, params={"num_beams": beams} if beams else None)
     return [{"xray": x, **({"ecg": e} if ecgs else {}), "report": t}
             for x, e, t in zip(xrays, ecgs or [None] * len(xrays), texts)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = build_config(ReportConfig, args.config, args.overrides)
-        model_uri = args.model or f"models:/{cfg.tracking.registered_name}@champion"
-        if args.command == "generate":
-            from medmm.tracking.run_context import default_tracking_uri
-
-            rows = generate(model_uri, cfg.tracking.uri or default_tracking_uri(), args.xray, args.ecg, args.beams)
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                for row in rows:
-                    print(f"== {row['xray']}\n{row['report']}\n")
-            return 0
-        outcome = train(cfg) if args.command == "train" else evaluate(cfg, model_uri)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except MedmmInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"\nReport generation on the '{cfg.eval.split}' split (held-out patients):\n")
-    print(outcome.table)
-    print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
-    if outcome.version:
-        print(f"Registered model: {cfg.tracking.registered_name} version {outcome.version} ({outcome.model_uri})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def format_generated(rows: list[dict]) -> str:
+    """The generated reports, one block per X-ray."""
+    return "\n".join(f"== {row['xray']}\n{row['report']}\n" for row in rows)

@@ -14,17 +14,24 @@ import tempfile
 from pathlib import Path
 
 import mlflow
-import numpy as np
+from safetensors.torch import load_model, save_model
+from transformers import BertConfig
+
+from medmm.config.core import build_config, to_yaml
+from medmm.data.inputs import input_batch
+from medmm.data.tokenizer import load_tokenizer
+from medmm.models.encoders.ecg import build_ecg_encoder
+from medmm.models.encoders.xray import build_xray_encoder
+from medmm.models.heads.report_decoder import ReportGenerator
+from medmm.tracking.pipeline_run import log_pyfunc
+from medmm.workflows.pretrained import read_pretrain_config
+from medmm.workflows.report.config import ReportConfig
 
 PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "pydicom", "wfdb", "safetensors"]
 
 
 def build_generator(report_cfg, pretrain_cfg, bert_config):
     """A ReportGenerator skeleton (random weights) of the saved shapes."""
-    from medmm.models.encoders.ecg import build_ecg_encoder
-    from medmm.models.encoders.xray import build_xray_encoder
-    from medmm.models.heads.report_decoder import ReportGenerator
-
     xray = build_xray_encoder(pretrain_cfg.model.xray, pretrain_cfg.data.image_size)
     ecg = build_ecg_encoder(pretrain_cfg.model.ecg) if report_cfg.decoder.use_ecg else None
     return ReportGenerator(xray, ecg, bert_config)
@@ -32,17 +39,9 @@ def build_generator(report_cfg, pretrain_cfg, bert_config):
 
 class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from safetensors.torch import load_model
-        from transformers import BertConfig
-
-        from medmm.config.core import build_config
-        from medmm.models.encoders.text import load_tokenizer
-        from medmm.workflows.contrastive.config import PretrainConfig
-        from medmm.workflows.report.config import ReportConfig
-
         a = context.artifacts
         self.cfg = build_config(ReportConfig, a["report_config"])
-        self.pretrain_cfg = build_config(PretrainConfig, a["pretrain_config"])
+        _, self.pretrain_cfg = read_pretrain_config(Path(a["pretrain_config"]), "more")
         bert = BertConfig.from_dict(json.loads(Path(a["decoder_config"]).read_text()))
         self.model = build_generator(self.cfg, self.pretrain_cfg, bert)
         load_model(self.model, a["weights"])
@@ -50,20 +49,13 @@ class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(self.pretrain_cfg.model.text.model_path)
 
     def predict(self, context, model_input, params=None):
-        import torch
-
-        from medmm.data.augment import normalise_xray
-        from medmm.data.decoded_cohort import load_ecg_input, load_xray_input
-
         if "xray" not in model_input.columns:
             raise ValueError("the input needs an 'xray' column of DICOM paths")
-        size, fs = self.pretrain_cfg.data.image_size, self.pretrain_cfg.data.ecg_fs
-        batch = {"xray": normalise_xray(torch.from_numpy(np.stack([load_xray_input(p, size).astype(np.float32)
-                                                                   for p in model_input["xray"]])))}
+        batch = input_batch("xray", model_input["xray"].tolist(), self.pretrain_cfg, self.tokenizer)
         if self.cfg.decoder.use_ecg:
             if "ecg" not in model_input.columns:
                 raise ValueError("this model is conditioned on ECG too: give an 'ecg' column")
-            batch["ecg"] = torch.from_numpy(np.stack([load_ecg_input(p, fs) for p in model_input["ecg"]]).astype(np.float32))
+            batch.update(input_batch("ecg", model_input["ecg"].tolist(), self.pretrain_cfg, self.tokenizer))
         g = self.cfg.generation
         beams = int((params or {}).get("num_beams", g.beams[0]))
         ids = self.model.generate(batch, bos=self.tokenizer.cls_token_id, eos=self.tokenizer.sep_token_id,
@@ -74,21 +66,13 @@ class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
 
 def log_report_model(run_id: str, model, report_cfg, pretrain_cfg) -> str:
     """Log the generator as the pyfunc artifact ``model`` of ``run_id``; returns its URI."""
-    from safetensors.torch import save_model
-
-    from medmm.config.core import to_yaml
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_model(model, str(tmp / "model.safetensors"))  # handles the decoder's tied embeddings
         (tmp / "report_config.yaml").write_text(to_yaml(report_cfg))
         (tmp / "pretrain_config.yaml").write_text(to_yaml(pretrain_cfg))
         (tmp / "decoder_config.json").write_text(model.decoder.config.to_json_string())
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model", python_model=ReportGeneratorModel(), pip_requirements=PIP_REQUIREMENTS,
-                artifacts={"weights": str(tmp / "model.safetensors"), "report_config": str(tmp / "report_config.yaml"),
-                           "pretrain_config": str(tmp / "pretrain_config.yaml"),
-                           "decoder_config": str(tmp / "decoder_config.json")},
-            )
-    return info.model_uri
+        return log_pyfunc(run_id, ReportGeneratorModel(), {
+            "weights": str(tmp / "model.safetensors"), "report_config": str(tmp / "report_config.yaml"),
+            "pretrain_config": str(tmp / "pretrain_config.yaml"), "decoder_config": str(tmp / "decoder_config.json")},
+            PIP_REQUIREMENTS)

@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.retrieve.run`` (defaults = configs/retrieve/default.yaml)."""
+"""Config of ``python -m medmm.pipelines.retrieve`` (defaults = configs/retrieve/default.yaml)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,4 @@
-"""``python -m medmm.workflows.retrieve.run``: a persistent retrieval index of a cohort.
-
-    python -m medmm.workflows.retrieve.run build --config configs/retrieve/default.yaml
-    python -m medmm.workflows.retrieve.run query --xray study.dcm [-k 5] [--against report] [--json]
-    python -m medmm.workflows.retrieve.run query --ecg record.hea
-    python -m medmm.workflows.retrieve.run query --text "small left pleural effusion"
+"""A persistent retrieval index of a cohort (``python -m medmm.pipelines.retrieve``).
 
 ``build`` embeds every study of the cohort with a pretrained model and writes one FAISS
 index per modality, stamped with the weights' and the manifest's hashes, and logs the
@@ -14,21 +9,37 @@ another cohort is refused (exit code 2).
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
 
-from medmm.config.core import ConfigError, build_config, options_help
+from medmm.cohort.manifest import Manifest
+from medmm.config.core import ConfigError
+from medmm.data.datamodule import PretrainDataModule
+from medmm.data.inputs import input_batch
 from medmm.io.errors import MedmmInputError
+from medmm.io.findings import FINDINGS
+from medmm.metrics.retrieval import retrieval_metrics
+from medmm.retrieval.index import IndexParams, StudyIndex
+from medmm.tracking.pipeline_run import (
+    finish,
+    log_cohort_summary,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    start_run,
+)
+from medmm.tracking.run_context import default_tracking_uri
+from medmm.workflows.pretrained import embed_loader, load_pretrained
 from medmm.workflows.retrieve.config import RetrieveConfig
-
-DEFAULT_CONFIG = Path("configs/retrieve/default.yaml")
 
 
 @dataclass
@@ -38,31 +49,14 @@ class BuildOutcome:
     index_path: Path
     metrics: dict[str, float]
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmm.workflows.retrieve.run",
-        description="Build a persistent FAISS index of a cohort, or query it by X-ray, ECG or text.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config options (override any with key=value):\n" + "\n".join(options_help(RetrieveConfig)),
-    )
-    parser.add_argument("command", choices=("build", "query"))
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--xray", help="query: a DICOM radiograph")
-    group.add_argument("--ecg", help="query: an ECG record (WFDB .hea or DICOM waveform)")
-    group.add_argument("--text", help="query: free text")
-    parser.add_argument("-k", type=int, default=None, help="query: studies returned (default query.k)")
-    parser.add_argument("--against", choices=("xray", "ecg", "report"), default=None,
-                        help="query: modality index searched (default query.against)")
-    parser.add_argument("--json", action="store_true", help="query: JSON output for programs")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    return parser.parse_intermixed_args(argv)
+    def __str__(self) -> str:  # what the command prints
+        lines = [f"index of {int(self.metrics['index.n_studies'])} studies written to {self.index_path}"]
+        lines += [f"  {name}: {value:.4g}" for name, value in sorted(self.metrics.items())]
+        lines += [f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
+        return "\n".join(lines)
 
 
 def _params(cfg: RetrieveConfig):
-    from medmm.retrieval.index import IndexParams
-
     i = cfg.index
     return IndexParams(exact_max=i.exact_max, approximate=i.approximate, hnsw_m=i.hnsw_m,
                        hnsw_ef_construction=i.hnsw_ef_construction, hnsw_ef_search=i.hnsw_ef_search,
@@ -70,8 +64,6 @@ def _params(cfg: RetrieveConfig):
 
 
 def _load_model(cfg: RetrieveConfig, tracking_uri: str):
-    from medmm.workflows.pretrained import load_pretrained
-
     if not cfg.pretrained.source:
         raise ConfigError("pretrained.source is required: an MLflow model URI or a folder of a pretraining model")
     return load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
@@ -80,23 +72,6 @@ def _load_model(cfg: RetrieveConfig, tracking_uri: str):
 
 def build(cfg: RetrieveConfig) -> BuildOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import pandas as pd
-
-    from medmm.data.datamodule import PretrainDataModule
-    from medmm.metrics.retrieval import retrieval_metrics
-    from medmm.retrieval.index import StudyIndex
-    from medmm.tracking.pipeline_run import (
-        finish,
-        log_cohort_summary,
-        log_context,
-        log_figure,
-        log_json,
-        log_metrics,
-        start_run,
-    )
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.contrastive.evaluation import embed_loader
-
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = _load_model(cfg, tracking_uri)
     pcfg = pretrained.config
@@ -152,8 +127,6 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
 
 
 def _log_test_embeddings(client, run_id, embeddings, labels, rows) -> None:
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "test_embeddings.npz"
         np.savez(path, labels=labels, **{m: e[rows] for m, e in embeddings.items()})
@@ -162,13 +135,10 @@ def _log_test_embeddings(client, run_id, embeddings, labels, rows) -> None:
 
 def embedding_map_figure(vectors: np.ndarray, labels: np.ndarray, modality: str):
     """2-D PCA map of the test split's embeddings, one panel per finding (positive in colour)."""
-    import matplotlib
+    import matplotlib  # the non-interactive backend is chosen only where a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.decomposition import PCA
-
-    from medmm.io.findings import FINDINGS
 
     xy = PCA(n_components=2, random_state=0).fit_transform(vectors)
     cols = 3
@@ -189,13 +159,6 @@ def embedding_map_figure(vectors: np.ndarray, labels: np.ndarray, modality: str)
 
 def query(cfg: RetrieveConfig, kind: str, value: str, k: int, against: str) -> list[dict]:
     """Top-``k`` studies for one X-ray / ECG file or text."""
-    import torch
-
-    from medmm.cohort.manifest import Manifest
-    from medmm.retrieval.index import StudyIndex
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.contrastive.served import input_batch
-
     pretrained = _load_model(cfg, cfg.tracking.uri or default_tracking_uri())
     try:
         manifest_sha = Manifest.load(cfg.data.root).content_hash()
@@ -207,38 +170,3 @@ def query(cfg: RetrieveConfig, kind: str, value: str, k: int, against: str) -> l
     with torch.no_grad():
         emb = pretrained.model.encode(column, input_batch(column, [value], pretrained.config, pretrained.tokenizer))
     return index.search(emb.numpy(), against, k)[0]
-
-
-def main(argv: list[str] | None = None) -> int:
-    from medmm.retrieval.index import format_hits
-
-    args = parse_args(argv)
-    try:
-        cfg = build_config(RetrieveConfig, args.config, args.overrides)
-        if args.command == "build":
-            outcome = build(cfg)
-            print(f"index of {int(outcome.metrics['index.n_studies'])} studies written to {outcome.index_path}")
-            for name, value in sorted(outcome.metrics.items()):
-                print(f"  {name}: {value:.4g}")
-            print(f"MLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
-            return 0
-        given = [(k, v) for k, v in (("xray", args.xray), ("ecg", args.ecg), ("text", args.text)) if v]
-        if not given:
-            raise ConfigError("query: give one of --xray FILE, --ecg FILE or --text TEXT")
-        kind, value = given[0]
-        hits = query(cfg, kind, value, args.k or cfg.query.k, args.against or cfg.query.against)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    except MedmmInputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"query": {kind: value}, "against": args.against or cfg.query.against, "hits": hits}, indent=2))
-    else:
-        print(format_hits(hits))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

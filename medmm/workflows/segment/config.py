@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.segment.run`` (configs/segment/*.yaml)."""
+"""Config of ``python -m medmm.pipelines.segment`` (configs/segment/*.yaml)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""``python -m medmm.workflows.segment.run``: CT / MR segmentation, MulModSeg text-conditioned
+"""CT / MR segmentation run (``python -m medmm.pipelines.segment``): MulModSeg text-conditioned
 heads beside a plain head on the same backbone, tracked in MLflow.
-
-    python -m medmm.workflows.segment.run train --config configs/segment/phantoms.yaml trainer.max_steps=600
-    python -m medmm.workflows.segment.run infer --config configs/segment/phantoms.yaml \\
-        infer.run_id=<run> infer.modality=ct infer.inputs='[path/to/series_folder, scan.nii.gz]'
 
 ``train`` fits every variant of ``variants`` on the cohort's train split with the same
 seed, data stream and step budget, then scores the held-out test split (Dice / HD95 per
@@ -14,7 +10,6 @@ per input (NIfTI file or DICOM series folder), again with the input's affine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,10 +18,36 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from medmm.config.core import ConfigError, build_config, options_help, to_yaml
-from medmm.workflows.segment.config import SegmentConfig
+import mlflow
+import numpy as np
+import torch
+from monai.utils import set_determinism
 
-DEFAULT_CONFIG = Path("configs/segment/phantoms.yaml")
+from medmm.config.core import ConfigError
+from medmm.data.segmentation import load_volume_cohort, model_input, read_input_volume
+from medmm.io.errors import MedmmInputError
+from medmm.metrics.segmentation import POLICY, summarise
+from medmm.models.registry import create_model
+from medmm.tracking.figures import grouped_bars_figure
+from medmm.tracking.pipeline_run import (
+    finish,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    register_with_aliases,
+    save_weights,
+    start_run,
+)
+from medmm.tracking.run_context import default_tracking_uri, log_json_artifact
+from medmm.workflows.segment.config import SegmentConfig
+from medmm.workflows.segment.served import log_segmenter, segmenter_from_files
+from medmm.workflows.segment.training import (
+    evaluate_cases,
+    predict_volume,
+    save_mask,
+    train_variant,
+)
 
 
 @dataclass
@@ -37,19 +58,9 @@ class SegmentOutcome:
     table: str
     n_skipped: int
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmm.workflows.segment.run",
-        description="CT / MR segmentation (MulModSeg vs plain head), tracked in MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config options (override any with key=value):\n" + "\n".join(options_help(SegmentConfig)),
-    )
-    parser.add_argument("command", choices=["train", "infer"], help="train + evaluate, or predict masks")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
-                        help=f"YAML config (default: {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return parser.parse_intermixed_args(argv)
+    def __str__(self) -> str:  # what the command prints
+        return "\n".join(["", "Test split (held-out cases), Dice / HD95 per class:", "", self.table, "",
+                          f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"])
 
 
 def metric_key(*parts: str) -> str:
@@ -80,8 +91,6 @@ def format_table(summary: list[dict]) -> str:
 
 def with_means(summary: list[dict]) -> list[dict]:
     """Append per (variant, modality) the mean over classes (each class weighs the same)."""
-    import numpy as np
-
     out = list(summary)
     for variant in sorted({r["variant"] for r in summary}):
         for modality in sorted({r["modality"] for r in summary}):
@@ -97,36 +106,12 @@ def with_means(summary: list[dict]) -> list[dict]:
 
 
 def _seed(seed: int) -> None:
-    import torch
-    from monai.utils import set_determinism
-
     torch.manual_seed(seed)
     set_determinism(seed=seed)
 
 
 def train(cfg: SegmentConfig) -> SegmentOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import numpy as np
-    import torch
-
-    from medmm.data.segmentation import load_volume_cohort
-    from medmm.metrics.segmentation import POLICY, summarise
-    from medmm.models.registry import create_model
-    from medmm.tracking.figures import grouped_bars_figure
-    from medmm.tracking.pipeline_run import (
-        finish,
-        log_context,
-        log_figure,
-        log_json,
-        log_metrics,
-        register_with_aliases,
-        save_weights,
-        start_run,
-    )
-    from medmm.tracking.run_context import log_json_artifact
-    from medmm.workflows.segment.served import log_segmenter
-    from medmm.workflows.segment.training import evaluate_cases, train_variant
-
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
@@ -199,26 +184,9 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     return SegmentOutcome(run_id, tracking_uri, summary, table, len(cohort.skipped))
 
 
-def segmenter_from_files(config_path: Path, labels_path: Path, weights_path: Path, variant: str):
-    """-> (model in eval mode, its training config, class names) from a trained variant's files
-    (safetensors weights; the frozen text embeddings travel inside them)."""
-    from safetensors.torch import load_file
-
-    from medmm.models.registry import create_model
-
-    cfg = build_config(SegmentConfig, config_path)
-    classes = json.loads(Path(labels_path).read_text())["classes"]
-    state = load_file(str(weights_path))
-    model = create_model(cfg.model.name, cfg.model, class_names=classes, conditioning=variant,
-                         text_embeddings=state.get("head.text_embeddings"))
-    model.load_state_dict(state)
-    return model.eval(), cfg, classes
-
 
 def load_trained(run_id: str, variant: str, tracking_uri: str):
     """-> (model in eval mode, its training config, class names) from a run's artifacts."""
-    import mlflow
-
     mlflow.set_tracking_uri(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="run/config.yaml", dst_path=tmp)
@@ -240,11 +208,6 @@ def mask_name(path: Path) -> str:
 
 
 def infer(cfg: SegmentConfig) -> list[Path]:
-    from medmm.data.segmentation import model_input, read_input_volume
-    from medmm.io.errors import MedmmInputError
-    from medmm.tracking.run_context import default_tracking_uri
-    from medmm.workflows.segment.training import predict_volume, save_mask
-
     if not cfg.infer.run_id:
         raise ConfigError("infer needs infer.run_id=<MLflow run of a train command>")
     if not cfg.infer.inputs:
@@ -262,31 +225,3 @@ def infer(cfg: SegmentConfig) -> list[Path]:
                               train_cfg.data.roi, train_cfg.trainer.sw_batch_size, train_cfg.trainer.sw_overlap)
         written.append(save_mask(pred, volume.affine, Path(cfg.infer.output_dir) / mask_name(path)))
     return written
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = build_config(SegmentConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    print(to_yaml(cfg))
-    try:
-        if args.command == "train":
-            outcome = train(cfg)
-        else:
-            for p in infer(cfg):
-                print(f"mask: {p}")
-            return 0
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\nTest split (held-out cases), Dice / HD95 per class:\n")
-    print(outcome.table)
-    print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

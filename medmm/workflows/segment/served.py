@@ -9,26 +9,39 @@ import tempfile
 from pathlib import Path
 
 import mlflow
+from safetensors.torch import load_file
 
-from medmm.tracking.pipeline_run import save_weights
+from medmm.config.core import build_config, to_yaml
+from medmm.data.segmentation import model_input as to_model_input
+from medmm.data.segmentation import read_input_volume
+from medmm.models.registry import create_model
+from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.workflows.segment.config import SegmentConfig
+from medmm.workflows.segment.training import predict_volume
 
 SEGMENT_REQUIREMENTS = ["medmm", "torch", "monai", "nibabel", "pydicom", "safetensors"]
 
 
+def segmenter_from_files(config_path: Path, labels_path: Path, weights_path: Path, variant: str):
+    """-> (model in eval mode, its training config, class names) from a trained variant's files
+    (safetensors weights; the frozen text embeddings travel inside them)."""
+    cfg = build_config(SegmentConfig, config_path)
+    classes = json.loads(Path(labels_path).read_text())["classes"]
+    state = load_file(str(weights_path))
+    model = create_model(cfg.model.name, cfg.model, class_names=classes, conditioning=variant,
+                         text_embeddings=state.get("head.text_embeddings"))
+    model.load_state_dict(state)
+    return model.eval(), cfg, classes
+
+
 class SegmenterModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from medmm.workflows.segment.run import segmenter_from_files
-
         a = context.artifacts
         self.variant = json.loads(Path(a["meta"]).read_text())["variant"]
         self.model, self.cfg, self.classes = segmenter_from_files(Path(a["config"]), Path(a["labels"]),
                                                                   Path(a["weights"]), self.variant)
 
     def predict(self, context, model_input, params=None):
-        from medmm.data.segmentation import model_input as to_model_input
-        from medmm.data.segmentation import read_input_volume
-        from medmm.workflows.segment.training import predict_volume
-
         if "image" not in model_input.columns:
             raise ValueError("the input needs an 'image' column: NIfTI files or DICOM series folders")
         modalities = model_input["modality"] if "modality" in model_input.columns else ["ct"] * len(model_input)
@@ -42,9 +55,6 @@ class SegmenterModel(mlflow.pyfunc.PythonModel):
 
 
 def log_segmenter(run_id: str, model, cfg, labels: dict, variant: str) -> str:
-    from medmm.config.core import to_yaml
-    from medmm.tracking.pipeline_run import log_pyfunc
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_weights(model, tmp / f"{variant}.safetensors")

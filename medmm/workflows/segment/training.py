@@ -3,32 +3,30 @@ the plain head), with MulModSeg's alternating CT / MR optimiser steps."""
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medmm.data.segmentation import VolumeCase, VolumeCohort, alternating_batches, patch_loader
+from medmm.data.segmentation import (
+    VolumeCase,
+    VolumeCohort,
+    alternating_batches,
+    patch_loader,
+)
+from medmm.losses.segmentation import dice_ce_loss
 from medmm.metrics.segmentation import per_class_scores
 from medmm.models.segmentation import MODALITY_INDEX
-
-
-def warmup_cosine(step: int, total: int, warmup_fraction: float) -> float:
-    warm = max(1, int(round(warmup_fraction * total)))
-    if step < warm:
-        return (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+from medmm.training.schedule import cosine_with_warmup
 
 
 def build_optimizer(model, optim_cfg, total_steps: int):
     # Only trainable parameters: the frozen text embeddings are a buffer, never optimised.
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: warmup_cosine(s, total_steps, optim_cfg.warmup_fraction))
+    warmup = max(1, round(optim_cfg.warmup_fraction * total_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, warmup, 0.0))
     return opt, sched
 
 
@@ -56,8 +54,6 @@ def train_steps(model, loaders: dict, loss_fn, opt, sched, n_steps: int, clip: f
 
 
 def train_variant(model, cohort: VolumeCohort, cfg, on_step=None) -> dict:
-    from medmm.losses.segmentation import dice_ce_loss
-
     loaders = {}
     for i, m in enumerate(cfg.data.modalities):
         cases = cohort.select("train", m)

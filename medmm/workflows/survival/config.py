@@ -1,4 +1,4 @@
-"""Config of ``python -m medmm.workflows.survival.run`` (see configs/survival/*.yaml)."""
+"""Config of ``python -m medmm.pipelines.survival`` (see configs/survival/*.yaml)."""
 
 from __future__ import annotations
 

@@ -24,9 +24,11 @@ import torch
 
 from medmm.data.survival import Standardizer, SurvivalData
 from medmm.data.survival_bins import discrete_survival_at, quantile_bins, time_to_bin
-from medmm.losses.survival import alignment_l1, cox_partial_nll, discrete_time_nll
+from medmm.losses import alignment_l1, cox_partial_nll, discrete_time_nll
+from medmm.metrics.survival import harrell_c, structured
+from medmm.models import create_model
 from medmm.models.cmta import CMTA
-from medmm.models.heads.survival import CoxHead, DeepSurv, DiscreteHazardHead, discrete_risk, discrete_survival
+from medmm.models.heads.survival import discrete_risk, discrete_survival
 from medmm.workflows.survival.config import SurvivalConfig
 
 
@@ -114,18 +116,25 @@ def model_dims(data: SurvivalData) -> dict:
             "group_sizes": [int(g.shape[1]) for g in data.groups.values()] if data.bags is not None else None}
 
 
+# The registered model behind each torch model of the workflow; CMTA's comparison models
+# are its ``fusion`` setting.
+REGISTERED_MODEL = {"cox": "cox", "deepsurv": "deepsurv", "discrete": "discrete_hazard", "cmta": "cmta",
+                    "concat": "cmta", "pathology": "cmta", "genomics": "cmta"}
+
+
 def build_torch_model(name: str, cfg: SurvivalConfig, n_features: int, tile_dim: int | None = None,
                       group_sizes: list[int] | None = None) -> torch.nn.Module:
+    """The registered model of the workflow's model ``name``, configured from ``cfg.train``."""
     t = cfg.train
-    if name == "cox":
-        return CoxHead(n_features)
-    if name == "deepsurv":
-        return DeepSurv(n_features, t.hidden, t.dropout)
-    if name == "discrete":
-        return DiscreteHazardHead(n_features, t.hidden, t.dropout, t.n_bins)
-    if tile_dim is None or group_sizes is None:
-        raise ValueError(f"{name} needs tile features and gene groups")
-    return CMTA(tile_dim, group_sizes, dim=t.dim, heads=t.heads, dropout=t.dropout, n_bins=t.n_bins, fusion=name)
+    registered = REGISTERED_MODEL[name]
+    if registered == "cmta":
+        if tile_dim is None or group_sizes is None:
+            raise ValueError(f"{name} needs tile features and gene groups")
+        return create_model(registered, {"fusion": name, "dim": t.dim, "heads": t.heads, "dropout": t.dropout,
+                                         "n_bins": t.n_bins}, tile_dim=tile_dim, group_sizes=group_sizes)
+    settings = {"cox": {}, "deepsurv": {"hidden": t.hidden, "dropout": t.dropout},
+                "discrete_hazard": {"hidden": t.hidden, "dropout": t.dropout, "n_bins": t.n_bins}}
+    return create_model(registered, settings[registered], n_features=n_features)
 
 
 def _forward(model, inputs: _Inputs, rows: np.ndarray, rng) -> dict[str, torch.Tensor]:
@@ -213,8 +222,6 @@ def fit_predict_baseline(name: str, data: SurvivalData, split: Split, cfg: Survi
                          times: np.ndarray) -> Prediction:
     from sksurv.ensemble import RandomSurvivalForest
 
-    from medmm.metrics.survival import structured
-
     train_all = split.train_all  # baselines select on inner folds of the same training patients
     scaler = Standardizer().fit(data.x[train_all])
     x_train, x_test = scaler.transform(data.x[train_all]), scaler.transform(data.x[split.test])
@@ -240,8 +247,6 @@ def _coxnet_inner_cv(x: np.ndarray, y: np.ndarray, cfg: SurvivalConfig):
     averaged over folds; one regularisation path per fold), then a refit on all of them."""
     from sklearn.model_selection import StratifiedKFold
     from sksurv.linear_model import CoxnetSurvivalAnalysis
-
-    from medmm.metrics.survival import harrell_c
 
     b = cfg.baselines
     make = lambda **kw: CoxnetSurvivalAnalysis(l1_ratio=b.coxnet_l1_ratio, **kw)  # noqa: E731

@@ -1,8 +1,5 @@
-"""``python -m medmm.workflows.survival.run``: survival models and baselines trained on the same
-patient-level splits, scored on a held-out test split, tracked in MLflow.
-
-    python -m medmm.workflows.survival.run --config configs/survival/breast_cancer.yaml
-    python -m medmm.workflows.survival.run --config configs/survival/demo_pathology.yaml eval.n_bootstrap=500
+"""Survival run (``python -m medmm.pipelines.survival``): survival models and baselines trained
+on the same patient-level splits, scored on a held-out test split, tracked in MLflow.
 
 Per model: Harrell's and Uno's c-index, integrated Brier score, mean time-dependent AUC
 (scikit-survival) with percentile-bootstrap CIs over test patients; a Kaplan-Meier figure
@@ -12,21 +9,42 @@ test-patient predictions (row numbers only, no identifiers) for the notebook.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import tempfile
 import time as clock
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import torch
 
-from medmm.config.core import ConfigError, build_config, options_help
-from medmm.io.errors import MedmmInputError
+from medmm.data.survival import load_bundled, load_pathology_cohort
+from medmm.metrics.survival import (
+    bootstrap_ci,
+    evaluation_times,
+    kaplan_meier_figure,
+    risk_groups,
+    structured,
+    survival_scores,
+)
+from medmm.tracking.pipeline_run import (
+    finish,
+    log_context,
+    log_figure,
+    log_json,
+    log_metrics,
+    register_with_aliases,
+    start_run,
+)
 from medmm.workflows.survival.config import BASELINES, SurvivalConfig
+from medmm.workflows.survival.fit import (
+    fit_predict_baseline,
+    fit_predict_torch,
+    make_split,
+)
+from medmm.workflows.survival.served import log_survival_model
 
-DEFAULT_CONFIG = Path("configs/survival/breast_cancer.yaml")
 METRICS = ("harrell_c", "uno_c", "ibs", "mean_auc")
 
 
@@ -38,24 +56,17 @@ class SurvivalOutcome:
     table: str
     model_uri: str | None = None  # the registered model (tracking.register_model)
     version: str | None = None
+    registered_name: str | None = None
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m medmm.workflows.survival.run",
-        description="Survival heads, CMTA and scikit-survival baselines on one held-out split, tracked in MLflow.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config options (override any with key=value):\n" + "\n".join(options_help(SurvivalConfig)),
-    )
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None,
-                        help=f"YAML config (default: {DEFAULT_CONFIG})")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. eval.n_bootstrap=50")
-    return parser.parse_intermixed_args(argv)
+    def __str__(self) -> str:  # what the command prints
+        lines = ["", "Held-out test split:", "", self.table, "",
+                 f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
+        if self.model_uri:
+            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
+        return "\n".join(lines)
 
 
 def load_data(cfg: SurvivalConfig):
-    from medmm.data.survival import load_bundled, load_pathology_cohort
-
     if cfg.data.dataset == "pathology":
         return load_pathology_cohort(cfg.data.root, Path(cfg.output_dir) / "bag_cache", cfg.data.magnification,
                                      cfg.data.tile_size, cfg.data.max_tiles, cfg.seed, cfg.data.max_rows)
@@ -79,29 +90,6 @@ def format_table(results: dict[str, dict[str, float]], level: float) -> str:
 
 def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import pandas as pd
-    import torch
-
-    from medmm.metrics.survival import (
-        bootstrap_ci,
-        evaluation_times,
-        kaplan_meier_figure,
-        risk_groups,
-        structured,
-        survival_scores,
-    )
-    from medmm.tracking.pipeline_run import (
-        finish,
-        log_context,
-        log_figure,
-        log_json,
-        log_metrics,
-        register_with_aliases,
-        start_run,
-    )
-    from medmm.workflows.survival.fit import fit_predict_baseline, fit_predict_torch, make_split
-    from medmm.workflows.survival.served import log_survival_model
-
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
@@ -176,33 +164,11 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
         log_metrics(client, run_id, {"best_val_loss": registered.info["val_loss"]})
         model_uri = log_survival_model(run_id, to_register, registered.model, cfg, registered.preprocess,
                                        {"feature_names": list(data.feature_names), "dims": registered.dims})
-        version = register_with_aliases(client, model_uri, cfg.tracking.registered_name or
-                                        f"medmm-survival-{to_register}", run_id, "best_val_loss",
+        version = register_with_aliases(client, model_uri, registered_name(cfg), run_id, "best_val_loss",
                                         higher_is_better=False)
     finish(client, run_id)
-    return SurvivalOutcome(run_id, tracking_uri, results, table, model_uri, version)
+    return SurvivalOutcome(run_id, tracking_uri, results, table, model_uri, version, registered_name(cfg))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = build_config(SurvivalConfig, args.config, args.overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        outcome = run(cfg)
-    except (ConfigError, MedmmInputError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("\nHeld-out test split:\n")
-    print(outcome.table)
-    print(f"\nMLflow run id: {outcome.run_id}\nTracking store: {outcome.tracking_uri}")
-    if outcome.model_uri:
-        name = cfg.tracking.registered_name or f"medmm-survival-{cfg.model_to_register()}"
-        print(f"Registered model: {name} version {outcome.version} ({outcome.model_uri})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def registered_name(cfg: SurvivalConfig) -> str:
+    return cfg.tracking.registered_name or f"medmm-survival-{cfg.model_to_register()}"

@@ -12,20 +12,21 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file
 
-from medmm.tracking.pipeline_run import save_weights
+from medmm.config.core import build_config, to_yaml
+from medmm.models.heads.survival import discrete_risk
+from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.workflows.survival.config import SurvivalConfig
+from medmm.workflows.survival.fit import build_torch_model
 
 SURVIVAL_REQUIREMENTS = ["medmm", "torch", "scikit-survival", "safetensors", "pandas"]
 
 
 class SurvivalModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from safetensors.torch import load_file
-
-        from medmm.config.core import build_config
-        from medmm.workflows.survival.config import SurvivalConfig
-        from medmm.workflows.survival.fit import build_torch_model
-
         a = context.artifacts
         self.meta = json.loads(Path(a["meta"]).read_text())
         self.stats = {k: v.numpy() for k, v in load_file(a["preprocess"]).items()}
@@ -35,11 +36,6 @@ class SurvivalModel(mlflow.pyfunc.PythonModel):
         self.model.eval()
 
     def predict(self, context, model_input, params=None):
-        import pandas as pd
-        import torch
-
-        from medmm.models.heads.survival import discrete_risk
-
         if self.meta["dims"]["tile_dim"] is not None:
             raise ValueError(f"{self.meta['name']} is a pathology model: it is not served from raw slides "
                              "(its weights and preprocessing statistics are in the model's artifacts)")
@@ -60,11 +56,6 @@ def log_survival_model(run_id: str, name: str, model, cfg, preprocess: dict, met
     """Log a fitted torch survival model with the training rows' preprocessing statistics
     (``preprocess``: name -> array) and ``meta`` (``feature_names``, ``dims``: the input sizes
     :func:`medmm.workflows.survival.fit.build_torch_model` takes)."""
-    import torch
-
-    from medmm.config.core import to_yaml
-    from medmm.tracking.pipeline_run import log_pyfunc
-
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_weights(model, tmp / f"{name}.safetensors")

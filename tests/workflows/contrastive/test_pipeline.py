@@ -24,7 +24,7 @@ PY = sys.executable
 
 def run_cli(*args, timeout=600, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([PY, "-m", "medmm.workflows.contrastive.run", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([PY, "-m", "medmm.pipelines.pretrain", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, **kw)
 
 
@@ -41,12 +41,15 @@ def test_unknown_key_is_an_error_naming_it():
     assert "unknown config key 'trainer.max_epoch'" in out.stderr
 
 
-@pytest.mark.parametrize("workflow", ["contrastive", "finetune", "survival"])
-def test_overrides_may_come_before_and_after_config(workflow):
+@pytest.mark.parametrize("command", ["pretrain", "ptunifier_pretrain", "finetune", "survival", "report"])
+def test_overrides_may_come_before_and_after_config(command):
     """`key=value --config x.yaml key=value` is how people type it; argparse's plain parser
     rejects overrides split by an option."""
     import importlib
-    args = importlib.import_module(f"medmm.workflows.{workflow}.run").parse_args(["a.b=1", "--config", "x.yaml", "c.d=2"])
+    argv = ["a.b=1", "--config", "x.yaml", "c.d=2"]
+    if command == "report":  # a sub-command comes first
+        argv.insert(0, "train")
+    args = importlib.import_module(f"medmm.pipelines.{command}").COMMAND.parse_args(argv)
     assert args.overrides == ["a.b=1", "c.d=2"]
     assert str(args.config) == "x.yaml"
 
@@ -151,7 +154,7 @@ def test_corrupt_files_are_skipped_counted_and_named(tiny_cohort, tmp_path, caps
 def test_resume_after_kill_continues_the_same_run(tiny_cohort, tmp_path):
     overrides = tiny_overrides(tiny_cohort, tmp_path, "trainer.max_epochs=8", "data.batch_size=8")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([PY, "-m", "medmm.workflows.contrastive.run", "--config", str(TINY_CONFIG), *overrides],
+    proc = subprocess.Popen([PY, "-m", "medmm.pipelines.pretrain", "--config", str(TINY_CONFIG), *overrides],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     state = tmp_path / "runs" / "run_state.json"
     deadline = time.time() + 300
@@ -177,21 +180,6 @@ def test_resume_after_kill_continues_the_same_run(tiny_cohort, tmp_path):
     assert epochs[-1] == 7  # the resumed run reached the last epoch
     assert client.get_run(run_id).info.status == "FINISHED"
     assert "test.xray_to_report.P_at_5" in client.get_run(run_id).data.metrics
-
-
-def test_resume_skips_a_half_written_last_checkpoint(tmp_path):
-    import torch
-
-    from medmm.workflows.contrastive.run import _latest_readable_checkpoint
-
-    older = tmp_path / "epoch000.ckpt"
-    torch.save({"epoch": 0, "state_dict": {"w": torch.ones(3)}}, older)
-    last = tmp_path / "last.ckpt"
-    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, last)
-    assert _latest_readable_checkpoint(tmp_path) == str(last)
-    last.write_bytes(last.read_bytes()[:100])  # killed while writing
-    assert _latest_readable_checkpoint(tmp_path) == str(older)
-    assert _latest_readable_checkpoint(tmp_path / "none") is None
 
 
 def test_resume_without_a_run_is_a_clear_error(tmp_path):

@@ -7,21 +7,26 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from medmm.workflows.contrastive.run import config_class
+from medmm.pipelines.pretrain import COMMAND as PRETRAIN
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
-from tests.conftest import REPO, TINY_CONFIG, finetune_cli, last_finetune_run
-from tests.workflows.ptunifier.conftest import PTU_TINY
+from tests.conftest import PTU_TINY, REPO, TINY_CONFIG, finetune_cli, last_finetune_run
 
 
-def test_pretrain_pipeline_picks_the_schema_by_model_name(capsys):
+def test_pretrain_pipeline_picks_the_schema_by_kind(capsys):
+    from medmm.pipelines.ptunifier_pretrain import main as ptunifier_main
     from medmm.workflows.contrastive.config import PretrainConfig
-    from medmm.workflows.contrastive.run import main
 
-    assert config_class(PTU_TINY, []) is PTUnifierPretrainConfig
-    assert config_class(REPO / "configs/pretrain/default.yaml", []) is PretrainConfig
-    assert config_class(None, ["model.name=ptunifier"]) is PTUnifierPretrainConfig
-    assert main(["--config", str(PTU_TINY), "model.prompts.pool=3"]) == 2
+    assert PRETRAIN.schema_for(PTU_TINY, []) is PTUnifierPretrainConfig
+    assert PRETRAIN.schema_for(REPO / "configs/pretrain/default.yaml", []) is PretrainConfig
+    assert PRETRAIN.schema_for(None, []) is PretrainConfig
+    assert PRETRAIN.schema_for(None, ["kind=ptunifier"]) is PTUnifierPretrainConfig
+    assert PRETRAIN.schema_for(PTU_TINY, ["kind=contrastive"]) is PretrainConfig
+    assert PRETRAIN.main(lambda cfg, args: "", ["--config", str(PTU_TINY), "model.prompts.pool=3"]) == 2
     assert "unknown config key 'model.prompts.pool'" in capsys.readouterr().err
+    assert ptunifier_main(["--config", str(PTU_TINY), "model.prompts.pool=3"]) == 2
+    assert "unknown config key 'model.prompts.pool'" in capsys.readouterr().err
+    assert PRETRAIN.main(lambda cfg, args: "", ["kind=symile"]) == 2
+    assert "kind: 'symile' is not one of contrastive, ptunifier" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -53,7 +58,7 @@ def test_every_downstream_task_from_the_ptunifier_checkpoint(ptunifier_finetunes
 
 @pytest.mark.slow
 def test_contrastive_checkpoint_retrieval_and_linear_probe(ptunifier_pretrained, tiny_cohort, capsys):
-    from medmm.workflows.contrastive.run import main as pretrain_main
+    from medmm.pipelines.pretrain import main as pretrain_main
 
     tmp = ptunifier_pretrained["tmp"]
     assert pretrain_main(["--config", str(TINY_CONFIG), *ptunifier_pretrained["overrides"], "trainer.max_epochs=1",
@@ -71,4 +76,4 @@ def test_contrastive_checkpoint_retrieval_and_linear_probe(ptunifier_pretrained,
     assert finetune_cli(ptunifier_pretrained, uri, "vqa") == 2  # no fusion: a clear error, not a traceback
     assert "needs a PTUnifier checkpoint" in capsys.readouterr().err
     assert finetune_cli(ptunifier_pretrained, tmp / "nowhere", "retrieval") == 2
-    assert "config.yaml and model.safetensors not found" in capsys.readouterr().err
+    assert "no such folder, and not an MLflow URI" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import torch
 from medmm.data.datamodule import PretrainDataModule
 from medmm.workflows.finetune.config import FinetuneConfig
 from medmm.workflows.ptunifier.module import MLMMasker, pretrain_losses
-from tests.workflows.ptunifier.conftest import make_model
+from tests.conftest import make_model
 
 
 def _tiny_batch(tiny_cohort, tmp_path, cfg, n=8):
@@ -53,7 +53,8 @@ def test_each_objective_loss_falls_on_the_tiny_cohort(objective, tiny_cohort, tm
 @pytest.mark.parametrize("mode", ["frozen", "trained"])
 def test_prompt_pools_frozen_or_trained_through_finetuning(mode, tiny_cohort, tmp_path):
     from medmm.io.findings import FINDINGS
-    from medmm.workflows.finetune.module import Backbone, FinetuneTask
+    from medmm.workflows.finetune.module import FinetuneTask
+    from medmm.workflows.pretrained import Backbone
 
     model, cfg = make_model()
     dm, _ = _tiny_batch(tiny_cohort, tmp_path, cfg)

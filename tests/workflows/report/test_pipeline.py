@@ -17,13 +17,13 @@ PY = sys.executable
 
 def run_cli(*args, timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([PY, "-m", "medmm.workflows.report.run", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([PY, "-m", "medmm.pipelines.report", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def run_main(capsys, *args):
     """The CLI in-process (the command-line module's own main; a subprocess costs the imports again)."""
-    from medmm.workflows.report.run import main
+    from medmm.pipelines.report import main
 
     code = main(list(args))
     out = capsys.readouterr()

@@ -17,13 +17,13 @@ PY = sys.executable
 
 def run_cli(*args, timeout=600):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([PY, "-m", "medmm.workflows.retrieve.run", *args], cwd=REPO, env=env, capture_output=True,
+    return subprocess.run([PY, "-m", "medmm.pipelines.retrieve", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 
 def run_main(capsys, *args):
     """The CLI in-process (a subprocess per call would cost the imports again)."""
-    from medmm.workflows.retrieve.run import main
+    from medmm.pipelines.retrieve import main
 
     code = main(list(args))
     out = capsys.readouterr()

@@ -1,4 +1,4 @@
-"""``python -m medmm.workflows.segment.run`` end to end on the tiny phantom cohort: both
+"""``python -m medmm.pipelines.segment`` end to end on the tiny phantom cohort: both
 variants trained and scored in one MLflow run, masks that overlay their source image
 (affine equal to the input's), inference from NIfTI and from a DICOM series, bad input
 skipped and counted, config errors exit 2."""
@@ -13,8 +13,9 @@ import pytest
 
 from medmm.config.core import build_config
 from medmm.io.volume import read_dicom_series, read_nifti
+from medmm.pipelines.segment import main
 from medmm.workflows.segment.config import SegmentConfig
-from medmm.workflows.segment.run import infer, main, train
+from medmm.workflows.segment.run import infer, train
 from tests.workflows.segment.conftest import TINY_SEG_CONFIG, seg_overrides
 
 

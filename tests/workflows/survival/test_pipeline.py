@@ -1,4 +1,4 @@
-"""``python -m medmm.workflows.survival.run`` end to end on tiny configs, into a temporary MLflow
+"""``python -m medmm.pipelines.survival`` end to end on tiny configs, into a temporary MLflow
 store: every model scored, the logged c-index recomputed from the logged predictions,
 KM figures present, a corrupt slide skipped and counted, config errors exit 2."""
 
@@ -12,8 +12,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from medmm.config.core import build_config
+from medmm.pipelines.survival import main
 from medmm.workflows.survival.config import SurvivalConfig
-from medmm.workflows.survival.run import main, run
+from medmm.workflows.survival.run import run
 from tests.workflows.survival.conftest import TINY_SURVIVAL, survival_overrides
 
 

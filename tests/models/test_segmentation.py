@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medmm.models.encoders.text import packaged_minilm_path
+from medmm.data.tokenizer import packaged_minilm_path
 from medmm.models.registry import create_model
 from medmm.models.segmentation import (
     SegModelConfig,

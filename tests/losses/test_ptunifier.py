@@ -66,7 +66,7 @@ def test_word_boundaries_equal_the_tokenizer_word_ids(tokenizer):
 
 
 def test_whole_word_masking_masks_whole_words_at_15_percent(tokenizer):
-    from tests.workflows.ptunifier.conftest import REPORTS
+    from tests.conftest import REPORTS
 
     texts = REPORTS * 60
     enc = tokenizer(texts, padding=True, return_tensors="pt")

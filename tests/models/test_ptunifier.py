@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from medmm.config.core import ConfigError
-from tests.workflows.ptunifier.conftest import make_model
+from tests.conftest import make_model
 
 
 def test_each_input_kind_through_the_same_model(text_batch):

@@ -3,12 +3,16 @@ and the risk / survival read-outs of the discrete-time head."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from medmm.losses.survival import alignment_l1, discrete_time_nll
+from medmm.data.survival import Standardizer, load_bundled
+from medmm.losses import alignment_l1, discrete_time_nll
 from medmm.models.cmta import CMTA
-from medmm.models.heads.survival import discrete_risk, discrete_survival
+from medmm.models.heads.survival import CoxHead, DeepSurv, DiscreteHazardHead, discrete_risk, discrete_survival
+from medmm.workflows.survival.config import SurvivalConfig
+from medmm.workflows.survival.fit import build_torch_model
 
 GROUPS = [3, 5, 4, 6, 2, 3]
 
@@ -46,6 +50,22 @@ def test_comparison_variants(fusion, has_path, has_gen):
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("name, kind", [("cox", CoxHead), ("deepsurv", DeepSurv), ("discrete", DiscreteHazardHead),
+                                        ("cmta", CMTA), ("concat", CMTA), ("pathology", CMTA), ("genomics", CMTA)])
+def test_the_workflow_builds_its_models_through_the_registry_from_its_settings(name, kind):
+    cfg = SurvivalConfig(train={"hidden": [6, 5], "dropout": 0.2, "n_bins": 3, "dim": 8, "heads": 2})
+    model = build_torch_model(name, cfg, n_features=7, tile_dim=16, group_sizes=GROUPS)
+    assert type(model) is kind
+    if kind is CMTA:
+        assert model.fusion == name and model.head[-1].out_features == 3
+        assert model.head[0].in_features == (16 if name in ("cmta", "concat") else 8)
+    elif kind is not CoxHead:
+        widths = [m.out_features for m in model.net if isinstance(m, torch.nn.Linear)]
+        assert widths == [6, 5, 3 if kind is DiscreteHazardHead else 1]
+    with pytest.raises(ValueError, match="tile features"):
+        build_torch_model("cmta", cfg, n_features=7)
+
+
 def test_discrete_readouts():
     logits = torch.tensor([[-2.0, -2.0, -2.0, -2.0], [1.0, 1.0, 1.0, 1.0]])
     surv = discrete_survival(logits)
@@ -58,10 +78,6 @@ def test_discrete_readouts():
 
 @pytest.mark.parametrize("name", ["breast_cancer", "gbsg2", "whas500", "veterans_lung_cancer", "aids", "flchain"])
 def test_bundled_cohorts_load_as_numeric_arrays(name):
-    import numpy as np
-
-    from medmm.data.survival import Standardizer, load_bundled
-
     data = load_bundled(name)
     assert data.x.ndim == 2 and len(data.time) == len(data.event) == data.x.shape[0]
     assert data.x.dtype == np.float64 and (data.time >= 0).all() and 0 < data.event.mean() < 1  # flchain has t=0

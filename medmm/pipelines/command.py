@@ -1,0 +1,131 @@
+"""The shape every medmm command shares: a typed config from ``--config`` plus ``key=value``
+overrides, ``--help`` that lists every option of the config's schema, and one exit-code policy.
+
+    command = Command("pretrain", __doc__, PretrainConfig, examples=["--config x.yaml trainer.max_epochs=3"])
+    sys.exit(command.main(execute, argv))
+
+``execute(cfg, args)`` runs the workflow and returns its outcome, which is printed (an
+outcome's ``str`` is its summary; an ``exit_code`` attribute, when it has one, is the
+command's exit code). A config error prints ``config error: ...`` and exits 2; bad input
+(:class:`medmm.io.errors.MedmmInputError`, a missing file) prints one line and exits 2.
+
+A command whose schema depends on the config (``pretrain``: contrastive or PTUnifier)
+names one schema per value of the config's top-level ``kind`` key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from medmm.config.core import (
+    ConfigError,
+    apply_override,
+    build_config,
+    load_yaml,
+    options_help,
+)
+from medmm.io.errors import MedmmInputError
+
+KIND_KEY = "kind"
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: ``name`` (``python -m medmm.pipelines.<name>``), its description, and its
+    schema (None: a command without a config; a dict: one schema per value of ``kind``, the
+    first the default)."""
+
+    name: str
+    description: str
+    schema: type[BaseModel] | dict[str, type[BaseModel]] | None
+    default_config: Path | None = None
+    examples: Sequence[str] = ()
+    subcommands: dict[str, str] = field(default_factory=dict)  # name -> what it does
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None  # the command's own flags
+
+    @property
+    def prog(self) -> str:
+        return f"python -m medmm.pipelines.{self.name}"
+
+    def existing_default_config(self) -> Path | None:
+        """The default config where it exists (commands run from the repository root)."""
+        return self.default_config if self.default_config is not None and self.default_config.exists() else None
+
+    def schema_for(self, config: Path | None, overrides: Sequence[str]) -> type[BaseModel] | None:
+        """The schema of this config: the one its ``kind`` (in the YAML or as an override) names."""
+        if not isinstance(self.schema, dict):
+            return self.schema
+        data: dict[str, Any] = load_yaml(config) if config is not None else {}
+        for override in overrides:
+            if override.split("=", 1)[0].strip() == KIND_KEY:
+                apply_override(data, override)
+        kind = data.get(KIND_KEY, next(iter(self.schema)))
+        if kind not in self.schema:
+            raise ConfigError(f"{KIND_KEY}: {kind!r} is not one of {', '.join(self.schema)}")
+        return self.schema[kind]
+
+    def parser(self, schema: type[BaseModel] | None) -> argparse.ArgumentParser:
+        epilog = []
+        if self.examples:
+            epilog += ["examples:", *(f"  {self.prog} {example}" for example in self.examples), ""]
+        if schema is not None:
+            epilog += ["config options (override any with key=value):", *options_help(schema)]
+        parser = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog="\n".join(epilog),
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        if self.subcommands:
+            parser.add_argument("command", choices=tuple(self.subcommands),
+                                help="; ".join(f"{name}: {what}" for name, what in self.subcommands.items()))
+        if self.schema is not None:
+            parser.add_argument("--config", type=Path, default=self.existing_default_config(),
+                                help=f"YAML config (default: {self.default_config or 'the schema defaults'})")
+        if self.arguments is not None:
+            self.arguments(parser)
+        if self.schema is not None:
+            parser.add_argument("overrides", nargs="*", metavar="key=value",
+                                help="config overrides, before or after --config, e.g. seed=1")
+        return parser
+
+    def parse_args(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        """The arguments; ``key=value`` overrides may stand on both sides of ``--config``."""
+        schema = self.schema
+        if isinstance(schema, dict):  # the schema that --help lists depends on the config's kind
+            head = argparse.ArgumentParser(add_help=False)
+            head.add_argument("--config", type=Path, default=self.existing_default_config())
+            known, rest = head.parse_known_args(argv)
+            try:
+                schema = self.schema_for(known.config, [a for a in rest if "=" in a and not a.startswith("-")])
+            except ConfigError:  # reported when the config is built; --help lists the default kind's options
+                schema = next(iter(self.schema.values()))
+        return self.parser(schema).parse_intermixed_args(argv)
+
+    def main(self, execute: Callable[[Any, argparse.Namespace], Any], argv: Sequence[str] | None = None) -> int:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            args = self.parse_args(argv)
+            cfg = None
+            if self.schema is not None:
+                cfg = build_config(self.schema_for(args.config, args.overrides), args.config, args.overrides)
+            outcome = execute(cfg, args)
+        except ConfigError as exc:
+            print(f"config error: {exc}", file=sys.stderr)
+            return 2
+        # a missing file or folder is bad input as much as an unreadable one
+        except (MedmmInputError, FileNotFoundError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(outcome)
+        return getattr(outcome, "exit_code", 0)
+
+
+def add_resume_flag(parser: argparse.ArgumentParser) -> None:
+    """``--resume`` of the commands that train with :mod:`medmm.training.lightning_run`."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the last run of output_dir from its last checkpoint (same MLflow run)")
