@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
@@ -343,3 +344,39 @@ def tiny_ptunifier() -> ModelExample:
 @register_model("ptunifier", config=PTUnifierModelConfig, example=tiny_ptunifier)
 def build_ptunifier(cfg: PTUnifierModelConfig, image_size: int = 128) -> PTUnifier:
     return PTUnifier(cfg, image_size)
+
+
+
+def no_padding_mask(x: torch.Tensor) -> torch.Tensor:
+    """A key-padding mask of all False for a sequence with no padding (image patches, prompts)."""
+    return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+
+
+def _image_side(model, img: torch.Tensor, pseudo_txt: torch.Tensor) -> torch.Tensor:
+    cls = model.fuse(img, no_padding_mask(img), pseudo_txt, no_padding_mask(pseudo_txt)).cls
+    return F.normalize(model.itc_image_head(cls), dim=-1)
+
+
+def _text_side(model, pseudo_img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    cls = model.fuse(pseudo_img, no_padding_mask(pseudo_img), txt, mask == 0).cls
+    return F.normalize(model.itc_text_head(cls), dim=-1)
+
+
+def itc_embeddings(model, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
+                   encoded_image: torch.Tensor | None = None, encoded_text: torch.Tensor | None = None):
+    """L2-normalised ITC embeddings of (image + pseudo-text) and (pseudo-image + text)."""
+    img = model.encode_image(image) if encoded_image is None else encoded_image
+    txt = model.encode_text(ids, mask) if encoded_text is None else encoded_text
+    pseudo_txt, _ = model.pseudo_text(model.image_query(image))
+    pseudo_img, _ = model.pseudo_image(model.text_query(ids, mask))
+    return _image_side(model, img, pseudo_txt), _text_side(model, pseudo_img, txt, mask)
+
+
+def itc_image_embeddings(model, image: torch.Tensor) -> torch.Tensor:
+    """The image side alone (image + pseudo-text prompts), as :func:`itc_embeddings` gives it."""
+    return _image_side(model, model.encode_image(image), model.pseudo_text(model.image_query(image))[0])
+
+
+def itc_text_embeddings(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The text side alone (pseudo-image prompts + text), as :func:`itc_embeddings` gives it."""
+    return _text_side(model, model.pseudo_image(model.text_query(ids, mask))[0], model.encode_text(ids, mask), mask)

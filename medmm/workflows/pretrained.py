@@ -27,6 +27,7 @@ from torch import nn
 from medmm.config.core import ConfigError, StrictModel, load_yaml, to_yaml
 from medmm.data.tokenizer import load_tokenizer
 from medmm.io.errors import MedmmInputError
+from medmm.models.ptunifier import itc_embeddings, itc_image_embeddings, itc_text_embeddings
 from medmm.models.registry import create_model
 from medmm.workflows.contrastive.config import PretrainConfig
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
@@ -212,9 +213,6 @@ class Backbone(nn.Module):
 
     def retrieval_embeddings(self, image, ids, mask):
         if self.is_ptunifier:
-            # ptunifier.module brings lightning (about 3 s): configs import this module without needing it
-            from medmm.workflows.ptunifier.module import itc_embeddings
-
             return itc_embeddings(self.model, image, ids, mask)
         return (self.model.encode("xray", {"xray": image}),
                 self.model.encode("report", {"report_ids": ids, "report_mask": mask}))
@@ -224,12 +222,6 @@ class Backbone(nn.Module):
         gives it for pairs: what a served model returns for one input column."""
         if not self.is_ptunifier:
             return self.model.encode(column, batch)
-        # ptunifier.module brings lightning (about 3 s): configs import this module without needing it
-        from medmm.workflows.ptunifier.module import (
-            itc_image_embeddings,
-            itc_text_embeddings,
-        )
-
         if column == "xray":
             return itc_image_embeddings(self.model, batch["xray"])
         if column == "report":

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from medmm.config.core import ConfigError
+from medmm.models.ptunifier import itc_embeddings, itc_image_embeddings, itc_text_embeddings
 from tests.conftest import make_model
 
 
@@ -41,7 +42,7 @@ def test_each_input_kind_through_the_same_model(text_batch):
 def test_one_side_itc_embeddings_equal_the_paired_ones(text_batch):
     """What a registered PTUnifier model serves for one input column (an X-ray or a report
     alone) is the side that pretraining's ITC compares."""
-    from medmm.workflows.ptunifier.module import itc_embeddings, itc_image_embeddings, itc_text_embeddings
+
 
     model, cfg = make_model()
     model.eval()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 
 from medmm.data.tokenizer import load_tokenizer
 from medmm.losses.ptunifier import (
@@ -21,6 +20,7 @@ from medmm.losses.ptunifier import (
     whole_word_mask,
     word_starts,
 )
+from medmm.models.ptunifier import itc_embeddings, no_padding_mask
 from medmm.models.registry import create_model
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.schedule import cosine_with_warmup
@@ -28,40 +28,6 @@ from medmm.workflows.ptunifier.config import (
     PTUnifierLossConfig,
     PTUnifierPretrainConfig,
 )
-
-
-def _no_pad(x: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
-
-
-def _image_side(model, img: torch.Tensor, pseudo_txt: torch.Tensor) -> torch.Tensor:
-    cls = model.fuse(img, _no_pad(img), pseudo_txt, _no_pad(pseudo_txt)).cls
-    return F.normalize(model.itc_image_head(cls), dim=-1)
-
-
-def _text_side(model, pseudo_img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    cls = model.fuse(pseudo_img, _no_pad(pseudo_img), txt, mask == 0).cls
-    return F.normalize(model.itc_text_head(cls), dim=-1)
-
-
-def itc_embeddings(model, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
-                   encoded_image: torch.Tensor | None = None, encoded_text: torch.Tensor | None = None):
-    """L2-normalised ITC embeddings of (image + pseudo-text) and (pseudo-image + text)."""
-    img = model.encode_image(image) if encoded_image is None else encoded_image
-    txt = model.encode_text(ids, mask) if encoded_text is None else encoded_text
-    pseudo_txt, _ = model.pseudo_text(model.image_query(image))
-    pseudo_img, _ = model.pseudo_image(model.text_query(ids, mask))
-    return _image_side(model, img, pseudo_txt), _text_side(model, pseudo_img, txt, mask)
-
-
-def itc_image_embeddings(model, image: torch.Tensor) -> torch.Tensor:
-    """The image side alone (image + pseudo-text prompts), as :func:`itc_embeddings` gives it."""
-    return _image_side(model, model.encode_image(image), model.pseudo_text(model.image_query(image))[0])
-
-
-def itc_text_embeddings(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The text side alone (pseudo-image prompts + text), as :func:`itc_embeddings` gives it."""
-    return _text_side(model, model.pseudo_image(model.text_query(ids, mask))[0], model.encode_text(ids, mask), mask)
 
 
 class MLMMasker:
@@ -85,7 +51,7 @@ def pretrain_losses(model, batch: dict, loss_cfg: PTUnifierLossConfig, masker: M
     out: dict[str, torch.Tensor] = {}
     img = model.encode_image(image)
     txt = model.encode_text(ids, mask)
-    img_pad, txt_pad = _no_pad(img), mask == 0
+    img_pad, txt_pad = no_padding_mask(img), mask == 0
     img_emb, txt_emb = itc_embeddings(model, image, ids, mask, img, txt)
     sim = img_emb @ txt_emb.T
     out["itc"] = itc_loss(img_emb, txt_emb, loss_cfg.itc_temperature)

@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from medmm.data.datamodule import PretrainDataModule
 from medmm.metrics.retrieval import retrieval_metrics
+from medmm.models.ptunifier import itc_embeddings
 from medmm.tracking.figures import retrieval_examples_figure
 from medmm.tracking.pipeline_run import (
     finish,
@@ -40,7 +41,7 @@ from medmm.training.lightning_run import (
 )
 from medmm.workflows.pretrained import save_pretrained_folder
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
-from medmm.workflows.ptunifier.module import PTUnifierPretrainTask, itc_embeddings
+from medmm.workflows.ptunifier.module import PTUnifierPretrainTask
 from medmm.workflows.ptunifier.served import log_pretrained_embedder
 
 EXPORT_DIR = "export"

@@ -12,6 +12,7 @@ import mlflow
 import torch
 
 from medmm.data.inputs import input_batch, one_input_column
+from medmm.models.ptunifier import itc_image_embeddings, itc_text_embeddings
 from medmm.tracking.pipeline_run import log_pyfunc
 from medmm.workflows.pretrained import (
     CONFIG,
@@ -20,7 +21,6 @@ from medmm.workflows.pretrained import (
     load_pretrained_files,
     save_pretrained_folder,
 )
-from medmm.workflows.ptunifier.module import itc_image_embeddings, itc_text_embeddings
 
 
 class PretrainedEmbedder(mlflow.pyfunc.PythonModel):
