@@ -22,6 +22,17 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 TINY_CONFIG = REPO / "configs/pretrain/tiny.yaml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def pseudonym_key_for_tests():
+    """A test key for patient / study pseudonyms (subprocesses inherit it), so that no test
+    run generates a key into the real ~/.config/medmm."""
+    saved = os.environ.get("MEDMM_PSEUDONYM_KEY")
+    os.environ["MEDMM_PSEUDONYM_KEY"] = saved or "medmm-test-pseudonym-key"
+    yield
+    if saved is None:
+        os.environ.pop("MEDMM_PSEUDONYM_KEY", None)
+
+
 def iu_source() -> Path:
     path = Path(os.environ["MEDMM_IU_REPORTS"])
     if not path.exists():

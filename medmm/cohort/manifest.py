@@ -33,6 +33,20 @@ def file_sha256(path: Path, extra: tuple[Path, ...] = ()) -> str:
     return digest.hexdigest()
 
 
+def hashed_files(path: Path) -> tuple[Path, ...]:
+    """The files whose bytes make a manifest entry's sha256: the file itself and, for a
+    WFDB header (``.hea``), its signal file (``.dat``) where one exists."""
+    path = Path(path)
+    signal = path.with_suffix(".dat")
+    return (path, signal) if path.suffix == ".hea" and signal.exists() else (path,)
+
+
+def entry_sha256(path: Path) -> str:
+    """The sha256 that ingest records for the manifest entry at ``path``."""
+    first, *companions = hashed_files(path)
+    return file_sha256(first, tuple(companions))
+
+
 def patient_level_split(patient_ids: list[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
     """Assign each patient (not each study) to train / val / test."""
     if abs(sum(fractions) - 1.0) > 1e-6:

@@ -33,7 +33,8 @@ class DataConfig(StrictModel):
     num_workers: int = Field(0, description="DataLoader workers (the decoded cohort is cached in memory)")
     cache_dir: Path | None = Field(None, description="where to persist the decoded cache (default: <root>/.cache)")
     augment: bool = True
-    strict: bool = Field(False, description="raise on the first bad file instead of skipping and counting it")
+    strict: bool = Field(False, description="verify every file's sha256 against the manifest before training, "
+                                            "and raise on the first bad file instead of skipping and counting it")
     limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
     lab_columns: list[str] | None = Field(
         None, description=f"columns of <root>/{LABS_FILE} fed to the labs encoder (default: every column but "

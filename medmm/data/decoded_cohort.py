@@ -5,6 +5,13 @@ cheap, so each study is decoded once (in parallel processes) into one contiguous
 per modality and the result is saved next to the cohort, keyed by the manifest hash and
 the preprocessing settings. Workers forked later share these arrays copy-on-write
 instead of each holding a copy.
+
+The cache records each study's file stamps (size and modification time of every file its
+manifest entries cover). On load, a study whose stamps differ is read again, after its
+files are checked against the sha256 the manifest recorded at ingest: a file whose
+content changed is a bad file (skipped and counted, or raised under ``strict``).
+Unchanged studies come from the cache. ``strict`` also verifies every file's sha256
+before anything is decoded or loaded, which catches a change that kept size and time.
 """
 
 from __future__ import annotations
@@ -13,12 +20,14 @@ import hashlib
 import json
 import logging
 import multiprocessing as mp
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from medmm.cohort.manifest import Manifest, resolve_under
+from medmm.cohort.manifest import Manifest, entry_sha256, hashed_files, resolve_under
 from medmm.data.ecg_transforms import preprocess_ecg
 from medmm.io.dicom import read_dicom
 from medmm.io.ecg import read_ecg
@@ -27,7 +36,9 @@ from medmm.io.findings import FINDINGS
 from medmm.io.reports import read_report
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+MODALITIES = ("xray", "ecg", "report")
+CHANGED_AFTER_INGEST = "content differs from the sha256 the manifest recorded at ingest (the file changed since)"
 
 
 @dataclass
@@ -98,7 +109,8 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
             text, labels = report.text, report.labels.as_vector().astype(np.int8)
     except (MedmmInputError, OSError) as exc:
         problem = exc.problem if isinstance(exc, MedmmInputError) else (exc.strerror or type(exc).__name__)
-        return None, {"study_id": row["study_id"], "path": current, "problem": problem}
+        return None, {"study_id": row["study_id"], "path": current, "problem": problem,
+                      "category": type(exc).__name__}
     return {
         "study_id": row["study_id"],
         "split": row["split"],
@@ -116,38 +128,136 @@ def _cache_key(manifest: Manifest, image_size: int, ecg_fs: int) -> str:
     return hashlib.sha256(spec.encode()).hexdigest()[:20]
 
 
+def files_stamp(files: Iterable[Path]) -> str:
+    """Name, size and modification time of each file: a change to any of them (short of
+    one that restores both size and time) changes the stamp."""
+    parts = []
+    for f in files:
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            parts.append(f"{f.name}:missing")
+            continue
+        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
+    return ";".join(parts)
+
+
+def _entries(row: dict) -> list[str]:
+    """The manifest paths (relative to the cohort root) of a study's decoded modalities."""
+    return [row[m] for m in MODALITIES if isinstance(row.get(m), str) and row[m]]
+
+
+def _study_stamp(root: Path, row: dict) -> str:
+    # A plain join, not resolve_under: stat-ing is harmless, resolving costs most of the
+    # check, and the decoder resolves (and refuses escaping paths) before reading.
+    return "|".join(files_stamp(hashed_files(root / rel)) for rel in _entries(row))
+
+
+def _content_problem(root: Path, relative: str, expected: str) -> str | None:
+    """Why the entry's files do not match the manifest's sha256 (None when they do)."""
+    try:
+        actual = entry_sha256(resolve_under(root, relative))
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None if actual == expected else CHANGED_AFTER_INGEST
+
+
+def _changed_entries(manifest: Manifest, rows: list[dict], workers: int) -> list[dict]:
+    """Skip records ({study_id, path, problem}) of the studies whose first changed file
+    no longer matches the manifest, in study order. Hashing is I/O and hashlib releases
+    the GIL, so threads overlap it."""
+    expected = dict(zip(manifest.table["path"], manifest.table["sha256"]))
+    pairs = [(row["study_id"], rel) for row in rows for rel in _entries(row)]
+    with ThreadPoolExecutor(max(workers, 1)) as pool:
+        problems = list(pool.map(lambda pair: _content_problem(manifest.root, pair[1], expected[pair[1]]), pairs))
+    bad: dict[str, dict] = {}
+    for (study_id, rel), problem in zip(pairs, problems):
+        if problem is not None and study_id not in bad:
+            bad[study_id] = {"study_id": study_id, "path": rel, "problem": problem}
+    return list(bad.values())
+
+
+def _decode(jobs: list[tuple], workers: int) -> list[tuple[dict | None, dict | None]]:
+    if workers > 1 and len(jobs) > 32:
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(_decode_study, jobs, chunksize=32)
+    return [_decode_study(j) for j in jobs]
+
+
+def _cached_record(cache: DecodedCohort, i: int) -> dict:
+    return {"study_id": cache.study_ids[i], "split": cache.splits[i], "xray": cache.xray[i], "ecg": cache.ecg[i],
+            "text": cache.report_text[i], "labels": cache.labels[i],
+            **{f"present_{m}": bool(cache.present[m][i]) for m in ("ecg", "report")}}
+
+
+def _load_cache(path: Path) -> tuple[DecodedCohort, dict[str, str]]:
+    """The cached cohort and the file stamps of its studies (good and skipped)."""
+    with np.load(path, allow_pickle=False) as z:
+        cohort = DecodedCohort(z["study_ids"], z["splits"], z["xray"], z["ecg"], z["report_text"], z["labels"],
+                               json.loads(str(z["skipped"])), {"ecg": z["present_ecg"], "report": z["present_report"]})
+        return cohort, json.loads(str(z["stamps"]))
+
+
+def _save_cache(path: Path, cohort: DecodedCohort, stamps: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, study_ids=cohort.study_ids, splits=cohort.splits, xray=cohort.xray, ecg=cohort.ecg,
+             report_text=cohort.report_text, labels=cohort.labels, skipped=json.dumps(cohort.skipped),
+             present_ecg=cohort.present["ecg"], present_report=cohort.present["report"], stamps=json.dumps(stamps))
+    tmp.replace(path)
+
+
 def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: bool = False, workers: int = 2,
                   cache_dir: Path | None = None, limit: int | None = None) -> DecodedCohort:
-    """Decode every study of the manifest (or load the cached result).
+    """Decode every study of the manifest, reusing the cached decoding of unchanged studies
+    (module docstring).
 
     A study with a bad file is skipped and recorded in ``skipped`` (path relative to the
-    cohort root, and the problem); with ``strict`` the first bad file raises instead.
+    cohort root, and the problem); with ``strict`` every file's sha256 is verified against
+    the manifest first, and the first bad file raises instead.
     """
-    cache_path = None
-    if cache_dir is not None and limit is None:
-        cache_path = Path(cache_dir) / f"decoded-{_cache_key(manifest, image_size, ecg_fs)}.npz"
-        if cache_path.exists():
-            with np.load(cache_path, allow_pickle=False) as z:
-                skipped = json.loads(str(z["skipped"]))
-                if strict and skipped:
-                    raise MedmmInputError(skipped[0]["path"], skipped[0]["problem"])
-                return DecodedCohort(z["study_ids"], z["splits"], z["xray"], z["ecg"], z["report_text"],
-                                     z["labels"], skipped, {"ecg": z["present_ecg"], "report": z["present_report"]})
     studies = manifest.studies()
     if limit is not None:
         studies = studies.iloc[:limit]
-    jobs = [(row, str(manifest.root), image_size, ecg_fs) for row in studies.to_dict("records")]
-    if workers > 1 and len(jobs) > 32:
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(_decode_study, jobs, chunksize=32)
-    else:
-        results = [_decode_study(j) for j in jobs]
-    good = [r for r, _ in results if r is not None]
-    skipped = [s for _, s in results if s is not None]
+    rows = studies.to_dict("records")
+    mismatched = _changed_entries(manifest, rows, workers) if strict else []
+    if mismatched:
+        raise MedmmInputError(manifest.resolve(mismatched[0]["path"]), mismatched[0]["problem"])
+    # stamped before reading, so that a change made while decoding shows on the next load
+    stamps = {row["study_id"]: _study_stamp(manifest.root, row) for row in rows}
+    cache_path = None
+    cache, cached_stamps = None, {}
+    if cache_dir is not None and limit is None:
+        cache_path = Path(cache_dir) / f"decoded-{_cache_key(manifest, image_size, ecg_fs)}.npz"
+        if cache_path.exists():
+            cache, cached_stamps = _load_cache(cache_path)
+    cached_index = {} if cache is None else {sid: i for i, sid in enumerate(cache.study_ids)}
+    cached_skip = {} if cache is None else {s["study_id"]: s for s in cache.skipped}
+    fresh = [row for row in rows if cached_stamps.get(row["study_id"]) == stamps[row["study_id"]]]
+    stale = [row for row in rows if cached_stamps.get(row["study_id"]) != stamps[row["study_id"]]]
+    if cache is not None and not stale:
+        if strict and cache.skipped:
+            raise MedmmInputError(manifest.resolve(cache.skipped[0]["path"]), cache.skipped[0]["problem"])
+        return cache
+
+    # A study the cache knew whose files changed is checked against the manifest first:
+    # a changed content is a bad file, not new data.
+    changed = _changed_entries(manifest, [r for r in stale if r["study_id"] in cached_stamps], workers)
+    changed_ids = {s["study_id"] for s in changed}
+    jobs = [(row, str(manifest.root), image_size, ecg_fs) for row in stale if row["study_id"] not in changed_ids]
+    results = _decode(jobs, workers)
+    records = {r["study_id"]: r for r, _ in results if r is not None}
+    records.update({row["study_id"]: _cached_record(cache, cached_index[row["study_id"]])
+                    for row in fresh if row["study_id"] in cached_index})
+    new_skips = changed + [s for _, s in results if s is not None]
+    skips = {s["study_id"]: s for s in new_skips}
+    skips.update({row["study_id"]: cached_skip[row["study_id"]] for row in fresh if row["study_id"] in cached_skip})
+    skipped = [skips[row["study_id"]] for row in rows if row["study_id"] in skips]
     if strict and skipped:
         raise MedmmInputError(manifest.resolve(skipped[0]["path"]), skipped[0]["problem"])
-    for s in skipped:
+    for s in new_skips:
         log.warning("skipped study %s: %s: %s", s["study_id"], s["path"], s["problem"])
+    good = [records[row["study_id"]] for row in rows if row["study_id"] in records]
     if not good:
         raise MedmmInputError(manifest.root, "no study of the cohort could be read")
     cohort = DecodedCohort(
@@ -161,10 +271,5 @@ def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: b
         present={m: np.array([r[f"present_{m}"] for r in good], bool) for m in ("ecg", "report")},
     )
     if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".tmp.npz")
-        np.savez(tmp, study_ids=cohort.study_ids, splits=cohort.splits, xray=cohort.xray, ecg=cohort.ecg,
-                 report_text=cohort.report_text, labels=cohort.labels, skipped=json.dumps(skipped),
-                 present_ecg=cohort.present["ecg"], present_report=cohort.present["report"])
-        tmp.replace(cache_path)
+        _save_cache(cache_path, cohort, stamps)
     return cohort

@@ -9,8 +9,8 @@ deterministic MONAI transform (medmm reader -> tensors), so MONAI caches its out
 * no ``cache_dir``: ``monai.data.CacheDataset``, in memory for this process.
 
 An item is ``{"path": file or folder, "kind": "dicom_series" | "nifti" | "ecg"}``.
-:func:`cached_reads` adds ``"stamp"`` (size and modification time of the file, or of
-every file in a folder), which MONAI's cache key hashes, so an edited file is read again
+:func:`cached_reads` adds ``"stamp"`` (size and modification time of the file, a WFDB
+header's signal file included, or of every file in a folder), which MONAI's cache key hashes, so an edited file is read again
 rather than served stale. A bad file does not stop the epoch: its item carries
 ``"problem"`` (medmm's message) and no tensors, and is cached like that so it is not
 retried every epoch; callers skip and count those.
@@ -31,6 +31,8 @@ from monai.transforms import (
     Transform,  # this module is MONAI-based: import cost accepted
 )
 
+from medmm.cohort.manifest import hashed_files
+from medmm.data.decoded_cohort import files_stamp
 from medmm.io.ecg import read_ecg
 from medmm.io.errors import MedmmInputError
 from medmm.io.volume import read_dicom_series, read_nifti
@@ -41,17 +43,14 @@ KINDS = ("dicom_series", "nifti", "ecg")
 
 
 def file_stamp(path: str | Path) -> str:
-    """Size and modification time of a file, or of every file directly in a folder."""
+    """Size and modification time of a file (a WFDB header with its signal file), or of
+    every file directly in a folder."""
     p = Path(path)
     if p.is_dir():
         entries = sorted(f for f in p.iterdir() if f.is_file())
     else:  # a WFDB record may be named without extension: stamp its header and data too
-        entries = [p] if p.is_file() else sorted(p.parent.glob(p.name + ".*"))
-    parts = []
-    for f in entries:
-        st = f.stat()
-        parts.append(f"{f.name}:{st.st_size}:{st.st_mtime_ns}")
-    return ";".join(parts) or "missing"
+        entries = list(hashed_files(p)) if p.is_file() else sorted(p.parent.glob(p.name + ".*"))
+    return files_stamp(entries) or "missing"
 
 
 def _read(item: dict) -> dict:

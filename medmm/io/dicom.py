@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
-from medmm.io.guard import check_declared_size, reader_boundary
+from medmm.io.guard import BoundedReader, check_declared_size, reader_boundary
 
 __all__ = [
     "METADATA_KEYS",
     "DicomImage",
     "image_from_dataset",
+    "parse_dicom",
     "read_dicom",
 ]
 
@@ -242,6 +243,18 @@ def _monochrome1_reflection(ds: Any, apply_modality_lut: Any) -> float:
     return float(mapped.min() + mapped.max())
 
 
+def parse_dicom(path: str | Path) -> Any:
+    """``pydicom.dcmread`` through a :class:`BoundedReader`: an element whose declared
+    length runs past the end of the file raises InconsistentDataError before pydicom
+    allocates it."""
+    import pydicom
+
+    with BoundedReader(path) as fh:
+        ds = pydicom.dcmread(fh)
+    ds.filename = str(path)
+    return ds
+
+
 @reader_boundary("DICOM image")
 def read_dicom(path: str | Path) -> DicomImage:
     """Read one DICOM image file (single- or multi-frame) into a :class:`DicomImage`.
@@ -254,12 +267,13 @@ def read_dicom(path: str | Path) -> DicomImage:
         MedmmInputError: the file cannot be opened.
     Every message starts with the path.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     where = str(path)
     try:
-        ds = pydicom.dcmread(where)
+        ds = parse_dicom(where)
+    except MedmmInputError:
+        raise
     except InvalidDicomError as exc:
         raise CorruptFileError(where, f"not a DICOM Part-10 file ({exc})") from exc
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:

@@ -26,7 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
-from medmm.io.errors import CorruptFileError, InconsistentDataError
+from medmm.io.dicom import parse_dicom
+from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.guard import check_declared_size, reader_boundary
 
 __all__ = [
@@ -240,18 +241,19 @@ def read_wfdb(
         dat = hea.parent / fname
         if not dat.is_file():
             raise CorruptFileError(dat, f"data file named by WFDB header {hea.name} not found")
-        fmt = str(layout["fmt"][chans[0]])
-        bps = _WFDB_BYTES_PER_SAMPLE.get(fmt)
-        if bps is None:
+        # each channel's own format: a frame interleaves every channel of the file
+        fmts = [str(layout["fmt"][c]) for c in chans]
+        bps = [_WFDB_BYTES_PER_SAMPLE.get(f) for f in fmts]
+        if None in bps:
             continue  # compressed / unusual format: rely on the length check below
-        samples_per_frame = sum(spf[c] for c in chans)
-        need = offsets[chans[0]] + int(np.ceil(sig_len * samples_per_frame * bps))
+        bytes_per_frame = sum(spf[c] * b for c, b in zip(chans, bps))
+        need = offsets[chans[0]] + int(np.ceil(sig_len * bytes_per_frame))
         have = dat.stat().st_size
         if have < need:
             raise InconsistentDataError(
                 dat,
                 f"data file is truncated: header {hea.name} needs {need} bytes "
-                f"({sig_len} samples x {len(chans)} leads, format {fmt}), file has {have}",
+                f"({sig_len} samples x {len(chans)} leads, formats {'/'.join(sorted(set(fmts)))}), file has {have}",
             )
 
     try:
@@ -295,14 +297,15 @@ def read_dicom_ecg(
     Sensitivity x Correction Factor + Baseline, in the Channel Sensitivity Units);
     lead names come from each channel's Channel Source Sequence Code Meaning.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     p = Path(path)
     if not p.is_file():
         raise CorruptFileError(p, "DICOM file not found")
     try:
-        ds = pydicom.dcmread(str(p))
+        ds = parse_dicom(p)
+    except MedmmInputError:
+        raise
     except (InvalidDicomError, EOFError, OSError, ValueError, TypeError, KeyError) as exc:
         raise CorruptFileError(p, f"not a readable DICOM file ({type(exc).__name__}: {exc})") from exc
     try:
@@ -406,6 +409,22 @@ def _positive_rate(value) -> float | None:
     return fs if np.isfinite(fs) and fs > 0 else None
 
 
+def _check_finite(
+    signal: np.ndarray, names: tuple[str, ...], path: Path, allow_nan: bool, stage: str = ""
+) -> None:
+    if np.isfinite(signal).all():  # one pass when clean; diagnose only when not
+        return
+    n_nan = int(np.isnan(signal).sum())
+    if n_nan and not allow_nan:
+        bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
+        raise InconsistentDataError(path, f"signal has {n_nan} missing (NaN) samples in leads {bad}")
+    if np.isinf(signal).any():
+        bad = [names[i] for i in np.flatnonzero(np.isinf(signal).any(axis=1))]
+        raise InconsistentDataError(
+            path, f"signal has infinite values in leads {bad}{' ' + stage if stage else ''} (check the gains)"
+        )
+
+
 def _finish(
     signal: np.ndarray,
     fs: float,
@@ -419,15 +438,7 @@ def _finish(
         raise InconsistentDataError(path, "record has zero leads")
     if signal.shape[1] == 0:
         raise InconsistentDataError(path, "record has zero samples")
-    if not np.isfinite(signal).all():  # one pass when clean; diagnose only when not
-        n_nan = int(np.isnan(signal).sum())
-        if n_nan and not allow_nan:
-            bad = [names[i] for i in np.flatnonzero(np.isnan(signal).any(axis=1))]
-            raise InconsistentDataError(
-                path, f"signal has {n_nan} missing (NaN) samples in leads {bad}"
-            )
-        if np.isinf(signal).any():
-            raise InconsistentDataError(path, "signal has infinite values")
+    _check_finite(signal, names, path, allow_nan)
     factors = np.ones(len(names))
     if to_millivolts:
         for i, (name, unit) in enumerate(zip(names, units)):
@@ -441,7 +452,11 @@ def _finish(
         units = ("mV",) * len(names)
     # scale and cast in one pass; handed over read-only so ECGRecord need not copy it
     out = np.empty(signal.shape, dtype=np.float32)
-    np.multiply(signal, factors[:, None], out=out, casting="same_kind")
+    with np.errstate(over="ignore", invalid="ignore"):
+        np.multiply(signal, factors[:, None], out=out, casting="same_kind")
+    # checked again on the float32 result: a gain of 1e-300 gives samples finite in
+    # float64 and infinite once stored
+    _check_finite(out, names, path, allow_nan, "after conversion to float32 millivolts")
     out.flags.writeable = False
     return ECGRecord(out, fs, names, units, str(path))
 

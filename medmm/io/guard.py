@@ -11,28 +11,39 @@ values lazily, so a damaged value can surface as a ValueError, struct.error,
 IndexError ... far from the parser. :func:`reader_boundary` turns those into
 CorruptFileError naming the file and the library's own words, so that a caller only
 ever sees MedmmInputError for bad input (the fuzz tests hold readers to this).
+MemoryError is never bad input: it is re-raised as it is, even where a reader's own
+``except`` wrapped it, so that a skip-and-count pipeline never drops a good sample
+because the machine ran short of memory.
+
+3. Reads bounded by the file: :class:`BoundedReader` hands a parser a file object that
+refuses to read past the end, so a length field of 0xFFFFFFF0 in a 200-byte file is an
+error naming the file instead of a 4 GiB allocation.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 import struct
 import zlib
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from pydicom.errors import BytesLengthException
+
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 
-__all__ = ["LIMIT_ENV", "check_declared_size", "max_decoded_bytes", "reader_boundary"]
+__all__ = ["LIMIT_ENV", "BoundedReader", "check_declared_size", "max_decoded_bytes", "reader_boundary"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # what a library raises on a damaged value (not MemoryError / KeyboardInterrupt / bugs in
 # medmm's own arguments, which are ValueError raised before any file is touched)
 _LIBRARY_ERRORS = (
-    ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, EOFError,
+    ValueError, TypeError, KeyError, AttributeError, IndexError, ArithmeticError, EOFError,
     struct.error, zlib.error, UnicodeDecodeError, NotImplementedError, RuntimeError, OSError,
+    BytesLengthException,
 )
 
 LIMIT_ENV = "MEDMM_MAX_DECODED_BYTES"
@@ -66,6 +77,43 @@ def check_declared_size(path: str | Path | None, shape: tuple[int, ...], itemsiz
         )
 
 
+class BoundedReader(io.BufferedReader):
+    """A buffered binary file whose ``read(n)`` refuses (InconsistentDataError) a large
+    ``n`` beyond the bytes left: Python allocates ``n`` bytes before reading, so a damaged
+    length field would otherwise cost its full declared size in memory. Short reads past
+    the end (how parsers find EOF or a truncated preamble) behave as on any file."""
+
+    harmless = 2**20  # bytes a read may ask for past the end: its allocation costs nothing
+
+    def __init__(self, path: str | Path):
+        raw = io.FileIO(str(path), "rb")
+        super().__init__(raw)
+        self.size = os.fstat(raw.fileno()).st_size
+        self.where = str(path)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is not None and size > self.harmless:
+            left = self.size - self.tell()
+            if size > left:
+                raise InconsistentDataError(
+                    self.where, f"a length field at byte {self.tell()} declares {size} bytes, "
+                    f"only {max(left, 0)} are left in the file ({self.size} bytes)"
+                )
+        return super().read(size)
+
+
+def _memory_error_in(exc: BaseException) -> MemoryError | None:
+    """The MemoryError a reader's own ``except`` wrapped into a medmm error, if any."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, MemoryError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def _describe(source: Any) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
@@ -86,7 +134,10 @@ def reader_boundary(what: str, source_arg: int = 0) -> Callable[[F], F]:
         def guarded(*args, **kwargs):
             try:
                 return read(*args, **kwargs)
-            except MedmmInputError:
+            except MedmmInputError as exc:
+                memory = _memory_error_in(exc)
+                if memory is not None:
+                    raise memory from None
                 raise
             except _LIBRARY_ERRORS as exc:
                 source = args[source_arg] if len(args) > source_arg else "<unknown input>"

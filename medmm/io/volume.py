@@ -31,6 +31,7 @@ through :func:`medmm.io.dicom.read_dicom`.
 
 from __future__ import annotations
 
+import gzip
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from medmm.io.dicom import image_from_dataset
+from medmm.io.dicom import image_from_dataset, parse_dicom
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.guard import check_declared_size, reader_boundary
 
@@ -55,6 +56,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _ORIENTATION_ATOL = 1e-4  # on direction cosines
 _SPACING_RTOL = 0.01  # uneven slice spacing tolerated up to 1 % of the median step
 _DUPLICATE_MM = 1e-3  # two slices closer than this along the normal are the same
+_GZIP_CHUNK = 8 * 2**20  # bytes decompressed at a time when measuring a .nii.gz stream
 
 
 @dataclass(frozen=True, eq=False)
@@ -176,7 +178,6 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
             slices, duplicate positions, uneven spacing, slices off a straight line.
     Every message names the folder (or file) and the problem.
     """
-    import pydicom
     from pydicom.errors import InvalidDicomError
 
     where, files, from_folder = _list_files(paths_or_dir)
@@ -184,7 +185,9 @@ def read_dicom_series(paths_or_dir: str | Path | Iterable[str | Path]) -> Volume
     for f in files:
         try:
             # one parse per slice, pixels included (decoded later from this dataset)
-            ds = pydicom.dcmread(str(f))
+            ds = parse_dicom(f)
+        except MedmmInputError:
+            raise
         except InvalidDicomError as exc:
             if from_folder:
                 continue  # a stray non-DICOM file in the folder
@@ -349,16 +352,20 @@ def read_nifti(path: str | Path) -> Volume:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 3 or any(s != 1 for s in shape[3:]):
         raise MedmmInputError(where, f"expected a 3-D image, got shape {shape}")
-    check_declared_size(where, shape[:3], 4, "NIfTI header (dim)")
     header = img.header
     try:
-        need = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * header.get_data_dtype().itemsize
+        stored = header.get_data_dtype()
+        need = int(header.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * stored.itemsize
     except (TypeError, ValueError) as exc:
         raise CorruptFileError(where, f"NIfTI header has an invalid data type or offset ({exc})") from exc
-    if not where.endswith(".gz") and Path(where).stat().st_size < need:
+    # nibabel holds the stored values and the float32 result at once
+    check_declared_size(where, shape[:3], 4 + stored.itemsize, "NIfTI header (dim)")
+    held = _gzip_stream_size(where, need) if where.endswith(".gz") else Path(where).stat().st_size
+    if held < need:
+        stream = "decompressed stream" if where.endswith(".gz") else "file"
         raise InconsistentDataError(
-            where, f"header declares {shape} voxels of {header.get_data_dtype()} ending at byte {need}, "
-            f"the file holds {Path(where).stat().st_size} bytes (truncated, or a wrong header)"
+            where, f"header declares {shape} voxels of {stored} ending at byte {need}, "
+            f"the {stream} holds {held} bytes (truncated, or a wrong header)"
         )
     try:
         data = img.get_fdata(dtype=np.float32)
@@ -369,22 +376,36 @@ def read_nifti(path: str | Path) -> Volume:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InconsistentDataError(where, "affine is missing or not finite")
     _check_affine(where, affine)
-    if not _finite_by_construction(header) and not np.all(np.isfinite(data)):
+    if not _finite_by_construction(img.dataobj) and not np.all(np.isfinite(data)):
         raise InconsistentDataError(where, "image holds NaN or infinite voxels")
     version = 2 if isinstance(img, nib.Nifti2Image) else 1
     metadata = {"source": "nifti", "modality": "", "n_slices": shape[2], "nifti_version": version}
     return Volume(array=data, affine=affine, path=where, metadata=metadata)
 
 
-def _finite_by_construction(header: Any) -> bool:
+def _gzip_stream_size(where: str, enough: int) -> int:
+    """Bytes the gzip stream decompresses to, counted in bounded chunks and no further
+    than ``enough``: a 14 KB file may declare gigabytes, and the gzip trailer's size
+    field is modulo 4 GiB (and as easy to forge as the header)."""
+    held = 0
+    with gzip.open(where, "rb") as stream:
+        while held < enough:
+            chunk = stream.read(min(_GZIP_CHUNK, enough - held))
+            if not chunk:
+                break
+            held += len(chunk)
+    return held
+
+
+def _finite_by_construction(dataobj: Any) -> bool:
     """Integer voxels scaled by a finite slope / intercept that cannot leave float32's
-    range are finite without looking at them (skips a pass over the whole volume)."""
-    dtype = header.get_data_dtype()
+    range are finite without looking at them (skips a pass over the whole volume). The
+    scaling is the data object's: nibabel moves it there from the header on load."""
+    dtype = np.dtype(dataobj.dtype)
     if dtype.kind not in "iub":
         return False
-    slope, inter = header.get_slope_inter()
-    slope = 1.0 if slope is None else float(slope)
-    inter = 0.0 if inter is None else float(inter)
+    slope = float(getattr(dataobj, "slope", 1.0))
+    inter = float(getattr(dataobj, "inter", 0.0))
     if not (np.isfinite(slope) and np.isfinite(inter)):
         return False
     biggest = float(max(abs(np.iinfo(dtype).min), np.iinfo(dtype).max)) if dtype.kind != "b" else 1.0

@@ -15,6 +15,7 @@ with a real feature extractor passes its callable as ``encoder``.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,8 +23,10 @@ from typing import Callable
 import numpy as np
 
 from medmm.io.errors import CorruptFileError, InconsistentDataError
+from medmm.io.guard import check_declared_size, reader_boundary
 
 MAX_LEVEL0_PIXELS = 10**12  # refuse absurd declared sizes instead of trying to tile them
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 
 
 def magnification_to_mpp(magnification: float) -> float:
@@ -63,6 +66,7 @@ class WholeSlide:
         self.path = Path(path)
         if not self.path.is_file():
             raise CorruptFileError(self.path, "file not found")
+        _check_tiff_levels(self.path)  # before OpenSlide trusts the declared sizes
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError) as exc:
@@ -103,6 +107,8 @@ class WholeSlide:
         """RGB uint8 [h, w, 3] at ``level``; (x, y) in level-0 pixels; transparent -> white."""
         import openslide
 
+        # OpenSlide aborts the process when its allocation fails: refuse absurd sizes first
+        check_declared_size(self.path, (int(size[1]), int(size[0])), 4 + 3 * 4, "region (height, width)")
         try:
             rgba = np.asarray(self._slide.read_region((int(x), int(y)), int(level), tuple(int(s) for s in size)))
         except openslide.OpenSlideError as exc:
@@ -185,6 +191,36 @@ class WholeSlide:
         self.close()
 
 
+def _check_tiff_levels(path: Path) -> None:
+    """Every image of a TIFF-based slide holds the tiles (or strips) its declared size needs,
+    inside the file: OpenSlide reads a missing tile as transparent, i.e. white, so an IFD
+    claiming 512 x 100000 pixels over 4 tiles would read as a slide of blank tiles."""
+    import tifffile
+
+    with open(path, "rb") as fh:
+        if fh.read(4) not in _TIFF_MAGIC:
+            return  # not TIFF-based (MIRAX, ...): OpenSlide's own checks only
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            for index, page in enumerate(tif.pages):
+                declared = int(np.prod(page.chunked))
+                offsets, counts = page.dataoffsets, page.databytecounts
+                if len(offsets) != declared or len(counts) != declared:
+                    raise InconsistentDataError(
+                        path, f"TIFF image {index} declares {page.imagewidth}x{page.imagelength} pixels in "
+                        f"{declared} tiles/strips, the file lists {len(offsets)}"
+                    )
+                end = max((o + c for o, c in zip(offsets, counts)), default=0)
+                if end > size:  # truncated
+                    raise CorruptFileError(
+                        path, f"TIFF image {index}'s tile data ends at byte {end}, past the end of the file ({size} bytes)"
+                    )
+    except (tifffile.TiffFileError, ValueError, struct.error, IndexError, KeyError, TypeError) as exc:
+        raise CorruptFileError(path, f"TIFF structure cannot be parsed ({type(exc).__name__}: {exc})") from None
+
+
+@reader_boundary("slide")
 def read_wsi(path: str | Path, mpp: float | None = None) -> WholeSlide:
     """Open a whole-slide image (any format OpenSlide reads, incl. pyramidal tiled TIFF).
     ``mpp`` overrides / supplies the microns per pixel when the file lacks them."""

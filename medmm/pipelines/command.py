@@ -7,7 +7,9 @@ overrides, ``--help`` that lists every option of the config's schema, and one ex
 ``execute(cfg, args)`` runs the workflow and returns its outcome, which is printed (an
 outcome's ``str`` is its summary; an ``exit_code`` attribute, when it has one, is the
 command's exit code). A config error prints ``config error: ...`` and exits 2; bad input
-(:class:`medmm.io.errors.MedmmInputError`, a missing file) prints one line and exits 2.
+(:class:`medmm.io.errors.MedmmInputError`, a missing file) prints one line and exits 2. Any
+failure ends the MLflow runs the command opened FAILED, tagged ``medmm.failure`` with a
+one-line reason without paths (:func:`medmm.tracking.pipeline_run.fail_open_runs`).
 
 A command whose schema depends on the config (``pretrain``: contrastive or PTUnifier)
 names one schema per value of the config's top-level ``kind`` key.
@@ -115,17 +117,41 @@ class Command:
                 cfg = build_config(self.schema_for(args.config, args.overrides), args.config, args.overrides)
             outcome = execute(cfg, args)
         except ConfigError as exc:
-            print(f"config error: {exc}", file=sys.stderr)
+            end_open_runs_failed(exc)
+            print(f"config error: {one_line(exc)}", file=sys.stderr)
             return 2
         # a missing file or folder is bad input as much as an unreadable one
         except (MedmmInputError, FileNotFoundError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            end_open_runs_failed(exc)
+            print(f"error: {one_line(exc)}", file=sys.stderr)
             return 2
+        except BaseException as exc:  # a bug or an interrupt: the run ends FAILED, the traceback stays
+            if not (isinstance(exc, SystemExit) and exc.code in (0, None)):  # --help exits 0
+                end_open_runs_failed(exc)
+            raise
         print(outcome)
         return getattr(outcome, "exit_code", 0)
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (a multi-line message is joined)."""
+    return " ".join(str(exc).split())
+
+
+def end_open_runs_failed(exc: BaseException) -> None:
+    """End the MLflow runs the failed command opened as FAILED, with a one-line reason tag."""
+    tracking = sys.modules.get("medmm.tracking.pipeline_run")
+    if tracking is not None:  # not imported: the command opened no run (and --help stays fast)
+        tracking.fail_open_runs(exc)
+
+
 def add_resume_flag(parser: argparse.ArgumentParser) -> None:
-    """``--resume`` of the commands that train with :mod:`medmm.training.lightning_run`."""
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the last run of output_dir from its last checkpoint (same MLflow run)")
+    """``--resume`` / ``--resume-new`` of the commands that train with :mod:`medmm.training.lightning_run`
+    (both set ``args.resume``: True, or ``"new"`` for a continuation in a new MLflow run)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true",
+                       help="continue the last run of output_dir from its newest checkpoint (same MLflow run); "
+                            "a FINISHED run is refused")
+    group.add_argument("--resume-new", dest="resume", action="store_const", const="new",
+                       help="continue the last run of output_dir from its newest checkpoint in a new MLflow run "
+                            "(e.g. to train a FINISHED run further)")

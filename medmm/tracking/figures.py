@@ -3,8 +3,25 @@
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import numpy as np
+
+from medmm.metrics.reference_levels import REFERENCE_MODEL_FILE
+
+EXAMPLES_FIGURE_HELP = ("log examples that show the cohort's images and report text (a figure, and the report "
+                        "examples' text); unset: only for the synthetic demo cohort, whose folder carries "
+                        f"{REFERENCE_MODEL_FILE}")
+
+
+def show_cohort_examples(setting: bool | None, cohort_root: str | Path) -> bool:
+    """Whether a run logs examples carrying the cohort's own images and report text: the
+    user's ``setting``, else only for the synthetic demo cohort (the generator writes its
+    ideal observer, ``reference_model.json``, at its root). A real cohort's reports are
+    patient data, so they are off unless turned on."""
+    if setting is not None:
+        return setting
+    return (Path(cohort_root) / REFERENCE_MODEL_FILE).is_file()
 
 
 def retrieval_examples_figure(images: np.ndarray, query_labels: np.ndarray, sim: np.ndarray, texts: list[str],

@@ -10,7 +10,8 @@ read alike in the dashboard and in notebooks:
   tables), ``figures/`` (PNG);
 * metrics: ``<split>.<name>`` for evaluations (``test.bleu4``), ``train/...`` and
   ``val/...`` for curves, ``time.<phase>_s`` for phase timings, ``data.n_<split>_studies``;
-* the model: a pyfunc logged under ``model`` (:func:`log_pyfunc`; weights as safetensors)
+* the model: a pyfunc logged from code under ``model``
+  (:func:`medmm.tracking.saved_model.log_saved_model`; weights as safetensors, no pickle)
   and, when the config's ``tracking.register_model`` says so, registered with two aliases:
   ``newest`` (this run) and ``champion`` (moved only when this run's *validation*
   selection metric beats the current champion's; a pipeline that selects nothing on
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,9 +39,20 @@ from medmm.tracking.run_context import (
     log_json_artifact,
     log_run_context,
 )
+from medmm.tracking.store import prepare_store
 
 # "latest" is reserved by MLflow (models:/name/latest), hence "newest"
 LATEST, CHAMPION = "newest", "champion"
+FAILURE_TAG = "medmm.failure"
+REASON_MAX = 250
+# runs this process opened and has not finished: (tracking URI, run id); a failing command ends them FAILED
+_open_runs: list[tuple[str, str]] = []
+# a token with a path separator (absolute or relative path), or a file name with a file-like extension:
+# cohort paths and file names embed subject IDs
+_PATH_LIKE = re.compile(
+    r"[^\s'\"(),;\[\]]*[/\\][^\s'\"(),;\[\]]*"
+    r"|[^\s'\"(),;\[\]]+\.(?:dcm|dicom|hea|dat|nii|gz|zip|tif|tiff|svs|ndpi|mrxs|png|jpe?g|csv|tsv|txt|json|"
+    r"ya?ml|parquet|npy|npz|ckpt|pt|db|xml|h5|edf|safetensors)\b", re.IGNORECASE)
 
 
 def metric_name(name: str) -> str:
@@ -52,13 +65,14 @@ def start_run(tracking_uri: str | None, experiment: str, run_name: str | None, p
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = prepare_store(tracking_uri or default_tracking_uri())
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     exp_id = (exp.experiment_id if exp is not None
               else client.create_experiment(experiment, artifact_location=artifact_location(uri)))
     run = client.create_run(exp_id, run_name=run_name, tags={"medmm.pipeline": pipeline})
+    remember_open_run(uri, run.info.run_id)
     return client, run.info.run_id, uri
 
 
@@ -67,8 +81,45 @@ def lightning_logger(experiment: str, run_name: str | None, tracking_uri: str):
     store (:func:`medmm.tracking.run_context.artifact_location`)."""
     from lightning.pytorch.loggers import MLFlowLogger
 
-    return MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
-                        artifact_location=artifact_location(tracking_uri))
+    prepare_store(tracking_uri)
+    logger = MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
+                          artifact_location=artifact_location(tracking_uri))
+    remember_open_run(tracking_uri, logger.run_id)
+    return logger
+
+
+def remember_open_run(tracking_uri: str, run_id: str) -> None:
+    """Note a run this process opened, so that a failing command can end it FAILED."""
+    if (tracking_uri, run_id) not in _open_runs:
+        _open_runs.append((tracking_uri, run_id))
+
+
+def failure_reason(exc: BaseException) -> str:
+    """``"<ExceptionType>: <first line of the message>"`` with paths and file names cut out
+    (they embed subject IDs in real cohorts), at most ``REASON_MAX`` characters."""
+    lines = str(exc).strip().splitlines()
+    message = _PATH_LIKE.sub("<path>", lines[0] if lines else "")
+    return f"{type(exc).__name__}: {message}".rstrip(": ")[:REASON_MAX]
+
+
+def fail_open_runs(exc: BaseException) -> list[str]:
+    """End every run this process opened and did not finish as FAILED, tagged with
+    :func:`failure_reason`; returns their ids. Never raises: the original error matters more."""
+    from mlflow.tracking import MlflowClient
+
+    failed = []
+    reason = failure_reason(exc)
+    while _open_runs:
+        uri, run_id = _open_runs.pop()
+        try:
+            client = MlflowClient(uri)
+            client.set_tag(run_id, FAILURE_TAG, reason)
+            client.set_terminated(run_id, status="FAILED")
+            failed.append(run_id)
+        except Exception as tracking_error:  # noqa: BLE001 - report, and keep the command's own error
+            print(f"WARNING: could not mark MLflow run {run_id} FAILED ({type(tracking_error).__name__})",
+                  file=sys.stderr)
+    return failed
 
 
 def log_context(client, run_id: str, pipeline: str, config, manifest, skipped: list[dict],
@@ -98,18 +149,6 @@ def log_figure(client, run_id: str, figure, name: str) -> None:
 
 def log_json(client, run_id: str, name: str, payload: Any) -> None:
     log_json_artifact(client, run_id, name, payload, artifact_path="results")
-
-
-def log_pyfunc(run_id: str, python_model, artifacts: dict[str, str], pip_requirements: list[str]) -> str:
-    """Log ``python_model`` (an ``mlflow.pyfunc.PythonModel`` whose weights and configs travel
-    as the files ``artifacts`` names: safetensors, YAML, JSON; never pickle) as the model
-    ``model`` of ``run_id``; returns its URI for :func:`register_with_aliases`."""
-    import mlflow
-
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts=artifacts,
-                                       pip_requirements=pip_requirements)
-    return info.model_uri
 
 
 def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric: str | None,
@@ -147,6 +186,8 @@ def register_with_aliases(client, model_uri: str, name: str, run_id: str, metric
 
 def finish(client, run_id: str, status: str = "FINISHED") -> None:
     client.set_terminated(run_id, status=status)
+    for entry in [e for e in _open_runs if e[1] == run_id]:
+        _open_runs.remove(entry)
 
 
 def log_cohort_summary(client, run_id: str, cohort) -> None:

@@ -1,7 +1,14 @@
 """Trainer, checkpoints and resume of a Lightning training run tracked in MLflow.
 
-A run writes ``<output_dir>/run_state.json`` naming its MLflow run and checkpoint folder,
-so that ``--resume`` continues the same MLflow run from the newest readable checkpoint.
+A run writes ``<output_dir>/run_state.json`` naming its MLflow run, checkpoint folder and
+resolved config, so that ``--resume`` continues the same MLflow run from the newest readable
+checkpoint. Every epoch overwrites ``last.ckpt`` with that epoch (atomically: temp file,
+fsync, rename), besides the best epoch by ``val/loss``; each epoch's randomness and data order
+derive from (seed, epoch) (:mod:`medmm.training.epoch_seeding`), so a resumed run trains as an
+uninterrupted one would.
+Metric steps that the run already logged before it was killed are not logged again.
+A FINISHED run is not resumed (``--resume-new`` continues it in a new run); a resume whose
+config differs from the stored one, or that finds no readable checkpoint, is an error.
 The config needs ``seed``, ``output_dir``, ``trainer`` (:class:`medmm.training.config.TrainerConfig`)
 and ``tracking`` (:class:`medmm.tracking.config.RunTrackingConfig`).
 """
@@ -9,6 +16,7 @@ and ``tracking`` (:class:`medmm.tracking.config.RunTrackingConfig`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +24,21 @@ from pathlib import Path
 import lightning as L
 import mlflow
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from mlflow.tracking import MlflowClient
 
-from medmm.config.core import ConfigError
-from medmm.tracking.pipeline_run import lightning_logger
-from medmm.tracking.run_context import default_tracking_uri
+from medmm.config.core import ConfigError, flatten
+from medmm.tracking.pipeline_run import remember_open_run
+from medmm.tracking.run_context import artifact_location, default_tracking_uri
+from medmm.tracking.store import prepare_store
+from medmm.training.epoch_seeding import EpochSeededRandomness
 from medmm.training.precision import default_precision
 
 RUN_STATE = "run_state.json"
+LAST = "last"  # last.ckpt: the newest complete epoch
+CONTINUES_TAG = "medmm.continues_run"
 
 
 @dataclass
@@ -48,32 +62,106 @@ class PretrainOutcome:
         return "\n".join(lines)
 
 
-def latest_readable_checkpoint(ckpt_dir: Path) -> str | None:
-    """``last.ckpt``, or the newest other checkpoint if a kill left it half-written.
+def checkpoint_position(path: Path) -> tuple[int, int] | None:
+    """(global step, epoch) of a readable checkpoint, None for an unreadable one (a kill
+    mid-write). Loaded with ``weights_only=True``: a checkpoint is data, never code."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt.get("global_step", -1)), int(ckpt.get("epoch", -1))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file: try the next one
+        print(f"WARNING: checkpoint {path.name} is unreadable ({type(exc).__name__}); trying an older one",
+              file=sys.stderr)
+        return None
 
-    Loaded with ``weights_only=True``: a checkpoint is data, never code."""
-    candidates = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
-    for path in candidates:
+
+def latest_readable_checkpoint(ckpt_dir: Path) -> str | None:
+    """The readable checkpoint of ``ckpt_dir`` furthest into training (``last.ckpt`` unless a
+    kill left it unreadable); None when there is none."""
+    positions = {path: checkpoint_position(path) for path in sorted(ckpt_dir.glob("*.ckpt"))}
+    readable = {path: pos for path, pos in positions.items() if pos is not None}
+    if not readable:
+        return None
+    # furthest first; among equals last.ckpt (it is written after the best-epoch copy)
+    return str(max(readable, key=lambda path: (*readable[path], path.stem == LAST)))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temp file in its folder, fsyncs it and renames it into place:
+    a kill mid-write leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
         try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file: try the next one
-            print(f"WARNING: checkpoint {path} is unreadable ({type(exc).__name__}); trying an older one",
-                  file=sys.stderr)
-            continue
-        return str(path)
-    return None
+            os.fsync(folder)  # the rename itself survives a crash
+        finally:
+            os.close(folder)
+
+
+class NoRepeatClient(MlflowClient):
+    """An MLflow client that logs each (metric, step) of a run once: a resumed run re-runs the
+    steps between its checkpoint and the kill, whose metrics the run already holds."""
+
+    def __init__(self, tracking_uri: str, run_id: str | None = None):
+        super().__init__(tracking_uri)
+        self._logged: set[tuple[str, int]] = set()
+        if run_id is not None:
+            for key in self.get_run(run_id).data.metrics:
+                self._logged.update((key, m.step) for m in self.get_metric_history(run_id, key))
+
+    def _fresh(self, key: str, step: int | None) -> bool:
+        entry = (key, int(step or 0))
+        if entry in self._logged:
+            return False
+        self._logged.add(entry)
+        return True
+
+    def log_metric(self, run_id, key, value, timestamp=None, step=None, *args, **kwargs):
+        if self._fresh(key, step):
+            return super().log_metric(run_id, key, value, timestamp, step, *args, **kwargs)
+        return None
+
+    def log_batch(self, run_id, metrics=(), params=(), tags=(), *args, **kwargs):
+        metrics = [m for m in metrics if self._fresh(m.key, m.step)]
+        return super().log_batch(run_id, metrics, params, tags, *args, **kwargs)
+
+
+class TrackedRunLogger(MLFlowLogger):
+    """Lightning's MLflow logger through a :class:`NoRepeatClient`, which leaves the run open
+    when training ends: the workflow evaluates and then finishes it (or a failure ends it
+    FAILED), so a kill during evaluation leaves a run that ``--resume`` continues."""
+
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
+                 run_id: str | None = None):
+        super().__init__(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
+                         run_id=run_id, artifact_location=artifact_location(tracking_uri))
+        self._mlflow_client = NoRepeatClient(tracking_uri, run_id)
+
+    def finalize(self, status: str = "success") -> None:
+        pass  # the workflow ends the run
 
 
 def checkpointing_trainer(cfg, logger, ckpt_dir: Path) -> L.Trainer:
-    """The Lightning trainer of ``cfg.trainer``: the last epoch and the one with the lowest
-    ``val/loss`` checkpointed in ``ckpt_dir``."""
+    """The Lightning trainer of ``cfg.trainer``: every epoch checkpointed as ``last.ckpt`` and
+    the one with the lowest ``val/loss`` as ``epochNNN.ckpt`` in ``ckpt_dir``; randomness seeded
+    per epoch, so a resume repeats what an uninterrupted run draws."""
     precision = cfg.trainer.precision or default_precision()
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
-                                 save_last=True, save_top_k=1, monitor="val/loss", mode="min")
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
+                           save_top_k=1, monitor="val/loss", mode="min")
+    newest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, every_n_epochs=1,
+                             enable_version_counter=False)
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        precision=precision, logger=logger, callbacks=[checkpoint],
+        precision=precision, logger=logger, callbacks=[best, newest, EpochSeededRandomness(cfg.seed)],
+        plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
         gradient_clip_val=None if cfg.trainer.grad_cache_chunk else cfg.trainer.gradient_clip_val,
@@ -82,14 +170,41 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path) -> L.Trainer:
     )
 
 
-def start_or_resume_run(cfg, resume: bool):
+def stored_config(cfg) -> dict[str, str]:
+    """The flattened resolved config as strings: what a resume must match."""
+    return {k: "None" if v is None else str(v) for k, v in flatten(cfg).items()}
+
+
+def _resume_point(cfg, state: dict, tracking_uri: str, new_run: bool) -> str:
+    """The checkpoint a resume starts from, after the checks that refuse it."""
+    client = MlflowClient(tracking_uri)
+    if not new_run and client.get_run(state["run_id"]).info.status == "FINISHED":
+        raise ConfigError(f"--resume: MLflow run {state['run_id']} is FINISHED; "
+                          "--resume-new continues it in a new run")
+    if "config" in state:
+        stored, current = state["config"], stored_config(cfg)
+        differ = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+        if differ:
+            raise ConfigError(f"--resume: the config differs from the stored run's in {', '.join(differ)}")
+    ckpt_dir = Path(state["ckpt_dir"])
+    for leftover in ckpt_dir.glob(".*.tmp"):  # a checkpoint write that a kill interrupted
+        leftover.unlink(missing_ok=True)
+    ckpt_path = latest_readable_checkpoint(ckpt_dir)
+    if ckpt_path is None:
+        raise ConfigError(f"--resume: no readable checkpoint of run {state['run_id']} in {ckpt_dir}; "
+                          "start a new run without --resume")
+    return ckpt_path
+
+
+def start_or_resume_run(cfg, resume: bool | str):
     """Seed, threads and the MLflow run of a training run: a new run, or with ``resume`` the
-    run and newest readable checkpoint that ``output_dir``'s run state names. Returns
-    (logger, tracking_uri, checkpoint to resume from or None, run folder)."""
+    run and newest readable checkpoint that ``output_dir``'s run state names (``resume="new"``:
+    that checkpoint in a new MLflow run). Returns (logger, tracking_uri, checkpoint to resume
+    from or None, run folder)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
+    tracking_uri = prepare_store(cfg.tracking.uri or default_tracking_uri())
     mlflow.set_tracking_uri(tracking_uri)
     output_dir = Path(cfg.output_dir)
     state_path = output_dir / RUN_STATE
@@ -98,12 +213,20 @@ def start_or_resume_run(cfg, resume: bool):
         if not state_path.exists():
             raise ConfigError(f"--resume: no run to resume in {output_dir} ({RUN_STATE} missing)")
         state = json.loads(state_path.read_text())
-        ckpt_path = latest_readable_checkpoint(Path(state["ckpt_dir"]))
-        logger = MLFlowLogger(tracking_uri=tracking_uri, run_id=state["run_id"])
-        print(f"resuming MLflow run {state['run_id']} from {ckpt_path or 'the start (no checkpoint yet)'}")
+        ckpt_path = _resume_point(cfg, state, tracking_uri, new_run=resume == "new")
+        if resume == "new":
+            logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+            MlflowClient(tracking_uri).set_tag(logger.run_id, CONTINUES_TAG, state["run_id"])
+            print(f"continuing MLflow run {state['run_id']} in a new run {logger.run_id} from {ckpt_path}")
+        else:
+            logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, run_id=state["run_id"])
+            MlflowClient(tracking_uri).update_run(state["run_id"], status="RUNNING")
+            print(f"resuming MLflow run {state['run_id']} from {ckpt_path}")
     else:
-        logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
+        logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+    remember_open_run(tracking_uri, logger.run_id)
     run_dir = output_dir / logger.run_id
     output_dir.mkdir(parents=True, exist_ok=True)
-    state_path.write_text(json.dumps({"run_id": logger.run_id, "ckpt_dir": str(run_dir / "checkpoints")}))
+    state = {"run_id": logger.run_id, "ckpt_dir": str(run_dir / "checkpoints"), "config": stored_config(cfg)}
+    state_path.write_text(json.dumps(state))
     return logger, tracking_uri, ckpt_path, run_dir

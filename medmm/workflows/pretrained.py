@@ -24,11 +24,17 @@ from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from medmm.config.core import ConfigError, StrictModel, load_yaml, to_yaml
+from medmm.config.core import ConfigError, StrictModel, load_yaml
 from medmm.data.tokenizer import load_tokenizer
 from medmm.io.errors import MedmmInputError
-from medmm.models.ptunifier import itc_embeddings, itc_image_embeddings, itc_text_embeddings
+from medmm.models.ptunifier import (
+    itc_embeddings,
+    itc_image_embeddings,
+    itc_text_embeddings,
+)
 from medmm.models.registry import create_model
+from medmm.tracking.run_context import saved_config_yaml
+from medmm.tracking.saved_model import check_model_folder
 from medmm.workflows.contrastive.config import PretrainConfig
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 
@@ -55,7 +61,6 @@ def embed_texts(model, tokenizer, texts: list[str], max_tokens: int) -> np.ndarr
     enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
     batch = {"report_ids": enc["input_ids"].to(device), "report_mask": enc["attention_mask"].to(device)}
     return model.encode("report", batch).float().cpu().numpy()
-
 
 
 WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
@@ -97,7 +102,7 @@ def file_sha256(path: Path) -> str:
 
 def resolve_source(source: str | Path, dst: Path, tracking_uri: str | None = None) -> Path:
     """The folder holding ``model.safetensors`` + ``config.yaml`` of a local folder or an MLflow
-    model / run URI (downloaded under ``dst``)."""
+    model / run URI (downloaded under ``dst``); a folder holding a pickle or other code is refused."""
     local = Path(source)
     if not local.exists():
         if not _URI.match(str(source)):
@@ -111,6 +116,7 @@ def resolve_source(source: str | Path, dst: Path, tracking_uri: str | None = Non
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(source), dst_path=str(dst)))
         except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
             raise MedmmInputError(source, f"not a loadable MLflow model URI ({exc})") from None
+    check_model_folder(local)
     for folder in (local, local / "artifacts", local / "model" / "artifacts"):
         if (folder / WEIGHTS).is_file() and (folder / CONFIG).is_file():
             return folder
@@ -172,7 +178,7 @@ def save_pretrained_folder(model, config, folder: Path) -> Path:
     """Write ``model.safetensors`` + ``config.yaml`` (what :func:`load_pretrained` reads)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / WEIGHTS))
-    (folder / CONFIG).write_text(to_yaml(config))
+    (folder / CONFIG).write_text(saved_config_yaml(config))
     return folder
 
 

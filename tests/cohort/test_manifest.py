@@ -1,7 +1,15 @@
 import pandas as pd
 import pytest
 
-from medmm.cohort.manifest import LeakageError, Manifest, check_no_leakage, patient_level_split, resolve_under
+from medmm.cohort.manifest import (
+    LeakageError,
+    Manifest,
+    check_no_leakage,
+    entry_sha256,
+    hashed_files,
+    patient_level_split,
+    resolve_under,
+)
 
 
 def test_split_is_by_patient_and_deterministic():
@@ -33,3 +41,11 @@ def test_demo_manifest_hashes_and_splits(tiny_cohort):
     assert file_sha256(m.resolve(row["path"])) == row["sha256"]
     assert set(m.table["split"]) <= {"train", "val", "test"}
     assert len(m.content_hash()) == 64
+
+
+def test_entry_hash_covers_the_wfdb_signal_file(tiny_cohort):
+    m = Manifest.load(tiny_cohort)
+    for row in m.table.itertuples():
+        assert entry_sha256(m.resolve(row.path)) == row.sha256
+    header = m.resolve(m.table[m.table["modality"] == "ecg"].iloc[0]["path"])
+    assert hashed_files(header) == (header, header.with_suffix(".dat"))

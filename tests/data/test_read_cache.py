@@ -82,6 +82,22 @@ def test_edited_file_is_read_again(records, tmp_path):
     assert file_stamp(item["path"]) != ""
 
 
+def test_edited_wfdb_signal_file_is_read_again(records, tmp_path):
+    """A WFDB record named by its header: an edit of the signal file alone is seen too."""
+    from medmm.data.read_cache import cached_reads
+
+    cache = tmp_path / "cache"
+    item = records[2]
+    before = np.asarray(cached_reads([item], cache)[0]["signal"])
+    dat = item["path"].with_suffix(".dat")
+    data = bytearray(dat.read_bytes())
+    data[:64] = bytes(64)  # same size, the first samples zeroed
+    dat.write_bytes(bytes(data))
+    after = np.asarray(cached_reads([item], cache)[0]["signal"])
+    np.testing.assert_array_equal(after, np.asarray(read_ecg(item["path"]).signal))
+    assert not np.array_equal(after, before)
+
+
 def test_in_memory_cache(records):
     from medmm.data.read_cache import cached_reads
 

@@ -11,6 +11,7 @@ from medmm.config.core import StrictModel
 from medmm.data.config import MODALITIES, DataConfig
 from medmm.models.more import ModelConfig
 from medmm.tracking.config import RunTrackingConfig
+from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.training.config import TrainerConfig
 
 
@@ -92,7 +93,7 @@ class TrackingConfig(RunTrackingConfig):
 class EvalConfig(StrictModel):
     retrieval_ks: list[int] = [1, 5, 10]
     label_ks: list[int] = [1, 5]
-    examples_figure: bool = Field(True, description="log a figure of retrieval examples (query X-ray, top-3 reports)")
+    examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)
     memory_retrieval: bool = Field(
         True, description="also report label-match retrieval memory-translated through the training pairs "
                           "(medmm.retrieval.memory_retrieval; embeds the training split once more)")

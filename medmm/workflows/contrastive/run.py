@@ -9,12 +9,10 @@ import time
 import warnings
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from medmm.data.datamodule import PretrainDataModule
 from medmm.data.tokenizer import load_tokenizer
-from medmm.tracking.figures import retrieval_examples_figure
-from medmm.tracking.pipeline_run import log_context, register_with_aliases
+from medmm.tracking.figures import retrieval_examples_figure, show_cohort_examples
+from medmm.tracking.pipeline_run import finish, log_context, register_with_aliases
 from medmm.tracking.run_context import log_json_artifact
 from medmm.training.lightning_run import (
     PretrainOutcome,
@@ -48,7 +46,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
         for s in dm.cohort.skipped:
             print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
-    client = MlflowClient(tracking_uri)
+    client = logger.experiment  # logs each metric step once, also across a resume
     log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
     client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
     for split in ("train", "val", "test"):
@@ -78,7 +76,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     log_json_artifact(client, run_id, "test_metrics.json", result.rows)
     log_json_artifact(client, run_id, "reference_levels.json", reference)
     client.log_text(run_id, table, "results/test_metrics.txt")
-    if cfg.eval.examples_figure and "xray" in result.embeddings and "report" in result.embeddings:
+    if show_cohort_examples(cfg.eval.examples_figure, dm.cfg.root) and "xray" in result.embeddings and "report" in result.embeddings:
         idx = result.indices
         fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), result.labels,
                                         result.embeddings["xray"][:4] @ result.embeddings["report"].T,
@@ -90,7 +88,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         model_uri = log_and_register(run_id, task.model, cfg, None)
         register_with_aliases(client, model_uri, cfg.tracking.registered_name, run_id, "val/loss",
                               higher_is_better=False)
-    client.set_terminated(run_id)
+    finish(client, run_id)
     timing = ", ".join(f"{k[5:-2]} {v:.0f} s" for k, v in timings.items())
     return PretrainOutcome(run_id, tracking_uri, result.metrics, f"{table}\n\ntime: {timing}", model_uri,
                            len(dm.cohort.skipped), cfg.tracking.registered_name)

@@ -2,8 +2,9 @@
 through ``mlflow.pyfunc.load_model`` and embeds studies.
 
 Weights travel as safetensors (never pickle); the config as YAML. ``predict`` takes a
-DataFrame with one column per input kind: ``report`` (text), ``xray`` (DICOM path) or
-``ecg`` (WFDB / DICOM-waveform path), and returns the L2-normalised embeddings.
+DataFrame with one column per input kind: ``report`` (text), ``xray`` (DICOM bytes or path) or
+``ecg`` (DICOM-waveform bytes, or a WFDB / DICOM-waveform path), and returns the L2-normalised
+embeddings. Paths are read only as :func:`medmm.data.inputs.served_file` allows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from medmm.data.inputs import INPUT_COLUMNS, input_batch, one_input_column
+from medmm.data.inputs import INPUT_COLUMNS, one_input_column, served_input_batch
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.pretrained import (
     CONFIG,
     PIP_REQUIREMENTS,
@@ -32,8 +34,8 @@ class ContrastiveEmbedder(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         column = one_input_column(model_input, INPUT_COLUMNS)
         with torch.no_grad():
-            emb = self.model.encode(column, input_batch(column, model_input[column].tolist(), self.cfg,
-                                                        self.tokenizer))
+            emb = self.model.encode(column, served_input_batch(column, model_input[column].tolist(), self.cfg,
+                                                               self.tokenizer))
         return emb.numpy()
 
 
@@ -42,12 +44,6 @@ def log_and_register(run_id: str, model, config, registered_name: str | None) ->
     unless None); returns its URI."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained_folder(model, config, Path(tmp))
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=ContrastiveEmbedder(),
-                artifacts={"weights": str(folder / WEIGHTS), "config": str(folder / CONFIG)},
-                pip_requirements=PIP_REQUIREMENTS,
-                registered_model_name=registered_name,
-            )
-    return info.model_uri
+        return log_saved_model(run_id, ContrastiveEmbedder, {"weights": str(folder / WEIGHTS),
+                                                             "config": str(folder / CONFIG)},
+                               PIP_REQUIREMENTS, registered_name)

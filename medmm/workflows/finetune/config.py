@@ -18,7 +18,8 @@ class FinetuneDataConfig(StrictModel):
     cache_dir: Path | None = Field(None, description="decoded cache folder (default: <root>/.cache)")
     batch_size: int = 32
     augment: bool = True
-    strict: bool = Field(False, description="raise on the first bad file instead of skipping and counting it")
+    strict: bool = Field(False, description="verify every file's sha256 against the manifest before training and "
+                                           "raise on the first bad or changed file, instead of skipping and counting it")
     limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
     label_fraction: float = Field(1.0, gt=0, le=1, description="fraction of the training studies whose labels "
                                                                "are used (1%, 10%, 100% in the paper)")

@@ -40,7 +40,7 @@ from medmm.tracking.pipeline_run import (
     log_metrics,
     register_with_aliases,
 )
-from medmm.tracking.run_context import default_tracking_uri
+from medmm.tracking.run_context import default_tracking_uri, source_tag
 from medmm.workflows.finetune.config import FinetuneConfig
 from medmm.workflows.finetune.module import FinetuneTask, label_subset
 from medmm.workflows.finetune.served import log_finetuned_model
@@ -217,7 +217,7 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     run_id = logger.run_id
     client = MlflowClient(tracking_uri)
     log_context(client, run_id, "finetune", cfg, dm.manifest, dm.cohort.skipped)
-    for key, value in {"pretrained_family": family, "pretrained_checkpoint": str(folder),
+    for key, value in {"pretrained_family": family, "pretrained_checkpoint": source_tag(cfg.checkpoint, cfg),
                        "prompts_trainable": str(prompts_trainable).lower(), "task": cfg.task}.items():
         client.set_tag(run_id, key, value)
     log_metrics(client, run_id, {"data.n_train_studies_labelled": len(train_idx), "data.n_test_studies": len(test_idx),

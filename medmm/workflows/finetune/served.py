@@ -15,10 +15,12 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from medmm.config.core import build_config, to_yaml
-from medmm.data.inputs import input_batch, one_input_column
+from medmm.config.core import build_config
+from medmm.data.inputs import one_input_column, served_input_batch
 from medmm.data.tokenizer import load_tokenizer
-from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.tracking.pipeline_run import save_weights
+from medmm.tracking.run_context import saved_config_yaml
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.finetune.config import FinetuneConfig
 from medmm.workflows.finetune.module import FinetuneTask
 from medmm.workflows.pretrained import (
@@ -47,12 +49,12 @@ class FinetunedModel(mlflow.pyfunc.PythonModel):
         with torch.no_grad():
             if task == "retrieval":
                 column = one_input_column(model_input, ("xray", "report"))
-                batch = input_batch(column, model_input[column].tolist(), self.pre, self.tokenizer)
+                batch = served_input_batch(column, model_input[column].tolist(), self.pre, self.tokenizer)
                 return self.task.backbone.embed(column, batch).numpy()
             column = "report" if task == "text_classification" else "xray"
             if column not in model_input.columns:
                 raise ValueError(f"a {task} model needs a {column!r} column")
-            batch = input_batch(column, model_input[column].tolist(), self.pre, self.tokenizer)
+            batch = served_input_batch(column, model_input[column].tolist(), self.pre, self.tokenizer)
             if task == "vqa":
                 if "question" not in model_input.columns:
                     raise ValueError("a vqa model needs a 'question' column beside 'xray'")
@@ -73,10 +75,10 @@ def log_finetuned_model(run_id: str, task, cfg, pretrain_config, outputs: list[s
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_weights(task, tmp / "finetuned.safetensors")
-        (tmp / "finetune_config.yaml").write_text(to_yaml(cfg))
-        (tmp / "pretrain_config.yaml").write_text(to_yaml(pretrain_config))
+        (tmp / "finetune_config.yaml").write_text(saved_config_yaml(cfg))
+        (tmp / "pretrain_config.yaml").write_text(saved_config_yaml(pretrain_config))
         (tmp / "finetune_meta.json").write_text(json.dumps(meta, indent=2))
-        return log_pyfunc(run_id, FinetunedModel(), {
+        return log_saved_model(run_id, FinetunedModel, {
             "weights": str(tmp / "finetuned.safetensors"), "finetune_config": str(tmp / "finetune_config.yaml"),
             "pretrain_config": str(tmp / "pretrain_config.yaml"), "meta": str(tmp / "finetune_meta.json")},
             PIP_REQUIREMENTS)

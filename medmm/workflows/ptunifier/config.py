@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from medmm.config.core import StrictModel
 from medmm.data.config import DataConfig
 from medmm.models.ptunifier import PTUnifierModelConfig
+from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.training.config import TrainerConfig
 from medmm.workflows.contrastive.config import TrackingConfig
 
@@ -52,3 +53,4 @@ class PTUnifierPretrainConfig(StrictModel):
     trainer: TrainerConfig = TrainerConfig()
     tracking: TrackingConfig = TrackingConfig(experiment="medmm-ptunifier", register_model=True,
                                               registered_name="medmm-ptunifier")
+    examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mlflow.tracking import MlflowClient
 
 from medmm.data.datamodule import PretrainDataModule
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.models.ptunifier import itc_embeddings
-from medmm.tracking.figures import retrieval_examples_figure
+from medmm.tracking.figures import retrieval_examples_figure, show_cohort_examples
 from medmm.tracking.pipeline_run import (
     finish,
     log_context,
@@ -84,7 +83,7 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
     data_s = time.perf_counter() - start
     for s in dm.cohort.skipped:
         print(f"WARNING: skipped {s['path']}: {s['problem']}", file=sys.stderr)
-    client = MlflowClient(tracking_uri)
+    client = logger.experiment  # logs each metric step once, also across a resume
     log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
     log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
                                  **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
@@ -102,10 +101,10 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
     log_metrics(client, run_id, {"time.data_s": data_s, "time.train_s": train_s, "time.eval_s": eval_s})
     log_metrics(client, run_id, metrics, prefix="test.", step=step)
     log_json(client, run_id, "test_metrics.json", metrics)
-    fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), labels, img[:4] @ txt.T,
-                                    list(dm.cohort.report_text[idx]), labels)
-    log_figure(client, run_id, fig, "retrieval_examples")
-    client.set_tag(run_id, "export_dir", str(export.resolve()))
+    if show_cohort_examples(cfg.examples_figure, dm.cfg.root):
+        fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), labels, img[:4] @ txt.T,
+                                        list(dm.cohort.report_text[idx]), labels)
+        log_figure(client, run_id, fig, "retrieval_examples")
     model_uri = None
     if cfg.tracking.register_model:
         # the exported (final) weights, as the contrastive pretraining registers its model; the

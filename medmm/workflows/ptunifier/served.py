@@ -1,5 +1,5 @@
 """MLflow pyfunc flavour of a PTUnifier export (``PretrainedEmbedder``): a DataFrame with one
-column, ``xray`` (DICOM paths) or ``report`` (text) -> L2-normalised ITC embeddings. Its
+column, ``xray`` (DICOM bytes or paths) or ``report`` (text) -> L2-normalised ITC embeddings. Its
 artifacts folder holds ``model.safetensors`` + ``config.yaml``, so
 ``checkpoint=models:/medmm-ptunifier@champion`` works as the finetune pipeline's input."""
 
@@ -11,9 +11,9 @@ from pathlib import Path
 import mlflow
 import torch
 
-from medmm.data.inputs import input_batch, one_input_column
+from medmm.data.inputs import one_input_column, served_input_batch
 from medmm.models.ptunifier import itc_image_embeddings, itc_text_embeddings
-from medmm.tracking.pipeline_run import log_pyfunc
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.pretrained import (
     CONFIG,
     PIP_REQUIREMENTS,
@@ -32,7 +32,7 @@ class PretrainedEmbedder(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
         column = one_input_column(model_input, ("xray", "report"))
         with torch.no_grad():
-            batch = input_batch(column, model_input[column].tolist(), self.cfg, self.tokenizer)
+            batch = served_input_batch(column, model_input[column].tolist(), self.cfg, self.tokenizer)
             if column == "xray":
                 return itc_image_embeddings(self.model, batch["xray"]).numpy()
             return itc_text_embeddings(self.model, batch["report_ids"], batch["report_mask"]).numpy()
@@ -42,5 +42,5 @@ def log_pretrained_embedder(run_id: str, model, config) -> str:
     """Log a PTUnifier pretraining model as the pyfunc ``model`` of ``run_id``."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_pretrained_folder(model, config, Path(tmp))
-        return log_pyfunc(run_id, PretrainedEmbedder(), {"weights": str(folder / WEIGHTS),
-                                                         "config": str(folder / CONFIG)}, PIP_REQUIREMENTS)
+        return log_saved_model(run_id, PretrainedEmbedder, {"weights": str(folder / WEIGHTS),
+                                                            "config": str(folder / CONFIG)}, PIP_REQUIREMENTS)

@@ -10,6 +10,7 @@ from medmm.config.core import StrictModel
 from medmm.data.config import DataConfig
 from medmm.models.heads.report_decoder import DecoderConfig
 from medmm.tracking.config import RunTrackingConfig
+from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.training.config import TrainerConfig
 from medmm.workflows.pretrained import PretrainedConfig
 
@@ -33,6 +34,7 @@ class ReportEvalConfig(StrictModel):
     split: str = Field("test", description="held-out split the report metrics are computed on")
     max_studies: int | None = Field(None, description="score only the first N studies of the split (None = all)")
     n_examples: int = Field(6, description="generated-vs-reference examples logged (text + figure)")
+    examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)
 
 
 class ReportTrackingConfig(RunTrackingConfig):

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -33,6 +32,7 @@ from medmm.io.errors import MedmmInputError
 from medmm.io.labeler import label_report
 from medmm.metrics.report_generation import report_generation_metrics
 from medmm.models.heads.report_decoder import ReportGenerator
+from medmm.tracking.figures import show_cohort_examples
 from medmm.tracking.pipeline_run import (
     finish,
     lightning_logger,
@@ -44,7 +44,8 @@ from medmm.tracking.pipeline_run import (
     register_with_aliases,
     start_run,
 )
-from medmm.tracking.run_context import default_tracking_uri
+from medmm.tracking.run_context import default_tracking_uri, source_tag
+from medmm.tracking.saved_model import load_saved_model, served_model
 from medmm.workflows.pretrained import embed_texts, load_pretrained
 from medmm.workflows.report.config import ReportConfig
 from medmm.workflows.report.figures import examples_figure, metrics_figure
@@ -146,7 +147,7 @@ def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) ->
     table = format_metrics(metrics)
     client.log_text(run_id, table, "results/report_metrics.txt")
     log_figure(client, run_id, metrics_figure(metrics, HEADLINE), "report_metrics")
-    if log_text:  # report text is the cohort's own data: switch off for cohorts not de-identified
+    if log_text:  # report text is the cohort's own data: on for the demo or where the user turns it on
         log_json(client, run_id, "report_examples.json", examples)
         log_figure(client, run_id, examples_figure(examples[:4]), "report_examples")
     return table
@@ -201,7 +202,8 @@ def train(cfg: ReportConfig) -> ReportOutcome:
 
     metrics, examples = evaluate_systems(cfg, generator, pretrained, dm, cfg.eval.split)
     clock["eval"] = time.perf_counter()
-    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split, log_text=True)
+    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split,
+                            log_text=show_cohort_examples(cfg.eval.examples_figure, cfg.data.root))
     log_metrics(client, run_id, {"time.data_s": clock["data"] - clock["start"],
                                  "time.train_s": clock["train"] - clock["data"],
                                  "time.eval_s": clock["eval"] - clock["train"]})
@@ -216,18 +218,19 @@ def train(cfg: ReportConfig) -> ReportOutcome:
 
 
 def _load_report_model(uri: str, tracking_uri: str | None):
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
+    """The report model at ``uri`` (folder or MLflow URI); a folder holding code is refused."""
     try:
-        return mlflow.pyfunc.load_model(uri)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad URI
+        return load_saved_model(uri, tracking_uri)
+    except MedmmInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a bad model
         raise MedmmInputError(uri, f"cannot load a report model from it ({exc})") from None
 
 
 def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
     """Score a registered report model (and the baselines) again on ``eval.split``, as a new run."""
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    wrapper = _load_report_model(model_uri, tracking_uri).unwrap_python_model()
+    wrapper = served_model(_load_report_model(model_uri, tracking_uri))
     source = cfg.pretrained.source
     if source is None:
         raise ConfigError("pretrained.source is required for the nearest-neighbour baseline")
@@ -236,9 +239,10 @@ def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
     client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name, "report-evaluate")
     dm = _data_module(cfg, wrapper.pretrain_cfg)
     log_context(client, run_id, "report-evaluate", cfg, dm.manifest, dm.cohort.skipped)
-    client.set_tag(run_id, "evaluated_model", model_uri)
+    client.set_tag(run_id, "evaluated_model", source_tag(model_uri, cfg))
     metrics, examples = evaluate_systems(cfg, wrapper.model, pretrained, dm, cfg.eval.split)
-    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split, log_text=True)
+    table = _log_evaluation(client, run_id, metrics, examples, cfg.eval.split,
+                            log_text=show_cohort_examples(cfg.eval.examples_figure, cfg.data.root))
     finish(client, run_id)
     return ReportOutcome(run_id, tracking_uri, metrics, table, model_uri, None, cfg.eval.split,
                          cfg.tracking.registered_name)

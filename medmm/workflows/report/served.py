@@ -1,8 +1,8 @@
 """The MLflow pyfunc flavour of a medmm report generator: loads back in a fresh process
 through ``mlflow.pyfunc.load_model`` and writes reports.
 
-``predict`` takes a DataFrame with an ``xray`` column (DICOM paths) and, for a model
-conditioned on ECG too, an ``ecg`` column (WFDB / DICOM-waveform paths); it returns one
+``predict`` takes a DataFrame with an ``xray`` column (DICOM bytes or paths) and, for a model
+conditioned on ECG too, an ``ecg`` column (DICOM-waveform bytes, WFDB / DICOM-waveform paths); it returns one
 generated report per row. ``params={"num_beams": n}`` picks greedy (1) or beam search.
 Weights travel as safetensors (never pickle), configs as YAML / JSON.
 """
@@ -17,13 +17,14 @@ import mlflow
 from safetensors.torch import load_model, save_model
 from transformers import BertConfig
 
-from medmm.config.core import build_config, to_yaml
-from medmm.data.inputs import input_batch
+from medmm.config.core import build_config
+from medmm.data.inputs import served_input_batch
 from medmm.data.tokenizer import load_tokenizer
 from medmm.models.encoders.ecg import build_ecg_encoder
 from medmm.models.encoders.xray import build_xray_encoder
 from medmm.models.heads.report_decoder import ReportGenerator
-from medmm.tracking.pipeline_run import log_pyfunc
+from medmm.tracking.run_context import saved_config_yaml
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.pretrained import read_pretrain_config
 from medmm.workflows.report.config import ReportConfig
 
@@ -50,12 +51,12 @@ class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input, params=None):
         if "xray" not in model_input.columns:
-            raise ValueError("the input needs an 'xray' column of DICOM paths")
-        batch = input_batch("xray", model_input["xray"].tolist(), self.pretrain_cfg, self.tokenizer)
+            raise ValueError("the input needs an 'xray' column of DICOM files (bytes or paths)")
+        batch = served_input_batch("xray", model_input["xray"].tolist(), self.pretrain_cfg, self.tokenizer)
         if self.cfg.decoder.use_ecg:
             if "ecg" not in model_input.columns:
                 raise ValueError("this model is conditioned on ECG too: give an 'ecg' column")
-            batch.update(input_batch("ecg", model_input["ecg"].tolist(), self.pretrain_cfg, self.tokenizer))
+            batch.update(served_input_batch("ecg", model_input["ecg"].tolist(), self.pretrain_cfg, self.tokenizer))
         g = self.cfg.generation
         beams = int((params or {}).get("num_beams", g.beams[0]))
         ids = self.model.generate(batch, bos=self.tokenizer.cls_token_id, eos=self.tokenizer.sep_token_id,
@@ -69,10 +70,10 @@ def log_report_model(run_id: str, model, report_cfg, pretrain_cfg) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_model(model, str(tmp / "model.safetensors"))  # handles the decoder's tied embeddings
-        (tmp / "report_config.yaml").write_text(to_yaml(report_cfg))
-        (tmp / "pretrain_config.yaml").write_text(to_yaml(pretrain_cfg))
+        (tmp / "report_config.yaml").write_text(saved_config_yaml(report_cfg))
+        (tmp / "pretrain_config.yaml").write_text(saved_config_yaml(pretrain_cfg))
         (tmp / "decoder_config.json").write_text(model.decoder.config.to_json_string())
-        return log_pyfunc(run_id, ReportGeneratorModel(), {
+        return log_saved_model(run_id, ReportGeneratorModel, {
             "weights": str(tmp / "model.safetensors"), "report_config": str(tmp / "report_config.yaml"),
             "pretrain_config": str(tmp / "pretrain_config.yaml"), "decoder_config": str(tmp / "decoder_config.json")},
             PIP_REQUIREMENTS)

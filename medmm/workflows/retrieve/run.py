@@ -37,7 +37,7 @@ from medmm.tracking.pipeline_run import (
     log_metrics,
     start_run,
 )
-from medmm.tracking.run_context import default_tracking_uri
+from medmm.tracking.run_context import default_tracking_uri, source_tag
 from medmm.workflows.pretrained import embed_loader, load_pretrained
 from medmm.workflows.retrieve.config import RetrieveConfig
 
@@ -84,7 +84,7 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
     log_context(client, run_id, "retrieve", cfg, dm.manifest, dm.cohort.skipped)
     manifest_sha = dm.manifest.content_hash()
     client.set_tag(run_id, "pretrained_weights_sha256", pretrained.weights_sha256)
-    client.set_tag(run_id, "pretrained_source", pretrained.source)
+    client.set_tag(run_id, "pretrained_source", source_tag(pretrained.source, cfg))
 
     start = time.perf_counter()
     modalities = tuple(cfg.index.modalities)
@@ -121,7 +121,7 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
         log_figure(client, run_id, embedding_map_figure(embeddings[modalities[0]][test], dm.cohort.labels[order][test],
                                                         modalities[0]), "embedding_map")
     log_json(client, run_id, "index_meta.json", {k: v for k, v in index.meta.items() if k != "pretrained_source"}
-             | {"pretrained_source": pretrained.source})
+             | {"pretrained_source": source_tag(pretrained.source, cfg)})
     finish(client, run_id)
     return BuildOutcome(run_id, tracking_uri, Path(cfg.index.path), metrics)
 

@@ -11,11 +11,14 @@ from pathlib import Path
 import mlflow
 from safetensors.torch import load_file
 
-from medmm.config.core import build_config, to_yaml
+from medmm.config.core import build_config
+from medmm.data.inputs import served_file
 from medmm.data.segmentation import model_input as to_model_input
 from medmm.data.segmentation import read_input_volume
 from medmm.models.registry import create_model
-from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.tracking.pipeline_run import save_weights
+from medmm.tracking.run_context import saved_config_yaml
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.segment.config import SegmentConfig
 from medmm.workflows.segment.training import predict_volume
 
@@ -47,7 +50,7 @@ class SegmenterModel(mlflow.pyfunc.PythonModel):
         modalities = model_input["modality"] if "modality" in model_input.columns else ["ct"] * len(model_input)
         masks = []
         for path, modality in zip(model_input["image"], modalities):
-            volume = read_input_volume(Path(path))
+            volume = read_input_volume(served_file(path))
             t = self.cfg.trainer
             masks.append(predict_volume(self.model, to_model_input(volume, modality, self.cfg.data), modality,
                                         self.cfg.data.roi, t.sw_batch_size, t.sw_overlap))
@@ -58,9 +61,9 @@ def log_segmenter(run_id: str, model, cfg, labels: dict, variant: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         save_weights(model, tmp / f"{variant}.safetensors")
-        (tmp / "segment_config.yaml").write_text(to_yaml(cfg))
+        (tmp / "segment_config.yaml").write_text(saved_config_yaml(cfg))
         (tmp / "labels.json").write_text(json.dumps(labels, indent=2))
         (tmp / "segment_meta.json").write_text(json.dumps({"variant": variant}))
-        return log_pyfunc(run_id, SegmenterModel(), {
+        return log_saved_model(run_id, SegmenterModel, {
             "weights": str(tmp / f"{variant}.safetensors"), "config": str(tmp / "segment_config.yaml"),
             "labels": str(tmp / "labels.json"), "meta": str(tmp / "segment_meta.json")}, SEGMENT_REQUIREMENTS)

@@ -16,9 +16,11 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file
 
-from medmm.config.core import build_config, to_yaml
+from medmm.config.core import build_config
 from medmm.models.heads.survival import discrete_risk
-from medmm.tracking.pipeline_run import log_pyfunc, save_weights
+from medmm.tracking.pipeline_run import save_weights
+from medmm.tracking.run_context import saved_config_yaml
+from medmm.tracking.saved_model import log_saved_model
 from medmm.workflows.survival.config import SurvivalConfig
 from medmm.workflows.survival.fit import build_torch_model
 
@@ -61,9 +63,9 @@ def log_survival_model(run_id: str, name: str, model, cfg, preprocess: dict, met
         save_weights(model, tmp / f"{name}.safetensors")
         save_weights({k: torch.as_tensor(np.asarray(v)) for k, v in preprocess.items()},
                      tmp / "preprocess.safetensors")
-        (tmp / "survival_config.yaml").write_text(to_yaml(cfg))
+        (tmp / "survival_config.yaml").write_text(saved_config_yaml(cfg))
         (tmp / "survival_meta.json").write_text(json.dumps({"name": name, **meta}, indent=2))
-        return log_pyfunc(run_id, SurvivalModel(), {
+        return log_saved_model(run_id, SurvivalModel, {
             "weights": str(tmp / f"{name}.safetensors"), "preprocess": str(tmp / "preprocess.safetensors"),
             "config": str(tmp / "survival_config.yaml"), "meta": str(tmp / "survival_meta.json")},
             SURVIVAL_REQUIREMENTS)

@@ -8,10 +8,11 @@ from tests.conftest import REPO
 
 
 @pytest.mark.slow
-def test_segmentation_notebook_executes(trained, monkeypatch):
+def test_segmentation_notebook_executes(trained, tiny_volume_cohort, monkeypatch):
     outcome, _ = trained
     monkeypatch.setenv("MLFLOW_TRACKING_URI", outcome.tracking_uri)
     monkeypatch.setenv("MEDMM_SEG_RUN_ID", outcome.run_id)
+    monkeypatch.setenv("MEDMM_SEG_ROOT", str(tiny_volume_cohort))
     nb = nbformat.read(REPO / "notebooks/segmentation.ipynb", as_version=4)
     NotebookClient(nb, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
