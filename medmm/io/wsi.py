@@ -16,6 +16,7 @@ with a real feature extractor passes its callable as ``encoder``.
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -66,7 +67,8 @@ class WholeSlide:
         self.path = Path(path)
         if not self.path.is_file():
             raise CorruptFileError(self.path, "file not found")
-        _check_tiff_levels(self.path)  # before OpenSlide trusts the declared sizes
+        self._tiled = _check_tiff_levels(self.path)  # before OpenSlide trusts the declared sizes
+        self._verified: set[tuple[int, int]] = set()  # (IFD, tile) whose data was checked
         try:
             self._slide = openslide.OpenSlide(str(self.path))
         except (openslide.OpenSlideUnsupportedFormatError, openslide.OpenSlideError) as exc:
@@ -109,6 +111,7 @@ class WholeSlide:
 
         # OpenSlide aborts the process when its allocation fails: refuse absurd sizes first
         check_declared_size(self.path, (int(size[1]), int(size[0])), 4 + 3 * 4, "region (height, width)")
+        self._verify_region(x, y, level, size)
         try:
             rgba = np.asarray(self._slide.read_region((int(x), int(y)), int(level), tuple(int(s) for s in size)))
         except openslide.OpenSlideError as exc:
@@ -116,6 +119,21 @@ class WholeSlide:
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
         rgb = rgba[..., :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
         return rgb.round().astype(np.uint8)
+
+    def _verify_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> None:
+        """Check the tile data of the TIFF images behind ``level`` that the region touches, each
+        tile once per open slide."""
+        if not self._tiled or not 0 <= int(level) < self.level_count:
+            return
+        width, length = self.level_dimensions[level]
+        downsample = self.level_downsamples[level]
+        for image in self._tiled:
+            if (image.width, image.length) != (width, length):
+                continue
+            tiles = [t for t in image.tiles_covering(int(x) / downsample, int(y) / downsample, int(size[0]),
+                                                     int(size[1])) if (image.index, t) not in self._verified]
+            _verify_tiles(self.path, image, tiles, sparse_allowed=self.vendor in _SPARSE_TILE_VENDORS)
+            self._verified.update((image.index, t) for t in tiles)
 
     def read_level(self, level: int) -> np.ndarray:
         w, h = self.level_dimensions[level]
@@ -191,20 +209,58 @@ class WholeSlide:
         self.close()
 
 
-def _check_tiff_levels(path: Path) -> None:
-    """Every image of a TIFF-based slide holds the tiles (or strips) its declared size needs,
-    inside the file: OpenSlide reads a missing tile as transparent, i.e. white, so an IFD
-    claiming 512 x 100000 pixels over 4 tiles would read as a slide of blank tiles."""
+_DEFLATE = (8, 32946)  # TIFF's Adobe and old-style deflate: zlib streams, adler-32 checked
+_SPARSE_TILE_VENDORS = ("philips",)  # formats whose spec makes a 0-byte tile background
+_TIFF_TILE_MULTIPLE = 16  # TIFF 6.0: tile width and length are multiples of 16
+
+
+@dataclass(frozen=True)
+class _TiledImage:
+    """One tiled image (pyramid level) of a TIFF-based slide, as its IFD declares it."""
+
+    index: int  # IFD number
+    width: int
+    length: int
+    tile_width: int
+    tile_length: int
+    grid_columns: int
+    offsets: tuple[int, ...]  # per tile (per sample plane after the first when planar)
+    counts: tuple[int, ...]
+    compression: int
+    tile_bytes: int  # decoded bytes of one tile (one sample plane when planar)
+
+    def tiles_covering(self, x0: float, y0: float, width: int, height: int) -> list[int]:
+        """Indices of the tiles (every sample plane) that a region of this image touches."""
+        columns = range(max(int(x0 // self.tile_width), 0),
+                        min(int(-(-(x0 + width) // self.tile_width)), self.grid_columns))
+        grid_rows = -(-self.length // self.tile_length)
+        rows = range(max(int(y0 // self.tile_length), 0), min(int(-(-(y0 + height) // self.tile_length)), grid_rows))
+        per_plane = self.grid_columns * grid_rows
+        return [plane + r * self.grid_columns + c for plane in range(0, len(self.offsets), per_plane)
+                for r in rows for c in columns]
+
+
+def _check_tiff_levels(path: Path) -> tuple[_TiledImage, ...]:
+    """Refuse a TIFF-based slide whose images OpenSlide would mis-read or over-allocate for;
+    -> its tiled images, for checking tile data where it is read (:func:`_verify_tiles`).
+
+    Every image holds the tiles (or strips) its declared size needs, inside the file:
+    OpenSlide reads a missing tile as transparent, i.e. white, so an IFD claiming 512 x 100000
+    pixels over 4 tiles would read as a slide of blank tiles. A tiled image's tiles are
+    multiples of 16 pixels (TIFF 6.0) and one decoded RGBA tile fits the allocation limit:
+    OpenSlide allocates a whole tile before decoding it and its GLib aborts the process when
+    that fails (a TileLength of 2**31 - 1 asks for 512 GB)."""
     import tifffile
 
     with open(path, "rb") as fh:
         if fh.read(4) not in _TIFF_MAGIC:
-            return  # not TIFF-based (MIRAX, ...): OpenSlide's own checks only
+            return ()  # not TIFF-based (MIRAX, ...): OpenSlide's own checks only
     size = path.stat().st_size
+    tiled = []
     try:
         with tifffile.TiffFile(path) as tif:
             for index, page in enumerate(tif.pages):
-                declared = int(np.prod(page.chunked))
+                declared = int(np.prod(page.chunked))  # tiles/strips, times the sample planes when planar
                 offsets, counts = page.dataoffsets, page.databytecounts
                 if len(offsets) != declared or len(counts) != declared:
                     raise InconsistentDataError(
@@ -216,8 +272,55 @@ def _check_tiff_levels(path: Path) -> None:
                     raise CorruptFileError(
                         path, f"TIFF image {index}'s tile data ends at byte {end}, past the end of the file ({size} bytes)"
                     )
+                if page.is_tiled:
+                    tiled.append(_tiled_image(path, index, page))
     except (tifffile.TiffFileError, ValueError, struct.error, IndexError, KeyError, TypeError) as exc:
         raise CorruptFileError(path, f"TIFF structure cannot be parsed ({type(exc).__name__}: {exc})") from None
+    return tuple(tiled)
+
+
+def _tiled_image(path: Path, index: int, page) -> _TiledImage:
+    tile_width, tile_length = int(page.tilewidth), int(page.tilelength)
+    if tile_width % _TIFF_TILE_MULTIPLE or tile_length % _TIFF_TILE_MULTIPLE or page.tiledepth != 1:
+        raise InconsistentDataError(
+            path, f"TIFF image {index} declares tiles of {tile_width}x{tile_length}x{page.tiledepth} pixels "
+            f"(TIFF tiles are 2-D, sides multiples of {_TIFF_TILE_MULTIPLE})"
+        )
+    check_declared_size(path, (tile_length, tile_width), 4, f"TIFF image {index}'s RGBA tile (length, width)")
+    bits = page.bitspersample
+    if not isinstance(bits, int):
+        raise InconsistentDataError(path, f"TIFF image {index} declares different bits per sample {tuple(bits)}")
+    planar = page.planarconfig == 2
+    row_bytes = -(-tile_width * (1 if planar else page.samplesperpixel) * bits // 8)
+    return _TiledImage(index, int(page.imagewidth), int(page.imagelength), tile_width, tile_length,
+                       -(-int(page.imagewidth) // tile_width), tuple(page.dataoffsets), tuple(page.databytecounts),
+                       int(page.compression), row_bytes * tile_length)
+
+
+def _verify_tiles(path: Path, image: _TiledImage, tiles: list[int], sparse_allowed: bool) -> None:
+    """Refuse a tile about to be read that is empty where the format has no sparse tiles
+    (OpenSlide would read it as white glass), or whose deflate stream is damaged: OpenSlide's
+    libtiff stops inflating once a tile's buffer is full, so a stream whose checksum or tail
+    is damaged, or whose bytes decode to other pixels, reads without complaint."""
+    with open(path, "rb") as fh:
+        for tile in tiles:
+            if image.counts[tile] == 0:
+                if sparse_allowed:
+                    continue  # the format's way of saying background: OpenSlide reads it as white
+                raise CorruptFileError(path, f"TIFF image {image.index}'s tile {tile} holds no data (0 bytes)")
+            if image.compression not in _DEFLATE:
+                continue  # no checksum to hold the data to: the decoder's own checks only
+            fh.seek(image.offsets[tile])
+            inflate = zlib.decompressobj()
+            try:
+                decoded = len(inflate.decompress(fh.read(image.counts[tile]), image.tile_bytes + 1))
+            except zlib.error as exc:
+                raise CorruptFileError(path, f"TIFF image {image.index}'s tile {tile} is damaged ({exc})") from None
+            if not inflate.eof or decoded != image.tile_bytes:
+                raise CorruptFileError(
+                    path, f"TIFF image {image.index}'s tile {tile} decodes to {decoded} bytes "
+                    f"{'' if inflate.eof else 'of an unfinished stream '}where a tile holds {image.tile_bytes}"
+                )
 
 
 @reader_boundary("slide")

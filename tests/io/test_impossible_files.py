@@ -22,6 +22,7 @@ from pydicom.data import get_testdata_file
 
 from medmm.demo.writers import write_pyramidal_tiff, write_wfdb
 from medmm.io import (
+    CorruptFileError,
     InconsistentDataError,
     MedmmInputError,
     read_dicom,
@@ -34,22 +35,23 @@ from medmm.io.guard import LIMIT_ENV
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _refused_under_memory_cap(reader: str, path: Path) -> str:
-    """Run ``medmm.io.<reader>(path)`` in a subprocess limited to 4 GiB of address space with
-    medmm's own allocation guard out of the way; -> the medmm error's message."""
+def _refused_under_memory_cap(reader: str, path: Path, decoded_limit: int = 2**50, then: str = "") -> str:
+    """Run ``medmm.io.<reader>(path)<then>`` in a subprocess limited to 4 GiB of address space with
+    medmm's own allocation guard at ``decoded_limit`` (default: out of the way); -> the medmm
+    error's message. A reader that aborts the process fails here."""
     code = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
         import medmm.io
         try:
-            medmm.io.{reader}(sys.argv[1])
+            medmm.io.{reader}(sys.argv[1]){then}
         except medmm.io.MedmmInputError as exc:
             print("REFUSED", exc)
         else:
             print("READ")
     """)
     proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, check=False, env={"PATH": "/usr/bin:/bin", LIMIT_ENV: str(2**50)})
+                          timeout=120, check=False, env={"PATH": "/usr/bin:/bin", LIMIT_ENV: str(decoded_limit)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.startswith("REFUSED"), proc.stdout
     return proc.stdout
@@ -114,6 +116,55 @@ def test_memory_error_is_raised_not_reported_as_a_corrupt_file(monkeypatch):
     monkeypatch.setattr(nib, "load", out_of_memory)
     with pytest.raises(MemoryError):
         read_nifti(Path(data_path) / "anatomical.nii")
+
+
+def _small_pyramid(tmp_path: Path) -> Path:
+    """256 x 256 stained tissue on glass in 64-pixel deflate tiles; level 2 is one tile."""
+    canvas = np.full((256, 256, 3), 242, np.uint8)
+    canvas[:128, :128] = (150, 60, 140)
+    return write_pyramidal_tiff(tmp_path / "slide.tiff", canvas, mpp=0.25, n_levels=3, tile=64)
+
+
+def _overwrite_tag(path: Path, page: int, name: str, value: int) -> None:
+    """Set one IFD entry to a single LONG value, in place."""
+    with tifffile.TiffFile(path) as tif:
+        entry = tif.pages[page].tags[name].offset
+    data = bytearray(path.read_bytes())
+    data[entry + 2:entry + 12] = struct.pack("<HII", 4, 1, value)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tile_length", [2**31 - 1, 2**30])
+def test_wsi_tile_too_large_to_allocate_is_refused_before_openslide_reads_it(tmp_path, tile_length):
+    # OpenSlide allocates a whole RGBA tile before decoding it, and GLib aborts the process
+    # when that fails: 64 x (2**31 - 1) x 4 bytes is 512 GB
+    path = _small_pyramid(tmp_path)
+    _overwrite_tag(path, 2, "TileLength", tile_length)
+    message = _refused_under_memory_cap("read_wsi", path, decoded_limit=2**31, then=".read_level(2)")
+    assert "TIFF image 2" in message and str(path) in message
+
+
+def test_wsi_damaged_deflate_tile_is_refused_where_it_is_read(tmp_path):
+    path = _small_pyramid(tmp_path)
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[2]
+        stream_end = page.dataoffsets[0] + page.databytecounts[0]
+    data = bytearray(path.read_bytes())
+    data[stream_end - 1] ^= 0xFF  # the deflate stream's adler-32: libtiff stops inflating before it
+    path.write_bytes(bytes(data))
+    with read_wsi(path) as slide:
+        assert slide.read_region(0, 0, 0, (64, 64)).shape == (64, 64, 3)  # level 0's tiles are intact
+        with pytest.raises(CorruptFileError, match="TIFF image 2's tile 0 is damaged") as info:
+            slide.read_level(2)
+    assert info.value.path == str(path)
+
+
+def test_wsi_empty_tile_is_refused_not_read_as_glass(tmp_path):
+    path = _small_pyramid(tmp_path)
+    _overwrite_tag(path, 2, "TileByteCounts", 0)  # OpenSlide reads a 0-byte tile as transparent: white
+    with read_wsi(path) as slide, pytest.raises(CorruptFileError, match="holds no data") as info:
+        slide.read_level(2)
+    assert info.value.path == str(path)
 
 
 def test_wsi_level_larger_than_its_tiles_is_refused(tmp_path):

@@ -31,6 +31,7 @@ from tests.conftest import REPO, TINY_CONFIG, tiny_overrides
 EPOCHS = 3
 EXTRA = (f"trainer.max_epochs={EPOCHS}", "data.batch_size=8", "trainer.threads=1")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+PAUSE_HOOK = Path(__file__).parent / "pause_hook"  # sitecustomize holding a run where the test kills it
 
 
 def command(tmp_path: Path, cohort: Path, *flags: str) -> list[str]:
@@ -38,13 +39,17 @@ def command(tmp_path: Path, cohort: Path, *flags: str) -> list[str]:
             *tiny_overrides(cohort, tmp_path, *EXTRA), *flags]
 
 
-def start(tmp_path: Path, cohort: Path, *flags: str) -> tuple[subprocess.Popen, Path]:
+def start_paused(tmp_path: Path, cohort: Path, point: str, *flags: str) -> tuple[subprocess.Popen, Path, Path]:
+    """A run that holds at ``point`` (see pause_hook/sitecustomize.py); -> (process, log, marker)."""
     tmp_path.mkdir(exist_ok=True)
     log = tmp_path / f"log{time.monotonic_ns()}.txt"
+    marker = tmp_path / f"paused-{point}"
+    env = {**ENV, "PYTHONPATH": f"{PAUSE_HOOK}{os.pathsep}{REPO}", "MEDMM_TEST_PAUSE": point,
+           "MEDMM_TEST_PAUSE_MARKER": str(marker)}
     with open(log, "w") as out:
-        proc = subprocess.Popen(command(tmp_path, cohort, *flags), cwd=REPO, env=ENV, stdout=out,
+        proc = subprocess.Popen(command(tmp_path, cohort, *flags), cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
-    return proc, log
+    return proc, log, marker
 
 
 def kill_when(proc: subprocess.Popen, log: Path, ready, poll_s: float = 0.002, timeout_s: float = 300) -> None:
@@ -81,28 +86,22 @@ def test_kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_cohor
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
-    # 1. mid-epoch: a moment after the first epoch's checkpoint appears
-    proc, log = start(killed, tiny_cohort)
-    first_seen = []
-
-    def into_second_epoch():
-        if not first_seen and (ckpt_dir(killed) / "last.ckpt").exists():
-            first_seen.append(time.monotonic())
-        return bool(first_seen) and time.monotonic() - first_seen[0] > 1.0
-
-    kill_when(proc, log, into_second_epoch, poll_s=0.05)
+    # 1. mid-epoch: the second epoch's second batch
+    proc, log, marker = start_paused(killed, tiny_cohort, "epoch")
+    kill_when(proc, log, marker.exists, poll_s=0.05)
+    assert last_epoch(killed) == 0
     run_id = json.loads((killed / "runs" / RUN_STATE).read_text())["run_id"]
     assert MlflowClient(f"sqlite:///{killed / 'mlflow.db'}").get_run(run_id).info.status == "RUNNING"
 
-    # 2. mid-checkpoint write: while a checkpoint's temp file is being written
-    proc, log = start(killed, tiny_cohort, "--resume")
-    kill_when(proc, log, lambda: any(ckpt_dir(killed).glob(".*.tmp")))
+    # 2. mid-checkpoint write: a checkpoint's temp file written, not yet renamed into place
+    proc, log, marker = start_paused(killed, tiny_cohort, "checkpoint", "--resume")
+    kill_when(proc, log, marker.exists, poll_s=0.05)
+    assert any(ckpt_dir(killed).glob(".*.tmp"))
     assert latest_readable_checkpoint(ckpt_dir(killed)) is not None
 
     # 3. mid-evaluation: after the last epoch's checkpoint
-    proc, log = start(killed, tiny_cohort, "--resume")
-    kill_when(proc, log, lambda: "max_epochs" in log.read_text() and "Trainer.fit" in log.read_text(),
-              poll_s=0.05)
+    proc, log, marker = start_paused(killed, tiny_cohort, "evaluation", "--resume")
+    kill_when(proc, log, marker.exists, poll_s=0.05)
     assert last_epoch(killed) == EPOCHS - 1
 
     out = subprocess.run(command(killed, tiny_cohort, "--resume"), cwd=REPO, env=ENV, check=False, capture_output=True,
