@@ -5,6 +5,13 @@ and written to benchmarks/results/retrieval_index.json.
 
     python benchmarks/retrieval_index.py [--sizes 10000 100000 1000000] [--dim 128] [--threads 1]
 
+With ``--wrapper``: the time of ``StudyIndex.search`` (hits with their study rows) over
+the raw FAISS call it wraps, on an exact index at 1e4 / 1e5 vectors, for single queries and
+a batch of 200, the two called alternately within interleaved rounds; medians, the load
+average beside each round. Written to benchmarks/results/retrieval_wrapper.json.
+
+    python benchmarks/retrieval_index.py --wrapper [--sizes 10000 100000] [--rounds 5]
+
 Vectors: unit-norm, 128-d (the default embedding size), drawn around 1,000 random centres
 (embeddings of a cohort cluster by finding pattern; uniform random vectors would be the
 worst case for approximate search). Queries come from the same distribution.
@@ -16,14 +23,17 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from medmm.retrieval.index import IndexParams, build_faiss_index
+from medmm.retrieval.index import IndexParams, StudyIndex, build_faiss_index
 
 OUT = Path(__file__).resolve().parent / "results" / "retrieval_index.json"
+WRAPPER_OUT = Path(__file__).resolve().parent / "results" / "retrieval_wrapper.json"
 
 
 def vectors(n: int, dim: int, rng, centres: np.ndarray) -> np.ndarray:
@@ -53,6 +63,55 @@ def measure(x: np.ndarray, q: np.ndarray, exact_ids: np.ndarray | None, kind: st
             "batch_qps": len(q) / batch_s, f"recall_at_{k}": recall}, ids
 
 
+def _timed(call, *args) -> float:
+    start = time.perf_counter()
+    call(*args)
+    return time.perf_counter() - start
+
+
+def wrapper_overhead(sizes: list[int], dim: int, queries: np.ndarray, rounds: int, batch: int, k: int, rng,
+                     centres: np.ndarray) -> dict:
+    """Per size: median seconds of the wrapper and of the raw call, single query and batch,
+    and their ratio (the median over rounds of each round's ratio of medians)."""
+    batched = queries[:batch]  # the single queries are its rows, one call each
+    indexes = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-wrapper-bench-") as folder:
+        for n in sizes:
+            studies = pd.DataFrame({"study_id": [f"S{i:07d}" for i in range(n)],
+                                    "split": rng.choice(["train", "val", "test"], n),
+                                    "report_text": [f"Findings: study {i}. " + "The lungs are clear. " * 12
+                                                    for i in range(n)]})
+            indexes[n] = StudyIndex.build(Path(folder) / str(n), {"report": vectors(n, dim, rng, centres)}, studies,
+                                          IndexParams(exact_max=n), {})
+    times = {(n, mode, who): [] for n in sizes for mode in ("single", "batch") for who in ("wrapper", "raw")}
+    loads = []
+    for _ in range(rounds):
+        loads.append(os.getloadavg()[0])
+        for n in sizes:
+            wrapped = indexes[n]
+            raw = wrapped.indexes["report"]
+            calls = {("single", "raw"): lambda row, index=raw: index.search(row[None], k),
+                     ("single", "wrapper"): lambda row, index=wrapped: index.search(row, "report", k),
+                     ("batch", "raw"): lambda _, index=raw: index.search(batched, k),
+                     ("batch", "wrapper"): lambda _, index=wrapped: index.search(batched, "report", k)}
+            # each query / repeat alternates which of the two goes first, so neither always runs warm
+            for mode, inputs in (("single", batched), ("batch", range(5))):
+                for i, x in enumerate(inputs):
+                    for who in ("raw", "wrapper") if i % 2 else ("wrapper", "raw"):
+                        times[n, mode, who].append(_timed(calls[mode, who], x))
+    rows = []
+    for n in sizes:
+        for mode, per_round in (("single", len(batched)), ("batch", 5)):
+            split = {who: np.array(times[n, mode, who]).reshape(rounds, per_round) for who in ("wrapper", "raw")}
+            ratios = np.median(split["wrapper"], axis=1) / np.median(split["raw"], axis=1)
+            rows.append({"n": n, "mode": mode, "queries_per_call": 1 if mode == "single" else len(batched),
+                         "wrapper_ms_median": 1e3 * float(np.median(split["wrapper"])),
+                         "raw_ms_median": 1e3 * float(np.median(split["raw"])),
+                         "ratio_median": float(np.median(ratios)), "ratio_per_round": ratios.round(3).tolist()})
+            print(json.dumps(rows[-1]), flush=True)
+    return {"rows": rows, "load_average_per_round": [round(x, 2) for x in loads]}
+
+
 def main(argv=None) -> int:
     import faiss
 
@@ -65,12 +124,27 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--kinds", nargs="+", default=["exact", "hnsw", "ivf"])
     ap.add_argument("--tracking-uri", default=None)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--wrapper", action="store_true", help="measure StudyIndex.search against the raw FAISS call")
+    ap.add_argument("--rounds", type=int, default=5, help="--wrapper: interleaved rounds")
+    ap.add_argument("--batch", type=int, default=200, help="--wrapper: queries in the batch call")
     args = ap.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(1000, args.dim)).astype(np.float32)
     q = vectors(args.queries, args.dim, rng, centres)
+    if args.wrapper:
+        sizes = [n for n in args.sizes if n <= 100_000] if args.sizes != ap.get_default("sizes") else [10_000, 100_000]
+        result = wrapper_overhead(sizes, args.dim, q, args.rounds, args.batch, 10, rng, centres)
+        payload = {"machine": platform.processor() or platform.machine(), "cpu_cores": os.cpu_count(),
+                   "threads": args.threads, "dim": args.dim, "k": 10, "index": "exact (IndexFlatIP)",
+                   "goal": "wrapper / raw <= 1.1 at 1e4 and 1e5 vectors, single query and batch",
+                   "note": "the cores are shared with other jobs (see the load averages)", **result}
+        out = args.out or WRAPPER_OUT
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(payload, indent=2))
+        print(f"wrote {out}")
+        return 0
     client, run_id, uri = start_run(args.tracking_uri, "medmm-retrieval-benchmark", None, "retrieval-benchmark")
     client.log_param(run_id, "dim", args.dim)
     client.log_param(run_id, "threads", args.threads)
@@ -94,9 +168,10 @@ def main(argv=None) -> int:
                "mlflow_run_id": run_id, "rows": rows}
     log_json(client, run_id, "retrieval_index.json", payload)
     client.set_terminated(run_id)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
-    print(f"wrote {args.out}; MLflow run {run_id} in {uri}")
+    out = args.out or OUT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    print(f"wrote {out}; MLflow run {run_id} in {uri}")
     return 0
 
 

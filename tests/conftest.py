@@ -33,6 +33,19 @@ def pseudonym_key_for_tests():
         os.environ.pop("MEDMM_PSEUDONYM_KEY", None)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def user_cache_for_tests(tmp_path_factory):
+    """A temporary user cache folder (subprocesses inherit it), so that no test run writes the
+    precision probe's per-machine cache into the real ~/.cache/medmm."""
+    saved = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = saved
+
+
 def iu_source() -> Path:
     path = Path(os.environ["MEDMM_IU_REPORTS"])
     if not path.exists():

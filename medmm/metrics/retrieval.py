@@ -21,7 +21,18 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["as_numpy", "row_ids", "partner_ranks", "top_k_indices", "retrieval_metrics"]
+__all__ = ["as_numpy", "row_ids", "partner_ranks", "top_k_indices", "top_k_candidates", "top_k_mask", "retrieval_metrics"]
+
+# Rows handled at once by the full-matrix passes: their temporaries (an int64 running count
+# per entry among them) stay a few tens of MB instead of growing with Q x C.
+BLOCK_ENTRIES = 1 << 21
+CANDIDATE_GROUPS = 256  # column groups of top_k_candidates' lower bound
+
+
+def _row_blocks(rows: int, cols: int):
+    step = max(1, BLOCK_ENTRIES // max(cols, 1))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
 
 
 def as_numpy(x: Any) -> np.ndarray:
@@ -46,7 +57,9 @@ def row_ids(*matrices: np.ndarray) -> list[np.ndarray]:
 
 
 def _check_sim(sim: Any) -> np.ndarray:
-    s = as_numpy(sim).astype(np.float64)
+    s = as_numpy(sim)
+    if s.dtype not in (np.float32, np.float64):  # float32 compares exactly as its float64 cast would
+        s = s.astype(np.float64)
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
         raise ValueError(f"similarity matrix must be 2-D [Q, C] and non-empty, got shape {s.shape}")
     if not np.isfinite(s).all():
@@ -54,21 +67,71 @@ def _check_sim(sim: Any) -> np.ndarray:
     return s
 
 
+def _partners(q: int, c: int, targets: Any) -> np.ndarray:
+    """Each query's partner column, checked."""
+    if targets is None:
+        if q > c:
+            raise ValueError(f"{q} queries but only {c} candidates: pass targets")
+        return np.arange(q)
+    p = as_numpy(targets).astype(np.int64).reshape(-1)
+    if p.shape != (q,) or (p < 0).any() or (p >= c).any():
+        raise ValueError(f"targets must be {q} candidate indices in [0, {c})")
+    return p
+
+
 def partner_ranks(sim: Any, targets: Any = None) -> np.ndarray:
     """0-based rank of each query's partner: ``#{j: s_ij > s_ip} + #{j < p: s_ij = s_ip}``."""
     s = _check_sim(sim)
     q, c = s.shape
-    if targets is None:
-        if q > c:
-            raise ValueError(f"{q} queries but only {c} candidates: pass targets")
-        p = np.arange(q)
-    else:
-        p = as_numpy(targets).astype(np.int64).reshape(-1)
-        if p.shape != (q,) or (p < 0).any() or (p >= c).any():
-            raise ValueError(f"targets must be {q} candidate indices in [0, {c})")
-    sp = s[np.arange(q), p][:, None]
-    before = np.arange(c)[None, :] < p[:, None]
-    return (s > sp).sum(1) + ((s == sp) & before).sum(1)
+    p = _partners(q, c, targets)
+    ranks = np.empty(q, dtype=np.int64)
+    for rows in _row_blocks(q, c):
+        block, partner = s[rows], p[rows]
+        sp = block[np.arange(len(partner)), partner][:, None]
+        before = np.arange(c)[None, :] < partner[:, None]
+        ranks[rows] = (block > sp).sum(1) + ((block == sp) & before).sum(1)
+    return ranks
+
+
+def top_k_mask(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean [Q, L] mask of each row's k highest scores, ties going to the leftmost
+    entries (the lower candidate index when columns are in candidate order), and each
+    row's k-th highest score. ``-inf`` entries only count when a row has fewer than k others."""
+    kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1 : k]
+    above = scores > kth  # fewer than k per row
+    tied = scores == kth
+    # the tied slots left go to the leftmost entries: exactly k per row
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(1, keepdims=True)))
+    return chosen, kth[:, 0]
+
+
+def top_k_candidates(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """A superset of each row's k highest entries, ties included: columns [R, L] ascending
+    within each row and their scores, rows padded with column -1 and score ``-inf``.
+
+    A full partition costs ~10 ns per entry; this is a few vectorised passes of well under
+    1 ns. The columns fall into ``g`` disjoint groups (column j in group j mod g); the k-th
+    highest of the group maxima is a lower bound of the row's k-th highest score (those
+    maxima are k distinct entries), and usually only a few more than k entries reach it."""
+    r, c = scores.shape
+    groups = max(CANDIDATE_GROUPS, 4 * k)
+    if c < 2 * groups:
+        return np.broadcast_to(np.arange(c), (r, c)), scores
+    per_group = c // groups
+    maxima = scores[:, : groups * per_group].reshape(r, per_group, groups).max(axis=1)
+    tail = scores[:, groups * per_group :]
+    maxima[:, : tail.shape[1]] = np.maximum(maxima[:, : tail.shape[1]], tail)
+    floor = np.partition(maxima, groups - k, axis=1)[:, groups - k : groups - k + 1]
+    keep = scores >= floor
+    flat = np.flatnonzero(keep)  # row-major: columns ascending within each row
+    rows, cols = np.divmod(flat, c)
+    counts = np.bincount(rows, minlength=r)
+    slot = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
+    columns = np.full((r, int(counts.max())), -1, dtype=np.int64)
+    values = np.full(columns.shape, -np.inf, dtype=scores.dtype)
+    columns[rows, slot] = cols
+    values[rows, slot] = scores[rows, cols]
+    return columns, values
 
 
 def top_k_indices(sim: np.ndarray, k: int) -> np.ndarray:
@@ -79,14 +142,13 @@ def top_k_indices(sim: np.ndarray, k: int) -> np.ndarray:
     k = min(int(k), c)
     if k == c:
         return np.argsort(-sim, axis=1, kind="stable")
-    kth = -np.partition(-sim, k - 1, axis=1)[:, k - 1 : k]  # each row's k-th highest score
-    above = sim > kth  # fewer than k per row
-    tied = sim == kth
-    # the tied slots left go to the lowest indices: exactly k columns per row
-    take = above | (tied & (np.cumsum(tied, axis=1) <= k - above.sum(1, keepdims=True)))
-    cols = np.nonzero(take)[1].reshape(q, k)  # ascending within each row
-    order = np.argsort(-np.take_along_axis(sim, cols, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(cols, order, axis=1)
+    top = np.empty((q, k), dtype=np.int64)
+    for rows in _row_blocks(q, c):
+        columns, values = top_k_candidates(sim[rows], k)
+        chosen = top_k_mask(values, k)[0]  # leftmost on ties = lower candidate index
+        cols, vals = columns[chosen].reshape(-1, k), values[chosen].reshape(-1, k)
+        top[rows] = np.take_along_axis(cols, np.argsort(-vals, axis=1, kind="stable"), axis=1)
+    return top
 
 
 def retrieval_metrics(
@@ -106,8 +168,12 @@ def retrieval_metrics(
     q, c = s.shape
     if any(int(k) < 1 for k in (*ks, *label_ks)):
         raise ValueError("every k must be >= 1")
-    ranks = partner_ranks(s, targets)
-    out = {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+    if ks:
+        ranks = partner_ranks(s, targets)
+        out = {f"R@{k}": float(np.mean(ranks < k)) for k in ks}
+    else:  # label match only: the partners' ranks are not needed, their check is
+        _partners(q, c, targets)
+        out = {}
     if (query_labels is None) != (cand_labels is None):
         raise ValueError("give both query_labels and cand_labels, or neither")
     if query_labels is None or not label_ks:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -79,6 +79,13 @@ class StudyIndex:
     meta: dict
     studies: pd.DataFrame  # study_id, split, report_text (row i = vector i)
     indexes: dict  # modality -> faiss index
+    # The table's hit fields (study_id, split, report_text) as lists of str, built once: a
+    # per-hit DataFrame lookup costs more than the FAISS search itself.
+    hit_fields: tuple[list[str], list[str], list[str]] = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self.hit_fields = tuple(self.studies[column].astype(str).tolist()
+                                for column in ("study_id", "split", "report_text"))
 
     @classmethod
     def build(cls, folder: Path, embeddings: dict[str, np.ndarray], studies: pd.DataFrame, params: IndexParams,
@@ -139,18 +146,12 @@ class StudyIndex:
         if against not in self.indexes:
             raise ValueError(f"no {against!r} index here; built: {', '.join(self.indexes)}")
         q = np.ascontiguousarray(np.atleast_2d(query), dtype=np.float32)
-        scores, ids = self.indexes[against].search(q, min(k, len(self.studies)))
-        out = []
-        for row_scores, row_ids in zip(scores, ids):
-            hits = []
-            for rank, (score, i) in enumerate(zip(row_scores, row_ids), start=1):
-                if i < 0:  # an approximate index may return fewer than k
-                    continue
-                s = self.studies.iloc[int(i)]
-                hits.append({"rank": rank, "study_id": str(s["study_id"]), "split": str(s["split"]),
-                             "score": float(score), "report": str(s["report_text"])})
-            out.append(hits)
-        return out
+        study_ids, splits, reports = self.hit_fields
+        scores, ids = self.indexes[against].search(q, min(k, len(study_ids)))
+        return [[{"rank": rank, "study_id": study_ids[i], "split": splits[i], "score": score, "report": reports[i]}
+                 for rank, (score, i) in enumerate(zip(row_scores, row_ids), start=1)
+                 if i >= 0]  # an approximate index may return fewer than k
+                for row_scores, row_ids in zip(scores.tolist(), ids.tolist())]
 
 
 def format_hits(hits: list[dict], width: int = 90) -> str:

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 from scipy.special import softmax
 
-from medmm.metrics.retrieval import retrieval_metrics, top_k_indices
-from medmm.retrieval.gallery_prior import robust_grid_choice
+from medmm.metrics.retrieval import top_k_indices
+from medmm.retrieval.gallery_prior import metric_k, robust_grid_choice
+from medmm.retrieval.shortlist import LabelMatchGrid, leaders
 
-__all__ = ["PairedMemory", "MemoryTranslation", "fit_memory_translation"]
+__all__ = ["PairedMemory", "MemoryTranslation", "memory_translation_grid", "fit_memory_translation"]
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -69,6 +71,12 @@ class PairedMemory:
         return _normalise(np.einsum("qk,qkd->qd", weights, self.candidates[index]))
 
 
+def _memory_translated(plain: np.ndarray, translated: np.ndarray, weight: float, logit_scale: float) -> np.ndarray:
+    """The score; the grid search and :meth:`MemoryTranslation.scores` share it so that
+    both do the same arithmetic, hence rank ties alike."""
+    return logit_scale * (plain + weight * translated)
+
+
 @dataclass(frozen=True)
 class MemoryTranslation:
     k: int
@@ -81,27 +89,42 @@ class MemoryTranslation:
         if self.weight == 0.0:
             return logit_scale * plain
         translated = memory.translate(queries, self.k, logit_scale)
-        return logit_scale * (plain + self.weight * translated @ candidates.T)
+        return _memory_translated(plain, translated @ candidates.T, self.weight, logit_scale)
+
+
+def memory_translation_grid(queries: np.ndarray, candidates: np.ndarray, labels: np.ndarray, memory: PairedMemory,
+                            logit_scale: float, top: int, ks: Sequence[int], weights: Sequence[float],
+                            shortlist: int = 64) -> np.ndarray:
+    """Label-match P@``top`` [k, weight] of the memory-translated scores. The memory
+    neighbours (up to the largest k), the plain similarities and their leaders are computed
+    once; each k adds its translation and each weight a pass over the short lists
+    (:mod:`medmm.retrieval.shortlist`)."""
+    plain = queries @ candidates.T
+    near = memory.neighbours(queries, max(ks))
+    plain_leaders = leaders(plain, max(shortlist, top))
+    combine = partial(_memory_translated, logit_scale=logit_scale)
+    grid = np.empty((len(ks), len(weights)))
+    for i, k in enumerate(ks):
+        translated = memory.translate(queries, k, logit_scale, neighbours=near) @ candidates.T
+        points = LabelMatchGrid(plain, translated, labels, labels, top, size=shortlist, first_leaders=plain_leaders)
+        for j, weight in enumerate(weights):
+            grid[i, j] = points.precision(combine, weight, monotone=weight >= 0 and logit_scale >= 0)
+    return grid
 
 
 def fit_memory_translation(queries: np.ndarray, candidates: np.ndarray, labels: np.ndarray, memory: PairedMemory,
                            logit_scale: float, *, metric: str = "P@5",
                            ks: Sequence[int] = (5, 10, 20, 50, 100),
-                           weights: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)) -> tuple[MemoryTranslation, float]:
+                           weights: Sequence[float] = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0),
+                           shortlist: int = 64) -> tuple[MemoryTranslation, float]:
     """Grid search of (k, weight) for label-match ``metric`` on a validation split whose
     study i has query ``queries[i]``, candidate ``candidates[i]`` and labels ``labels[i]``.
     As for the gallery prior, the choice is the best 3 x 3 grid neighbourhood, not the best
     single point, and weight 0 (plain similarity) is scored on its own. Returns the choice
-    and its validation score."""
-    top = int(metric.split("@")[1])
+    and its validation score. ``shortlist`` never changes the result (see
+    :func:`memory_translation_grid`)."""
     ks, weights = sorted(ks), list(weights)
-    plain = queries @ candidates.T
-    near = memory.neighbours(queries, max(ks))
-    grid = np.empty((len(ks), len(weights)))
-    for i, k in enumerate(ks):
-        translated = memory.translate(queries, k, logit_scale, neighbours=near) @ candidates.T
-        for j, weight in enumerate(weights):
-            grid[i, j] = retrieval_metrics(logit_scale * (plain + weight * translated), labels, labels,
-                                           ks=(top,), label_ks=(top,))[metric]
+    grid = memory_translation_grid(queries, candidates, labels, memory, logit_scale, metric_k(metric), ks, weights,
+                                   shortlist)
     i, j = robust_grid_choice(grid, [w == 0.0 for w in weights])
     return MemoryTranslation(ks[i], weights[j]), float(grid[i, j])

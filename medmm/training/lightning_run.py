@@ -34,11 +34,12 @@ from medmm.tracking.pipeline_run import remember_open_run
 from medmm.tracking.run_context import artifact_location, default_tracking_uri
 from medmm.tracking.store import prepare_store
 from medmm.training.epoch_seeding import EpochSeededRandomness
-from medmm.training.precision import default_precision
+from medmm.training.precision import PrecisionChoice, rule_choice
 
 RUN_STATE = "run_state.json"
 LAST = "last"  # last.ckpt: the newest complete epoch
 CONTINUES_TAG = "medmm.continues_run"
+PRECISION_TAG = "medmm.precision"
 
 
 @dataclass
@@ -148,11 +149,24 @@ class TrackedRunLogger(MLFlowLogger):
         pass  # the workflow ends the run
 
 
-def checkpointing_trainer(cfg, logger, ckpt_dir: Path) -> L.Trainer:
+def log_precision_choice(logger, choice: PrecisionChoice) -> None:
+    """The run's precision and its source as tags (a resume on another machine may choose
+    differently, and params cannot change), the probe's medians as metrics."""
+    client = logger.experiment
+    client.set_tag(logger.run_id, PRECISION_TAG, choice.precision)
+    client.set_tag(logger.run_id, f"{PRECISION_TAG}_source", choice.source)
+    for name, value in choice.figures.items():
+        client.log_metric(logger.run_id, f"precision_probe.{name}", value)
+
+
+def checkpointing_trainer(cfg, logger, ckpt_dir: Path, precision: PrecisionChoice | None = None) -> L.Trainer:
     """The Lightning trainer of ``cfg.trainer``: every epoch checkpointed as ``last.ckpt`` and
     the one with the lowest ``val/loss`` as ``epochNNN.ckpt`` in ``ckpt_dir``; randomness seeded
-    per epoch, so a resume repeats what an uninterrupted run draws."""
-    precision = cfg.trainer.precision or default_precision()
+    per epoch, so a resume repeats what an uninterrupted run draws. ``precision``: a measured
+    choice (:func:`medmm.training.precision.choose_precision`); without one the config's, else
+    the rule's. The choice is logged to the run."""
+    choice = precision or rule_choice(cfg.trainer.precision)
+    log_precision_choice(logger, choice)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
                            save_top_k=1, monitor="val/loss", mode="min")
     newest = ModelCheckpoint(dirpath=ckpt_dir, filename=LAST, save_top_k=1, every_n_epochs=1,
@@ -160,7 +174,7 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path) -> L.Trainer:
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes,
-        precision=precision, logger=logger, callbacks=[best, newest, EpochSeededRandomness(cfg.seed)],
+        precision=choice.precision, logger=logger, callbacks=[best, newest, EpochSeededRandomness(cfg.seed)],
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)

@@ -3,7 +3,12 @@ import pytest
 import torch
 from torchmetrics.retrieval import RetrievalHitRate, RetrievalPrecision, RetrievalRecall
 
-from medmm.metrics.retrieval import partner_ranks, retrieval_metrics, top_k_indices
+from medmm.metrics.retrieval import (
+    partner_ranks,
+    retrieval_metrics,
+    top_k_candidates,
+    top_k_indices,
+)
 
 
 def test_hand_example_exact_pair():
@@ -107,3 +112,31 @@ def test_top_k_indices_equals_a_stable_full_sort(k):
     for sim in (tied, rng.normal(size=(7, 12)), np.ones((3, 12))):
         expected = np.argsort(-sim, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(top_k_indices(sim, k), expected)
+
+
+@pytest.mark.parametrize("k", [1, 5, 65])
+def test_top_k_indices_on_long_rows_equals_a_stable_full_sort(k):
+    """Rows long enough for the group-maxima prefilter (>= 512 columns, not a multiple of
+    the group count), float32, with heavy ties, a constant row and a row whose top scores
+    all sit in one group."""
+    rng = np.random.default_rng(k)
+    sim = np.round(rng.normal(size=(30, 1300)), 1).astype(np.float32)
+    sim[0] = 0.25
+    sim[1, ::256] = 9.0
+    sim[2, -3:] = 7.0  # the tail beyond whole groups
+    expected = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(top_k_indices(sim, k), expected)
+
+
+def test_top_k_candidates_hold_every_entry_at_or_above_the_k_th():
+    rng = np.random.default_rng(3)
+    sim = np.round(rng.normal(size=(20, 2000)), 2)
+    columns, values = top_k_candidates(sim, 10)
+    assert columns.shape[1] < sim.shape[1]  # the prefilter did drop columns
+    kth = -np.partition(-sim, 9, axis=1)[:, 9]
+    for row, cols, vals in zip(range(len(sim)), columns, values):
+        real = cols >= 0
+        np.testing.assert_array_equal(cols[real], np.flatnonzero(sim[row] >= sim[row][cols[real]].min()))
+        assert set(np.flatnonzero(sim[row] >= kth[row])) <= set(cols[real])
+        np.testing.assert_array_equal(vals[real], sim[row, cols[real]])
+        assert np.all(np.isneginf(vals[~real]))

@@ -69,3 +69,29 @@ def test_saved_index_reloads_and_refuses_other_weights_or_cohort(tmp_path):
     (tmp_path / "idx" / "report.faiss").write_bytes(b"not an index")
     with pytest.raises(MedmmInputError, match="report.faiss"):
         StudyIndex.load(tmp_path / "idx", checkpoint_sha256="a" * 64, manifest_sha256="b" * 64)
+
+
+@pytest.mark.parametrize("params", [IndexParams(exact_max=1000),
+                                    IndexParams(exact_max=0, approximate="ivf", ivf_nlist=40, ivf_nprobe=1)])
+def test_search_returns_the_raw_faiss_hits_with_their_table_rows(tmp_path, params):
+    """Single query and batch: every hit is the raw FAISS call's id and score, in its order,
+    with that row's table fields; ids FAISS leaves at -1 (a one-cell IVF probe with k past
+    the cell's size) are dropped but keep their rank slot."""
+    rng = np.random.default_rng(5)
+    emb, queries = {"report": unit(rng, 300)}, unit(rng, 25)
+    studies = _studies(300)
+    studies.loc[int(np.argmax(emb["report"] @ queries[0])), "report_text"] = None  # reads "None", like str()
+    index = StudyIndex.build(tmp_path / "idx", emb, studies, params, {})
+    k = 30
+    raw_scores, raw_ids = index.indexes["report"].search(queries, k)
+    if params.approximate == "ivf":
+        assert (raw_ids < 0).any()
+    for got in (index.search(queries, "report", k), [index.search(q, "report", k)[0] for q in queries]):
+        for hits, row_scores, row_ids in zip(got, raw_scores, raw_ids):
+            kept = [(rank, s, i) for rank, (s, i) in enumerate(zip(row_scores, row_ids), start=1) if i >= 0]
+            assert [h["rank"] for h in hits] == [rank for rank, _, _ in kept]
+            assert [h["score"] for h in hits] == [float(s) for _, s, _ in kept]
+            rows = [studies.iloc[int(i)] for _, _, i in kept]
+            assert [h["study_id"] for h in hits] == [str(r["study_id"]) for r in rows]
+            assert [h["split"] for h in hits] == [str(r["split"]) for r in rows]
+            assert [h["report"] for h in hits] == [str(r["report_text"]) for r in rows]

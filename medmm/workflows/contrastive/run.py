@@ -19,6 +19,12 @@ from medmm.training.lightning_run import (
     checkpointing_trainer,
     start_or_resume_run,
 )
+from medmm.training.precision import (
+    StepFn,
+    choose_precision,
+    step_fingerprint,
+    training_step_probe,
+)
 from medmm.workflows.contrastive.config import PretrainConfig
 from medmm.workflows.contrastive.evaluation import (
     cohort_reference_levels,
@@ -27,6 +33,21 @@ from medmm.workflows.contrastive.evaluation import (
 )
 from medmm.workflows.contrastive.module import ContrastivePretrainTask
 from medmm.workflows.contrastive.served import log_and_register
+
+
+def _training_loss(task: ContrastivePretrainTask, batch: dict):
+    return task._loss(task.model(batch, task.modalities), batch, "train")[0]
+
+
+def precision_probe_step(task: ContrastivePretrainTask, dm: PretrainDataModule) -> StepFn:
+    """The step the precision probe times: the task's training loss, backward and AdamW on
+    the training split's first batch (unaugmented)."""
+    return training_step_probe(task, _training_loss, next(iter(dm.loader("train"))))
+
+
+def precision_fingerprint(cfg: PretrainConfig) -> str:
+    """What shapes the probed step: a probe cached for another model or batch does not apply."""
+    return step_fingerprint(cfg.model, cfg.loss, cfg.data.batch_size, cfg.data.image_size, cfg.data.ecg_fs)
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
@@ -53,7 +74,9 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
 
     task = ContrastivePretrainTask(cfg)
-    trainer = checkpointing_trainer(cfg, logger, ckpt_dir)
+    precision = choose_precision(cfg.trainer.precision, lambda: precision_probe_step(task, dm),
+                                 precision_fingerprint(cfg))
+    trainer = checkpointing_trainer(cfg, logger, ckpt_dir, precision)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     clock["train"] = time.perf_counter()
 
