@@ -21,7 +21,7 @@ from medmm.cohort.pseudonym import pseudonym
 from medmm.config.core import build_config
 from medmm.metrics.reference_levels import REFERENCE_LEVELS_FILE, REFERENCE_MODEL_FILE
 from medmm.tracking.figures import show_cohort_examples
-from medmm.tracking.run_context import REDACTED_PREFIX, redacted_config, safe_skips
+from medmm.tracking.run_context import REDACTED_PREFIX, redacted_config, safe_skips, saved_config_yaml, source_tag
 from medmm.workflows.contrastive.config import PretrainConfig
 from tests.conftest import TINY_CONFIG, iu_source, tiny_overrides
 
@@ -162,3 +162,22 @@ def test_examples_figure_is_off_for_a_real_cohort_and_on_for_the_demo_or_when_as
     (tmp_path / REFERENCE_MODEL_FILE).write_text("{}")
     assert show_cohort_examples(None, tmp_path)
     assert not show_cohort_examples(False, tmp_path)
+
+
+def test_configs_saved_beside_model_weights_and_source_tags_carry_no_cohort_path(tmp_path):
+    """A registered model's config.yaml and the tags naming a local model folder hash every path
+    outside the model section; the model section stays as it is (rebuilding the model may need
+    a local weights folder it names), and the saved config still validates."""
+    root = tmp_path / "cohort_MRN99812"
+    cfg = build_config(PretrainConfig, TINY_CONFIG, [f"data.root={root}", f"output_dir={tmp_path / 'ward7_smith'}",
+                                                     f"data.cache_dir={root / '.cache'}"])
+    saved = saved_config_yaml(cfg)
+    assert "MRN99812" not in saved and "ward7_smith" not in saved and str(tmp_path) not in saved
+    assert saved.count(REDACTED_PREFIX) >= 3
+    path = tmp_path / "config.yaml"
+    path.write_text(saved)
+    assert build_config(PretrainConfig, path).model == cfg.model
+    folder_tag = source_tag(root / "model", cfg)
+    assert folder_tag.startswith(REDACTED_PREFIX) and "MRN99812" not in folder_tag
+    assert source_tag("models:/medmm-more@champion", cfg) == "models:/medmm-more@champion"
+
