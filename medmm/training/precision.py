@@ -194,11 +194,21 @@ def _write_cache(path: Path, entries: dict) -> None:
     os.replace(tmp, path)  # concurrent runs never read a half-written file
 
 
+BUSY_LOAD_PER_CORE = 1.5  # above this, other jobs share the cores and would tip the probe's answer
+
+
+def machine_busy() -> bool:
+    """Whether other work shares the cores now: the 1-minute load average per core is above
+    :data:`BUSY_LOAD_PER_CORE`. A probe taken then is used for the run but not cached."""
+    return os.getloadavg()[0] / (os.cpu_count() or 1) > BUSY_LOAD_PER_CORE
+
+
 def choose_precision(configured: str | None, make_step: Callable[[], StepFn], fingerprint: str,
                      **probe_options) -> PrecisionChoice:
     """The run's precision: ``configured`` when set; the GPU rule on a GPU; on a CPU the
     cached probe result for this machine and ``fingerprint``, else a fresh
-    :func:`probe_precision` of ``make_step()`` (called only when a probe runs), cached."""
+    :func:`probe_precision` of ``make_step()`` (called only when a probe runs), cached unless
+    other work shared the cores when it started (:func:`machine_busy`)."""
     if configured or torch.cuda.is_available():
         return rule_choice(configured)
     path, key = cache_dir() / CACHE_FILE, _cache_key(fingerprint)
@@ -206,7 +216,10 @@ def choose_precision(configured: str | None, make_step: Callable[[], StepFn], fi
     if key in entries:
         cached = entries[key]
         return PrecisionChoice(cached["precision"], "cached-probe", cached["figures"])
+    busy = machine_busy()
     result = probe_precision(make_step(), **probe_options)
+    if busy:  # a later run on quiet cores probes again
+        return PrecisionChoice(result.precision, "probe-busy-uncached", result.figures())
     choice = PrecisionChoice(result.precision, "probe", result.figures())
     entries[key] = {**asdict(choice), **cpu_identity()}
     _write_cache(path, entries)

@@ -42,6 +42,7 @@ def private_cache(tmp_path, monkeypatch):
     """The probe cache in a temp folder, never the real home; a CPU-only machine."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(prec, "machine_busy", lambda: False)  # quiet cores unless a test says otherwise
     return tmp_path / "xdg" / "medmm" / prec.CACHE_FILE
 
 
@@ -94,6 +95,16 @@ def test_probe_result_is_cached_per_step_fingerprint(private_cache):
     assert (other.precision, other.source) == (FLOAT32, "probe")
     assert len(made) == 2
     assert len(json.loads(private_cache.read_text())) == 2
+
+
+def test_a_probe_taken_on_busy_cores_is_used_but_not_cached(private_cache, monkeypatch):
+    machine, made = FakeMachine(float32_s=1.0, bf16_s=0.5), []
+    monkeypatch.setattr(prec, "machine_busy", lambda: True)
+    first = choose_precision(None, _counting_step_factory(machine, made), "model-a", clock=machine.clock)
+    again = choose_precision(None, _counting_step_factory(machine, made), "model-a", clock=machine.clock)
+    assert first.precision == again.precision == BF16
+    assert first.source == again.source == "probe-busy-uncached"
+    assert len(made) == 2 and not private_cache.exists()
 
 
 def test_cache_is_keyed_by_the_machine(private_cache, monkeypatch):
