@@ -70,7 +70,7 @@ PARALLEL_WORKERS = 2
 
 @pytest.fixture(scope="module")
 def fuzz_results(request, tmp_path_factory) -> dict[str, Future]:
-    """Every format this session selected, run two workers at a time (each format's cases stay
+    """Every format the pytest run selected, run two workers at a time (each format's cases stay
     in one worker, in order): -> format -> future of (tally, failures, max wall s, wall s)."""
     selected = {item.callspec.params["fmt"] for item in request.session.items
                 if getattr(item, "originalname", "") == "test_fuzz"}
