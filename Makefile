@@ -9,7 +9,7 @@ DEMO := data/demo
 export HF_HUB_OFFLINE := 1
 export MEDMM_IU_REPORTS := $(abspath $(IU_WHEEL))
 
-.PHONY: venv data-cache demo demo-cohort test test-fast mlflow benchmark clean invesalius-ct
+.PHONY: venv data-cache demo demo-cohort test test-fast mlflow benchmark clean invesalius-ct docs notebooks
 
 venv: $(STAMP)
 
@@ -46,11 +46,19 @@ test-fast: venv data-cache invesalius-ct
 benchmark: venv data-cache demo-cohort
 	$(PY) benchmarks/pretrain_throughput.py
 
+# The documentation site (mkdocs, sources in docs/), built strictly: a broken link fails.
+docs: venv
+	$(PY) -m mkdocs build --strict --site-dir site
+
+# Re-execute the notebooks in place, so they are stored with their outputs.
+notebooks: venv data-cache demo-cohort demo-pathology
+	$(PY) -m jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1200 notebooks/*.ipynb
+
 mlflow: venv
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
 
 clean:
-	rm -rf runs mlruns mlartifacts lightning_logs .pytest_cache
+	rm -rf runs mlruns mlartifacts lightning_logs .pytest_cache site
 
 # A real head CT (Debian's invesalius-examples, GPL-2 data) for the reader tests, fetched
 # at set-up with apt-get download (never at run time). Where apt-get cannot fetch it the

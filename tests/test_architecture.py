@@ -19,6 +19,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "medmm"
 # floor below. Packages on one floor are siblings and may import each other.
 FLOORS: dict[str, int] = {
     "config": 0,
+    "console": 0,
     "io": 1,
     "cohort": 2,
     "data": 3,
