@@ -4,8 +4,16 @@ out of core.
 Streams the tree (``os.scandir``), claims files by the spec's globs, reads the new or
 changed ones in worker processes in chunks (a bounded number in flight), reuses the hash
 and ids of files whose path, size and mtime are unchanged since the last run (kept in a
-sidecar ``<manifest>.files.parquet``), joins metadata tables, links modalities of a
-patient by the spec's rules and writes the manifest with a stable patient-level split.
+sidecar ``<manifest>.files.parquet``), joins metadata tables, links modalities by the
+spec's rules (a shared key, or the same patient nearest in time) and writes the manifest
+with a stable patient-level split.
+
+Everything left out is counted by category (:attr:`IngestStats.dropped`): unreadable
+files by reason, files not selected by a header tag or table value, files no rule took,
+rows without patient / study, items a key link found no study for, studies lacking a
+required modality. The unreadable files are listed with their reason in
+``<manifest>.unreadable.csv``. A spec that leaves nothing is an error that says what the
+tree holds.
 
 Why DuckDB: a manifest has one row per file, so any step that holds the rows as Python
 or pandas objects grows the parent's memory with the tree (about 4 kB per file before).
@@ -26,9 +34,9 @@ import os
 import re
 import resource
 import shutil
-import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -39,9 +47,19 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from medmm.cohort.manifest import file_sha256
-from medmm.cohort.scan import RECORD_FIELDS, CompiledRule, candidate_rules, init_worker, inspect_batch
+from medmm.cohort.scan import (
+    RECORD_FIELDS,
+    CompiledRule,
+    candidate_rules,
+    init_worker,
+    inspect_batch,
+    shown_value,
+    strip_ext,
+)
 from medmm.cohort.spec import CohortSpec, TableSpec
 from medmm.cohort.splits import stable_patient_split
+from medmm.console import progress
+from medmm.io.errors import MedmmInputError
 
 log = logging.getLogger("medmm.ingest")
 MANIFEST_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "path", "row_key", "time", "sha256",
@@ -49,18 +67,21 @@ MANIFEST_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "path", "
 MEMORY_LIMIT = "64MB"    # DuckDB's buffer: past it, tables, joins and sorts spill to disk
 ROWS_PER_BATCH = 4096    # rows the parent holds at once (walk entries, records, table rows)
 
-_RECORD_TYPES = {"path": "VARCHAR", "size": "BIGINT", "mtime_ns": "BIGINT", "rule": "INTEGER",
-                 "modality": "VARCHAR", "patient_id": "VARCHAR", "study_id": "VARCHAR", "series_id": "VARCHAR",
-                 "time": "VARCHAR", "sha256": "VARCHAR", "problem": "VARCHAR"}
+_RECORD_TYPES = {**{c: "VARCHAR" for c in RECORD_FIELDS}, "size": "BIGINT", "mtime_ns": "BIGINT", "rule": "INTEGER"}
+
+
+DROP_CATEGORIES = ("unreadable", "not selected", "not claimed", "no patient/study", "unlinked",
+                   "lacking a required modality")
 
 
 @dataclass
 class IngestStats:
-    n_files_seen: int = 0          # files under the root that some rule's glob matched
+    n_files_under_root: int = 0    # regular files under the root (hidden ones and the outputs aside)
+    n_files_seen: int = 0          # of those, files that some rule's glob matched
     n_files_read: int = 0          # of those, opened in this run (new or changed)
     n_files_reused: int = 0        # unchanged since the last run: hash and ids reused
-    n_problems: int = 0            # matched a rule but unreadable (see the sidecar's 'problem')
-    n_unidentified: int = 0        # readable but without patient / study after tables
+    n_problems: int = 0            # matched a rule but unreadable (see ``problems``, the sidecar's 'problem')
+    n_unidentified: int = 0        # readable but without patient / study after tables and links
     n_items_from_tables: int = 0
     n_links: int = 0
     n_dropped_studies: int = 0     # lacking a required modality
@@ -70,14 +91,56 @@ class IngestStats:
     seconds: float = 0.0
     peak_rss_parent_kb: int = 0
     peak_rss_worker_kb: int = 0
-    problems: dict[str, int] = field(default_factory=dict)
+    problems: dict[str, int] = field(default_factory=dict)   # unreadable files by reason
+    # what was left out, by category (DROP_CATEGORIES) and reason; files, except
+    # "lacking a required modality", which counts studies by the modality they lack
+    dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    files_by_extension: dict[str, int] = field(default_factory=dict)
+    files_per_rule: list[int] = field(default_factory=list)  # glob matches of each file rule, in order
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def drop(self, category: str, counts: dict[str, int]) -> None:
+        merged = Counter(self.dropped.get(category, {}))
+        merged.update({k: int(v) for k, v in counts.items() if v})
+        if merged:
+            self.dropped[category] = dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def summary(self, spec: CohortSpec | None = None) -> str:
+        """Counts only, never an identifier or a path: what was found, linked and dropped, and why."""
+        lines = [f"  files: {self.n_files_under_root} under the root, {self.n_files_seen} matched a rule "
+                 f"(read {self.n_files_read}, unchanged {self.n_files_reused}); table items "
+                 f"{self.n_items_from_tables}; links made {self.n_links}"]
+        parts = []
+        for category in DROP_CATEGORIES:
+            counts = self.dropped.get(category)
+            if counts:
+                detail = ", ".join(f"{k} {v}" for k, v in counts.items())
+                if category == "lacking a required modality":  # studies; one may lack several
+                    parts.append(f"studies {category} {self.n_dropped_studies} ({detail})")
+                else:
+                    parts.append(f"{category} {sum(counts.values())} ({detail})")
+        lines.append("  dropped: " + ("; ".join(parts) if parts else "nothing"))
+        if spec is not None:
+            idle = [f"{_rule_name(r)}" for r, n in zip(spec.files, self.files_per_rule) if n == 0]
+            if idle and self.n_files_seen:
+                lines.append(f"  rules that matched no file: {', '.join(idle)}")
+        return "\n".join(lines)
+
+
+def _rule_name(rule) -> str:
+    modality = rule.modality if isinstance(rule.modality, str) else "/".join(dict.fromkeys(rule.modality.values()))
+    return f"{modality} {rule.pattern!r}"
+
 
 def sidecar_path(out: Path) -> Path:
     return out.with_name(out.name.removesuffix(".parquet") + ".files.parquet")
+
+
+def unreadable_path(out: Path) -> Path:
+    """The list of unreadable files (path relative to the root, reason, problem) beside the manifest."""
+    return out.with_name(out.name.removesuffix(".parquet") + ".unreadable.csv")
 
 
 def walk_tree(root: Path, skip: set[Path]) -> Iterator[tuple[str, int, int]]:
@@ -104,6 +167,18 @@ def walk_tree(root: Path, skip: set[Path]) -> Iterator[tuple[str, int, int]]:
         stack.extend(reversed(subfolders))
 
 
+def extension_of(rel: str) -> str:
+    """A file's extension for the summary ('.dcm', '.csv.gz'); names such as DICOM UIDs
+    ('1.2.840.5') or none count as '(none)', so the tally stays small."""
+    name = rel.rsplit("/", 1)[-1].lower()
+    parts = name.split(".")[1:]
+    if parts and parts[-1] in ("gz", "bz2", "xz", "zip") and len(parts) >= 2:
+        ext = "." + ".".join(parts[-2:])
+    else:
+        ext = "." + parts[-1] if parts else ""
+    return ext if re.fullmatch(r"(\.[a-z][a-z0-9]{0,5}){1,2}", ext) else "(none)"
+
+
 def rules_fingerprint(spec: CohortSpec) -> str:
     """Changes when the file rules change (then no cached record is trusted)."""
     payload = json.dumps([r.model_dump(mode="json") for r in spec.files], sort_keys=True)
@@ -123,18 +198,21 @@ def _clean_id(value) -> str | None:
     return s[:-2] if re.fullmatch(r"\d+\.0", s) else s
 
 
-def _strip_ext(rel: str) -> str:
-    for ext in (".nii.gz", ".tar.gz"):
-        if rel.endswith(ext):
-            return rel[: -len(ext)]
-    return str(PurePosixPath(rel).with_suffix(""))
-
-
 def _iso(value) -> str | None:
+    """A time as ISO text: anything pandas parses, or DICOM's date and time joined
+    ('21800506 213428.0', a time column read as a number losing its leading zeros)."""
     if value is None or str(value).strip() in ("", "nan", "NaT"):
         return None
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d{8})[ T]?(\d{1,6})?(?:\.\d*)?", text)
+    if m:
+        text = m.group(1) + (m.group(2) or "0").zfill(6)
+        try:
+            return pd.Timestamp(pd.to_datetime(text, format="%Y%m%d%H%M%S")).isoformat()
+        except (ValueError, TypeError):
+            return None
     try:
-        return pd.Timestamp(str(value)).isoformat()
+        return pd.Timestamp(text).isoformat()
     except (ValueError, TypeError):
         return None
 
@@ -147,6 +225,9 @@ def _patient_of(value, pattern: str | None) -> str | None:
 
 
 # ----------------------------------------------------------------------------- the database
+
+_ITEM_COLUMNS = ["seq", "patient_id", "study_id", "series_id", "modality", "path", "row_key", "time", "sha256",
+                 "accession", "study_uid"]
 
 
 class _Store:
@@ -165,14 +246,19 @@ class _Store:
         cols = ", ".join(f"{c} {_RECORD_TYPES[c]}" for c in RECORD_FIELDS)
         self.con.execute(f"CREATE TABLE files (seq BIGINT, path_key VARCHAR, {cols})")
         self.con.execute("CREATE TABLE items (seq BIGINT, patient_id VARCHAR, study_id VARCHAR, series_id VARCHAR, "
-                         "modality VARCHAR, path VARCHAR, row_key VARCHAR, time VARCHAR, sha256 VARCHAR)")
+                         "modality VARCHAR, path VARCHAR, row_key VARCHAR, time VARCHAR, sha256 VARCHAR, "
+                         "accession VARCHAR, study_uid VARCHAR)")
 
     def append(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         if rows:
             self.con.append(table, pd.DataFrame.from_records(rows, columns=columns))
 
-    def scalar(self, sql: str, params: list | None = None):
+    def scalar(self, sql: str, params: list | dict | None = None):
         return self.con.execute(sql, params or []).fetchall()[0][0]
+
+    def counts(self, sql: str, params: list | dict | None = None) -> dict[str, int]:
+        """{reason: n} from a query of (reason, n) rows."""
+        return {str(k): int(n) for k, n in self.con.execute(sql, params or []).fetchall()}
 
     def close(self) -> None:
         self.con.close()
@@ -199,31 +285,75 @@ class _Buffer:
 
 
 def _load_cache(store: _Store, sidecar: Path, fingerprint: str) -> None:
-    """The last run's readable records, as table ``cache`` (empty when the rules changed)."""
+    """The last run's records of readable files, as table ``cache`` (empty when the rules
+    or the record's fields changed)."""
     cols = ", ".join(f"{c} {_RECORD_TYPES[c]}" for c in RECORD_FIELDS)
     store.con.execute(f"CREATE TABLE cache ({cols})")
-    if not sidecar.exists() or "rules" not in pq.read_schema(sidecar).names:
+    if not sidecar.exists() or not {"rules", *RECORD_FIELDS} <= set(pq.read_schema(sidecar).names):
         return
     store.con.execute(f"INSERT INTO cache SELECT {', '.join(RECORD_FIELDS)} FROM read_parquet(?) "
                       "WHERE rules = ? AND problem IS NULL", [str(sidecar), fingerprint])
 
 
-def scan_tree(spec: CohortSpec, root: Path, store: _Store, *, sidecar: Path, fingerprint: str, workers: int,
-              chunk: int, skip: set[Path], stats: IngestStats, progress_every: int = 1000) -> None:
-    """Fill table ``files`` with every file a rule's glob matched (cached or read now)."""
-    rules = [CompiledRule.from_spec(i, r) for i, r in enumerate(spec.files)]
+def _walk(spec: CohortSpec, root: Path, store: _Store, rules: list[CompiledRule], skip: set[Path],
+          stats: IngestStats) -> int:
+    """Fill table ``walk`` with the files a rule's glob matches; tally every file by
+    extension and per rule. Returns how many files would match one folder further down
+    (the hint when nothing matched)."""
     table_paths = {PurePosixPath(t.path).as_posix() for t in spec.tables}
     walk = _Buffer(store, "walk", ["seq", "path", "size", "mtime_ns"])
-    for rel, size, mtime in walk_tree(root, skip):
-        if rel not in table_paths and candidate_rules(rules, rel):
+    extensions: Counter[str] = Counter()
+    per_rule = [0] * len(rules)
+    one_down = 0
+    for rel, size, mtime in progress(walk_tree(root, skip), "ingest: walk the tree"):
+        stats.n_files_under_root += 1
+        extensions[extension_of(rel)] += 1
+        if rel in table_paths:
+            continue
+        matched = candidate_rules(rules, rel)
+        if matched:
+            for index in matched:
+                per_rule[index] += 1
             walk.add((stats.n_files_seen, rel, size, mtime))
             stats.n_files_seen += 1
+        elif "/" in rel and candidate_rules(rules, rel.split("/", 1)[1]):
+            one_down += 1
     walk.flush()
+    stats.files_by_extension = dict(extensions.most_common())
+    stats.files_per_rule = per_rule
+    return one_down
+
+
+def _nothing_matched(spec: CohortSpec, root: Path, stats: IngestStats, one_down: int) -> MedmmInputError:
+    """The error for a spec whose globs match no file of the tree, with what the tree holds."""
+    if not stats.n_files_under_root:
+        return MedmmInputError(root, "the data root holds no files: check --root (or the spec's root)")
+    shown = list(stats.files_by_extension.items())
+    kinds = ", ".join(f"{ext} {n}" for ext, n in shown[:8]) + (f", {len(shown) - 8} more kinds" if len(shown) > 8
+                                                                else "")
+    patterns = "; ".join(_rule_name(r) for r in spec.files) or "none (the spec has no file rules)"
+    hint = (f"no file under the root matched any rule; the root holds {stats.n_files_under_root} files ({kinds}); "
+            f"the rules' patterns: {patterns}; check 'pattern' (a glob relative to the root, '**' spans folders)")
+    if one_down:
+        hint += (f"; {one_down} files would match one folder further down: point the root at the folder the "
+                 "patterns start from")
+    return MedmmInputError(root, hint)
+
+
+def scan_tree(spec: CohortSpec, root: Path, store: _Store, *, sidecar: Path, fingerprint: str, workers: int,
+              chunk: int, skip: set[Path], stats: IngestStats) -> None:
+    """Fill table ``files`` with every file a rule's glob matched (cached or read now).
+    Raises MedmmInputError (with what the tree holds) when no file and no table item can
+    make a row."""
+    rules = [CompiledRule.from_spec(i, r) for i, r in enumerate(spec.files)]
+    one_down = _walk(spec, root, store, rules, skip, stats)
+    if not stats.n_files_seen and not any(t.modality for t in spec.tables):
+        raise _nothing_matched(spec, root, stats, one_down)
 
     _load_cache(store, sidecar, fingerprint)
     # path_key: the path without extension, for joining tables that list files (by
-    # _strip_ext itself, so SQL and Python agree).
-    store.con.create_function("strip_ext", _strip_ext, ["VARCHAR"], "VARCHAR")
+    # scan.strip_ext itself, so SQL and Python agree).
+    store.con.create_function("strip_ext", strip_ext, ["VARCHAR"], "VARCHAR")
     store.con.execute("INSERT INTO files SELECT w.seq, strip_ext(c.path), c.* FROM walk w JOIN cache c "
                       "ON c.path = w.path AND c.size = w.size AND c.mtime_ns = w.mtime_ns")
     store.con.execute("DROP TABLE cache")
@@ -232,26 +362,7 @@ def scan_tree(spec: CohortSpec, root: Path, store: _Store, *, sidecar: Path, fin
     to_read = store.folder / "to_read.parquet"
     store.con.execute(f"COPY (SELECT seq, path, size, mtime_ns FROM walk ANTI JOIN files USING (seq) ORDER BY seq) "
                       f"TO {_sql_text(to_read)} (FORMAT parquet, ROW_GROUP_SIZE {ROWS_PER_BATCH})")
-
-    start, last_report = time.perf_counter(), 0
-    records = _Buffer(store, "files", ["seq", "path_key", *RECORD_FIELDS])
-
-    def report(final: bool = False) -> None:
-        nonlocal last_report
-        done = stats.n_files_read + stats.n_files_reused
-        if final or done - last_report >= progress_every:
-            last_report = done
-            rate = done / max(time.perf_counter() - start, 1e-9)
-            print(f"ingest: {done} files ({stats.n_files_reused} unchanged, {stats.n_files_read} read) "
-                  f"{rate:.0f} files/s", file=sys.stderr, flush=True)
-
-    def take(result: tuple[list[tuple], int], seqs: list[int]) -> None:
-        batch_records, worker_rss = result
-        for seq, rec in zip(seqs, batch_records):
-            records.add((seq, _strip_ext(rec[0]), *rec))
-        stats.n_files_read += len(batch_records)
-        stats.peak_rss_worker_kb = max(stats.peak_rss_worker_kb, worker_rss)
-        report()
+    n_to_read = stats.n_files_seen - stats.n_files_reused
 
     def pending_batches() -> Iterator[tuple[list[int], list]]:
         for part in pq.ParquetFile(to_read).iter_batches(batch_size=chunk):
@@ -260,11 +371,12 @@ def scan_tree(spec: CohortSpec, root: Path, store: _Store, *, sidecar: Path, fin
                      for rel, size, mtime in zip(rows["path"], rows["size"], rows["mtime_ns"])]
             yield rows["seq"], batch
 
-    if workers <= 1:
-        init_worker(rules)
-        for seqs, batch in pending_batches():
-            take(inspect_batch(str(root), batch), seqs)
-    else:
+    def read_batches() -> Iterator[tuple[list[int], tuple[list[tuple], int]]]:
+        if workers <= 1:
+            init_worker(rules)
+            for seqs, batch in pending_batches():
+                yield seqs, inspect_batch(str(root), batch)
+            return
         # forkserver, not fork: the parent runs DuckDB's threads (forking a threaded process
         # can deadlock the child), and a forked child would inherit the parent's pages.
         context = multiprocessing.get_context("forkserver")
@@ -275,67 +387,120 @@ def scan_tree(spec: CohortSpec, root: Path, store: _Store, *, sidecar: Path, fin
                 if len(in_flight) >= 2 * workers:  # bounded: the reading never runs far ahead
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for fut in done:
-                        take(fut.result(), in_flight.pop(fut))
+                        yield in_flight.pop(fut), fut.result()
             for fut, seqs in in_flight.items():
-                take(fut.result(), seqs)
+                yield seqs, fut.result()
+
+    def read_records() -> Iterator[tuple[int, tuple]]:
+        for seqs, (batch_records, worker_rss) in read_batches():
+            stats.peak_rss_worker_kb = max(stats.peak_rss_worker_kb, worker_rss)
+            yield from zip(seqs, batch_records)
+
+    records = _Buffer(store, "files", ["seq", "path_key", *RECORD_FIELDS])
+    for seq, rec in progress(read_records(), "ingest: read files", total=n_to_read):
+        records.add((seq, strip_ext(rec[0]), *rec))
+        stats.n_files_read += 1
     records.flush()
-    report(final=True)
+    log.info("ingest: %d files (%d unchanged, %d read)", stats.n_files_seen, stats.n_files_reused,
+             stats.n_files_read)
 
 
 # ----------------------------------------------------------------------------- tables
 
 
+def _table_format(path: Path) -> str:
+    """'parquet', 'tsv' or 'csv' by the name, a compression suffix aside (pandas reads
+    .gz / .bz2 / .xz / .zip by the name)."""
+    name = path.name.lower()
+    for ext in (".gz", ".bz2", ".xz", ".zip"):
+        name = name.removesuffix(ext)
+    suffix = PurePosixPath(name).suffix
+    return "parquet" if suffix == ".parquet" else "tsv" if suffix in (".tsv", ".tab") else "csv"
+
+
 def _table_batches(path: Path, columns: list[str] | None) -> Iterator[pd.DataFrame]:
     """A metadata table in batches of rows, values as text (as pandas reads them)."""
-    if path.suffix.lower() == ".parquet":
+    kind = _table_format(path)
+    if kind == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=ROWS_PER_BATCH, columns=columns):
             yield batch.to_pandas().astype(object).where(lambda f: f.notna(), None)
         return
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    yield from pd.read_csv(path, sep=sep, usecols=columns, dtype=str, keep_default_na=False,
-                           chunksize=ROWS_PER_BATCH)
+    if columns:
+        missing = sorted(set(columns) - set(_table_columns(path)))
+        if missing:
+            raise MedmmInputError(path, f"the spec names columns the table lacks: {missing}")
+    yield from pd.read_csv(path, sep="\t" if kind == "tsv" else ",", usecols=columns, dtype=str,
+                           keep_default_na=False, chunksize=ROWS_PER_BATCH)
 
 
 def _table_columns(path: Path) -> list[str]:
-    if path.suffix.lower() == ".parquet":
+    if _table_format(path) == "parquet":
         return list(pq.read_schema(path).names)
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-    return list(pd.read_csv(path, sep=sep, nrows=0).columns)
+    return list(pd.read_csv(path, sep="\t" if _table_format(path) == "tsv" else ",", nrows=0).columns)
+
+
+def _time_of(rec: dict, columns: list[str]) -> str | None:
+    values = [str(rec[c]).strip() for c in columns if rec[c] is not None and str(rec[c]).strip()]
+    return _iso(" ".join(values)) if values else None
+
+
+def _not_selected(rec: dict, accepted: dict[str, set[str]]) -> str | None:
+    for column, values in accepted.items():
+        value = "" if rec[column] is None else str(rec[column]).strip()
+        if value.lower() not in values:
+            return f"not selected: {column}={shown_value(column, value)}"
+    return None
+
+
+# the column of ``claimed`` each join key of a mapping table matches
+_JOIN_COLUMN = {"path": "path_key", "instance": "instance", "accession": "accession", "study_uid": "study_uid"}
 
 
 def join_file_table(store: _Store, spec: TableSpec, root: Path) -> None:
-    """A table that lists files (paths relative to the table's folder) gives the files
-    their patient / study / time where the file itself did not; the last row wins."""
-    cols = list(dict.fromkeys(c for c in (spec.path_column, spec.patient_column, spec.study_column,
-                                          spec.time_column) if c))
+    """A mapping table gives the files it lists (by path, instance, accession or study
+    UID) their patient / study / time / keys where no ``ids`` group did, and drops those
+    whose row its ``select`` rejects; for one file, the last row wins, and an earlier
+    table wins over a later one."""
+    key, times, accepted = spec.join_key, spec.time_columns(), spec.accepted()
+    cols = list(dict.fromkeys(c for c in (spec.join_column, spec.patient_column, spec.study_column, *times,
+                                          spec.accession_column, spec.study_uid_column, *accepted) if c))
     folder = PurePosixPath(spec.path).parent.as_posix()
-    store.con.execute("CREATE OR REPLACE TABLE listed (seq BIGINT, path_key VARCHAR, patient VARCHAR, "
-                      "study VARCHAR, time VARCHAR)")
-    listed = _Buffer(store, "listed", ["seq", "path_key", "patient", "study", "time"])
+    store.con.execute("CREATE OR REPLACE TABLE listed (seq BIGINT, k VARCHAR, patient VARCHAR, study VARCHAR, "
+                      "time VARCHAR, accession VARCHAR, study_uid VARCHAR, excluded VARCHAR)")
+    listed = _Buffer(store, "listed", ["seq", "k", "patient", "study", "time", "accession", "study_uid", "excluded"])
+    lowered = {column: {v.strip().lower() for v in values} for column, values in accepted.items()}
     seq = 0
     for frame in _table_batches(root / spec.path, cols):
         for rec in frame.to_dict("records"):
-            rel = str(rec[spec.path_column])
-            if spec.path_prefix and rel.startswith(spec.path_prefix):
-                rel = rel[len(spec.path_prefix):]
-            rel = rel.removeprefix("./")
-            if folder != ".":
-                rel = f"{folder}/{rel}"
+            if key == "path":
+                rel = str(rec[spec.path_column])
+                if spec.path_prefix and rel.startswith(spec.path_prefix):
+                    rel = rel[len(spec.path_prefix):]
+                rel = rel.removeprefix("./")
+                k = strip_ext(f"{folder}/{rel}" if folder != "." else rel)
+            else:
+                k = _clean_id(rec[spec.join_column])
             patient = _clean_id(rec[spec.patient_column]) if spec.patient_column else None
-            listed.add((seq, _strip_ext(rel), _patient_of(patient, spec.patient_pattern),
-                        _clean_id(rec[spec.study_column]) if spec.study_column else None,
-                        _iso(rec[spec.time_column]) if spec.time_column else None))
+            listed.add((seq, k, _patient_of(patient, spec.patient_pattern),
+                        _clean_id(rec[spec.study_column]) if spec.study_column else None, _time_of(rec, times),
+                        _clean_id(rec[spec.accession_column]) if spec.accession_column else None,
+                        _clean_id(rec[spec.study_uid_column]) if spec.study_uid_column else None,
+                        _not_selected(rec, lowered)))
             seq += 1
     listed.flush()
     # A new table rather than an UPDATE: DuckDB keeps updated values in memory until a
     # checkpoint, a table written by a query spills.
-    store.con.execute("""
+    store.con.execute(f"""
         CREATE OR REPLACE TABLE claimed AS
-        SELECT f.* REPLACE (coalesce(f.patient_id, j.patient) AS patient_id, coalesce(f.study_id, j.study) AS study_id,
-                            coalesce(f.time, j.time) AS time)
+        SELECT f.* REPLACE (coalesce(f.table_patient, j.patient) AS table_patient,
+                            coalesce(f.table_study, j.study) AS table_study,
+                            coalesce(f.table_time, j.time) AS table_time,
+                            coalesce(f.accession, j.accession) AS accession,
+                            coalesce(f.study_uid, j.study_uid) AS study_uid,
+                            coalesce(f.excluded, j.excluded) AS excluded)
         FROM claimed f LEFT JOIN (SELECT * FROM listed
-                                  QUALIFY row_number() OVER (PARTITION BY path_key ORDER BY seq DESC) = 1) j
-        ON f.path_key = j.path_key""")
+                                  QUALIFY row_number() OVER (PARTITION BY k ORDER BY seq DESC) = 1) j
+        ON f.{_JOIN_COLUMN[key]} = j.k""")
     store.con.execute("DROP TABLE listed")
 
 
@@ -345,16 +510,16 @@ def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -
     path = root / spec.path
     sha = file_sha256(path)
     rel = PurePosixPath(spec.path).as_posix()
-    items = _Buffer(store, "items", ["seq", "patient_id", "study_id", "series_id", "modality", "path", "row_key",
-                                     "time", "sha256"])
+    items = _Buffer(store, "items", _ITEM_COLUMNS)
+    times = spec.time_columns()
     n = 0
 
-    def add(key, patient, study, when) -> None:
+    def add(key, patient, study, when, accession=None, study_uid=None) -> None:
         nonlocal n
         if key is None:
             return
         items.add((first_seq + n, _patient_of(patient, spec.patient_pattern), study, None, spec.modality, rel,
-                   key, when, sha))
+                   key, when, sha, accession, study_uid))
         n += 1
 
     if spec.orientation == "columns":  # genes x samples: the first column names the rows
@@ -362,31 +527,61 @@ def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -
             add(key, None if spec.study_column else key, None, None)
     else:
         key_col = spec.key_column or spec.patient_column
-        cols = list(dict.fromkeys(c for c in (key_col, spec.patient_column, spec.study_column, spec.time_column) if c))
+        cols = list(dict.fromkeys(c for c in (key_col, spec.patient_column, spec.study_column, *times,
+                                              spec.accession_column, spec.study_uid_column) if c))
         for frame in _table_batches(path, cols):
             for row in frame.to_dict("records"):
                 key = _clean_id(row[key_col])
                 if spec.patient_column:
                     patient = _clean_id(row[spec.patient_column])
                 else:  # a study-keyed table (demo labs) takes its patient from the files' studies, later
-                    patient = None if spec.study_column else key
+                    patient = None if (spec.study_column or spec.accession_column or spec.study_uid_column) else key
                 add(key, patient, _clean_id(row[spec.study_column]) if spec.study_column else None,
-                    _iso(row[spec.time_column]) if spec.time_column else None)
+                    _time_of(row, times),
+                    _clean_id(row[spec.accession_column]) if spec.accession_column else None,
+                    _clean_id(row[spec.study_uid_column]) if spec.study_uid_column else None)
     items.flush()
     return n
 
 
 # ----------------------------------------------------------------------------- linking
 
+_KEY_COLUMN = {"study": "study_id", "accession": "accession", "study_uid": "study_uid"}
 
-def link_modalities(store: _Store, spec: CohortSpec, stats: IngestStats) -> None:
-    """For each link rule, give every anchor study the attach item of the same patient
-    nearest in time (within the window; any time when the window is null). The attached
-    rows are copies under the anchor's study id, with ``linked_from`` = their own study.
-    Every rule reads the table as it was before linking."""
+
+def link_by_key(store: _Store, spec: CohortSpec, stats: IngestStats) -> None:
+    """Link rules ``by`` a key, in order, on table ``identified``: an attach row whose key
+    equals an anchor's (and whose patient, if it has one, is the anchor's) takes the
+    anchor's patient and study, once per matching anchor study."""
+    con = store.con
+    for rule in (r for r in spec.links if r.by != "time"):
+        key = _KEY_COLUMN[rule.by]
+        params = {"anchor": rule.anchor, "attach": rule.attach}
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE pairs AS
+            WITH anchors AS (SELECT DISTINCT {key} AS k, patient_id, study_id FROM identified
+                             WHERE modality = $anchor AND {key} IS NOT NULL AND patient_id IS NOT NULL)
+            SELECT r.seq, a.patient_id, a.study_id FROM identified r JOIN anchors a
+            ON r.{key} = a.k AND (r.patient_id IS NULL OR r.patient_id = a.patient_id)
+            WHERE r.modality = $attach""", params)
+        stats.n_links += store.scalar("SELECT count(*) FROM pairs")
+        con.execute("""
+            CREATE OR REPLACE TABLE identified AS
+            SELECT * FROM identified WHERE modality <> $attach OR seq NOT IN (SELECT seq FROM pairs)
+            UNION ALL
+            SELECT DISTINCT i.* REPLACE (p.patient_id AS patient_id, p.study_id AS study_id)
+            FROM identified i JOIN pairs p ON i.seq = p.seq WHERE i.modality = $attach""", {"attach": rule.attach})
+        con.execute("DROP TABLE pairs")
+
+
+def link_by_time(store: _Store, spec: CohortSpec, stats: IngestStats) -> None:
+    """For each ``by: time`` rule, give every anchor study the attach item of the same
+    patient nearest in time (within the window; any time when the window is null). The
+    attached rows are copies under the anchor's study id, with ``linked_from`` = their own
+    study. Every rule reads the table as it was before these links."""
     con = store.con
     con.execute("CREATE TABLE linked AS SELECT * FROM manifest LIMIT 0")
-    for rule in spec.links:
+    for rule in (r for r in spec.links if r.by == "time"):
         window = "" if rule.within_hours is None else (
             f"WHERE gap <= {float(rule.within_hours) * 3600} "
             "QUALIFY row_number() OVER (PARTITION BY patient_id, study_id ORDER BY gap, study_att) = 1")
@@ -414,40 +609,69 @@ def link_modalities(store: _Store, spec: CohortSpec, stats: IngestStats) -> None
 # ----------------------------------------------------------------------------- driver
 
 
+def count_scan_drops(store: _Store, stats: IngestStats) -> None:
+    """Unreadable, not selected and not claimed files of the scan, by reason."""
+    stats.problems = store.counts("SELECT split_part(problem, ':', 1) AS reason, count(*) FROM files "
+                                  "WHERE problem IS NOT NULL GROUP BY reason")
+    stats.n_problems = sum(stats.problems.values())
+    stats.drop("unreadable", stats.problems)
+    for category in ("not selected", "not claimed"):
+        stats.drop(category, store.counts(
+            "SELECT substr(excluded, length($prefix) + 1) AS reason, count(*) FROM files "
+            "WHERE starts_with(excluded, $prefix) GROUP BY reason", {"prefix": f"{category}: "}))
+
+
 def build_manifest(store: _Store, spec: CohortSpec, root: Path, stats: IngestStats) -> str:
     """The manifest's rows from ``files`` and the spec's tables: ids from tables, items,
-    orphan items given their study's patient, per-patient placeholders, links and the
-    required-modality filter. Returns the name of the view that holds them (no split yet).
-    Every step is a query that writes a table or a view (no UPDATE / DELETE, whose
-    changes DuckDB keeps in memory), so it spills past the memory limit."""
+    orphan items given their study's patient, key links, per-patient placeholders, time
+    links and the required-modality filter, counting what each step leaves out. Returns
+    the name of the view that holds them (no split yet). Every step is a query that writes
+    a table or a view (no UPDATE / DELETE, whose changes DuckDB keeps in memory), so it
+    spills past the memory limit."""
     con = store.con
-    con.execute("CREATE TABLE claimed AS SELECT * FROM files WHERE rule >= 0 AND problem IS NULL")
+    con.execute("CREATE TABLE claimed AS SELECT *, NULL::VARCHAR AS table_patient, NULL::VARCHAR AS table_study, "
+                "NULL::VARCHAR AS table_time FROM files WHERE rule >= 0 AND problem IS NULL")
     for tspec in spec.tables:
-        if tspec.path_column is not None:
+        if tspec.join_key is not None:
             join_file_table(store, tspec, root)
+    stats.drop("not selected", store.counts(
+        "SELECT substr(excluded, length('not selected: ') + 1), count(*) FROM claimed "
+        "WHERE excluded IS NOT NULL GROUP BY 1"))
     n_files = store.scalar("SELECT coalesce(max(seq) + 1, 0) FROM files")
     for tspec in spec.tables:
         if tspec.modality:
             stats.n_items_from_tables += add_item_table(store, tspec, root, n_files + stats.n_items_from_tables)
-    # An item that names only its study (demo labs) belongs to that study's patient; items
-    # with no study of their own (per-patient tables) stand for the patient until linked.
+    # Ids by precedence: the rule's ids groups, then a mapping table, then the header. An
+    # item that names only its study (demo labs) belongs to that study's patient.
+    con.execute("""
+        CREATE TABLE identified AS
+        WITH rows AS (
+            SELECT seq, coalesce(patient_id, table_patient, header_patient) AS patient_id,
+                   coalesce(study_id, table_study, study_uid) AS study_id,
+                   coalesce(series_id, series_uid) AS series_id, modality, path, NULL::VARCHAR AS row_key,
+                   coalesce(time, table_time) AS time, sha256, accession, study_uid
+            FROM claimed WHERE excluded IS NULL
+            UNION ALL SELECT seq, patient_id, study_id, series_id, modality, path, row_key, time, sha256, accession,
+                             study_uid FROM items),
+        owner AS (SELECT study_id, arg_min(patient_id, seq) AS patient_id FROM rows
+                  WHERE study_id IS NOT NULL AND patient_id IS NOT NULL GROUP BY study_id)
+        SELECT r.* REPLACE (coalesce(r.patient_id, o.patient_id) AS patient_id)
+        FROM rows r LEFT JOIN owner o ON r.patient_id IS NULL AND r.study_id = o.study_id""")
+    link_by_key(store, spec, stats)
+    key_attached = sorted({r.attach for r in spec.links if r.by != "time"})
+    orphans = store.counts("SELECT modality, count(*) FROM identified WHERE patient_id IS NULL GROUP BY modality")
+    stats.drop("unlinked", {m: n for m, n in orphans.items() if m in key_attached})
+    stats.drop("no patient/study", {m: n for m, n in orphans.items() if m not in key_attached})
+    stats.n_unidentified = sum(orphans.values())
+    # Items with no study of their own (per-patient tables) stand for the patient until linked.
     con.execute("""
         CREATE TABLE manifest AS
-        WITH rows AS (
-            SELECT seq, patient_id, study_id, series_id, modality, path, NULL::VARCHAR AS row_key, time, sha256
-            FROM claimed
-            UNION ALL SELECT seq, patient_id, study_id, series_id, modality, path, row_key, time, sha256 FROM items),
-        owner AS (SELECT study_id, arg_min(patient_id, seq) AS patient_id FROM claimed
-                  WHERE study_id IS NOT NULL AND patient_id IS NOT NULL GROUP BY study_id),
-        identified AS (SELECT r.* REPLACE (coalesce(r.patient_id, o.patient_id) AS patient_id)
-                       FROM rows r LEFT JOIN owner o ON r.patient_id IS NULL AND r.study_id = o.study_id)
-        SELECT * REPLACE (coalesce(study_id, patient_id || '/' || modality) AS study_id,
+        SELECT * EXCLUDE (accession, study_uid)
+                 REPLACE (coalesce(study_id, patient_id || '/' || modality) AS study_id,
                           coalesce(series_id, study_id, patient_id || '/' || modality) AS series_id),
                study_id IS NULL AS placeholder, NULL::VARCHAR AS linked_from
         FROM identified WHERE patient_id IS NOT NULL""")
-    stats.n_unidentified = (store.scalar("SELECT count(*) FROM claimed") + stats.n_items_from_tables
-                            - store.scalar("SELECT count(*) FROM manifest"))
-    link_modalities(store, spec, stats)
+    link_by_time(store, spec, stats)
     # A per-patient item that was linked to a real study no longer stands for itself.
     con.execute("""
         CREATE TABLE linked_placeholders AS
@@ -464,15 +688,23 @@ def build_manifest(store: _Store, spec: CohortSpec, root: Path, stats: IngestSta
         HAVING count(DISTINCT modality) FILTER (WHERE list_contains($required, modality)) < $n""",
                 {"required": required, "n": len(required)})
     stats.n_dropped_studies = store.scalar("SELECT count(*) FROM incomplete")
+    stats.drop("lacking a required modality", {f"no {m}": store.scalar(
+        "SELECT count(*) FROM (SELECT study_id FROM kept WHERE study_id IN (SELECT study_id FROM incomplete) "
+        "GROUP BY study_id HAVING count(*) FILTER (WHERE modality = $m) = 0)", {"m": m}) for m in required})
     con.execute("CREATE VIEW complete AS SELECT * FROM kept WHERE study_id NOT IN (SELECT study_id FROM incomplete)")
     return "complete"
 
 
 def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int = 2, chunk: int = 64,
-           progress_every: int = 1000, memory_limit: str = MEMORY_LIMIT) -> IngestStats:
-    """Scan ``root`` by ``spec`` and write the manifest to ``out`` (Parquet) and the file
-    records to its sidecar; returns the run's counts (read the manifest from ``out``).
-    ``memory_limit`` caps the database's buffer (past it, DuckDB works on disk)."""
+           memory_limit: str = MEMORY_LIMIT) -> IngestStats:
+    """Scan ``root`` by ``spec`` and write the manifest to ``out`` (Parquet), the file
+    records to its sidecar and the unreadable files to :func:`unreadable_path`; returns
+    the run's counts (read the manifest from ``out``). ``memory_limit`` caps the
+    database's buffer (past it, DuckDB works on disk).
+
+    Raises MedmmInputError naming the root when the spec matches no file of the tree or
+    leaves no row (the message says what the tree holds and what was dropped), and
+    FileNotFoundError when a table the spec names is missing."""
     start = time.perf_counter()
     root, out = Path(root).resolve(), Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -480,20 +712,25 @@ def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int 
     missing = [t.path for t in spec.tables if not (root / t.path).is_file()]
     if missing:
         raise FileNotFoundError(f"tables named by the spec are missing under {root}: {missing}")
-    sidecar = sidecar_path(out)
+    sidecar, unreadable = sidecar_path(out), unreadable_path(out)
     fingerprint = rules_fingerprint(spec)
     store = _Store(out, memory_limit)
     try:
         scan_tree(spec, root, store, sidecar=sidecar, fingerprint=fingerprint, workers=workers, chunk=chunk,
-                  skip={out, sidecar}, stats=stats, progress_every=progress_every)
+                  skip={out, sidecar, unreadable}, stats=stats)
         con = store.con
         _copy_atomic(con, f"SELECT {', '.join(RECORD_FIELDS)}, '{fingerprint}' AS rules FROM files ORDER BY seq",
                      sidecar)
-        rows = con.execute("SELECT split_part(problem, ':', 1) AS kind, count(*) AS n FROM files "
-                           "WHERE problem IS NOT NULL GROUP BY kind ORDER BY n DESC, kind").fetchall()
-        stats.problems = {kind: int(n) for kind, n in rows}
-        stats.n_problems = sum(stats.problems.values())
+        count_scan_drops(store, stats)
+        if stats.n_problems:
+            _copy_atomic(con, "SELECT path, split_part(problem, ':', 1) AS reason, problem FROM files "
+                              "WHERE problem IS NOT NULL ORDER BY seq", unreadable, fmt="csv")
+        else:
+            unreadable.unlink(missing_ok=True)
         rows_view = build_manifest(store, spec, root, stats)
+        if not store.scalar(f"SELECT count(*) FROM {rows_view}"):
+            raise MedmmInputError(root, "the spec leaves no row for the manifest: " + " ".join(
+                stats.summary().split()))
         fractions, seed = spec.split.as_tuple(), spec.split.seed
         con.create_function("patient_split", lambda pid: stable_patient_split([pid], fractions, seed)[pid],
                             ["VARCHAR"], "VARCHAR")
@@ -510,10 +747,11 @@ def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int 
     return stats
 
 
-def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
-    """Write a query's result to ``target`` (Parquet) so a reader never sees half a file."""
+def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: str = "parquet") -> None:
+    """Write a query's result to ``target`` (Parquet or CSV) so a reader never sees half a file."""
     tmp = target.with_name(f".{target.name}.tmp")
-    con.execute(f"COPY ({query}) TO {_sql_text(tmp)} (FORMAT parquet)")
+    options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER"
+    con.execute(f"COPY ({query}) TO {_sql_text(tmp)} ({options})")
     os.replace(tmp, target)
 
 

@@ -4,7 +4,8 @@ header-field edits) and, for each, what a valid read must look like.
 A format is a function ``(workdir) -> Spec``: ``make_case(i, rng)`` writes case ``i``'s
 file(s) under ``workdir`` and returns the read call; ``check(i, result)`` returns what is
 wrong with a result the reader accepted (``None`` when it is what the mutated file's own
-header declares, checked with pydicom / nibabel / wfdb / tifffile). Case ``i`` of a format
+header declares, checked with pydicom / nibabel / wfdb / tifffile, or for JPEG / PNG with
+the header parsed here). Case ``i`` of a format
 always draws the same mutation (``np.random.default_rng([seed, i])``), so a case id in a
 failure message reproduces it. ``fuzz_worker.py`` runs these in a limited subprocess.
 """
@@ -16,6 +17,7 @@ import gzip
 import io
 import struct
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ import pydicom
 import tifffile
 import wfdb
 from nibabel.testing import data_path
+from PIL import Image
 from pydicom import config
 from pydicom.data import get_testdata_file
 from pydicom.datadict import tag_for_keyword
@@ -38,6 +41,7 @@ from medmm.demo.writers import write_dicom_series, write_pyramidal_tiff, write_w
 from medmm.io import read_wsi
 from medmm.io.dicom import read_dicom
 from medmm.io.ecg import STANDARD_LEADS, read_ecg
+from medmm.io.raster import read_raster
 from medmm.io.volume import read_dicom_series, read_nifti
 
 
@@ -572,6 +576,197 @@ def tiff_wsi(tmp_path: Path) -> Spec:
     return Spec(make_case, check, seed=606)
 
 
+# ------------------------------------------------------------------- JPEG / PNG
+
+
+def _radiograph() -> np.ndarray:
+    """A real chest radiograph (pydicom's uncompressed CR RG1_UNCR), 1955 x 1841 cut to
+    about 65 x 61 (every 30th pixel), scaled to 0..1."""
+    pixels = pydicom.dcmread(get_testdata_file("RG1_UNCR.dcm")).pixel_array[::30, ::30].astype(np.float64)
+    return (pixels - pixels.min()) / (pixels.max() - pixels.min())
+
+
+def _encoded(image: Image.Image, **save) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, **save)
+    return buf.getvalue()
+
+
+def _png_chunks(data: bytes) -> list[tuple[int, bytes, int]]:
+    """(offset of the length field, type, length) of each chunk, as far as they parse."""
+    chunks, at = [], 8
+    while at + 8 <= len(data):
+        length, kind = struct.unpack(">I", data[at:at + 4])[0], data[at + 4:at + 8]
+        chunks.append((at, kind, length))
+        if kind == b"IEND":
+            break
+        at += 12 + length
+    return chunks
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+_IHDR_FIELDS = {  # name -> (offset in the IHDR body, struct format, weird values)
+    "width": (0, ">I", [0, 1, 7, 60, 62, 65, 66, 2**16, 2**31 - 1, 2**32 - 1]),
+    "height": (4, ">I", [0, 1, 7, 64, 66, 67, 2**16, 2**31 - 1, 2**32 - 1]),
+    "bit depth": (8, "B", [0, 1, 2, 4, 8, 16, 3, 32, 255]),
+    "colour type": (9, "B", [0, 1, 2, 3, 4, 5, 6, 7, 255]),
+    "compression": (10, "B", [1, 255]), "filter": (11, "B", [1, 255]), "interlace": (12, "B", [1, 2, 255]),
+}
+
+
+def _png_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """One structural edit: an IHDR field (its CRC recomputed, mostly), a chunk's length
+    field, or a chunk dropped, repeated or moved."""
+    chunks = _png_chunks(data)
+    r = rng.random()
+    if r < 0.5:
+        at, _, length = chunks[0]
+        body = bytearray(data[at + 8:at + 8 + length])
+        offset, fmt, values = list(_IHDR_FIELDS.values())[int(rng.integers(len(_IHDR_FIELDS)))]
+        struct.pack_into(fmt, body, offset, int(rng.choice(values)))
+        chunk = _png_chunk(b"IHDR", bytes(body))
+        if rng.random() < 0.2:  # and a CRC that no longer matches
+            chunk = chunk[:-4] + bytes(4)
+        return data[:at] + chunk + data[at + 12 + length:]
+    at, _, length = chunks[int(rng.integers(len(chunks)))]
+    whole = data[at:at + 12 + length]
+    if r < 0.7:
+        value = int(rng.choice([0, 1, length - 1, length + 1, 2**31 - 1, 2**32 - 1]))
+        return data[:at] + struct.pack(">I", value % 2**32) + data[at + 4:]
+    if r < 0.8:
+        return data[:at] + data[at + 12 + length:]
+    if r < 0.9:
+        return data[:at] + whole + data[at:]
+    return data[:8] + whole + data[8:at] + data[at + 12 + length:]  # moved to the front
+
+
+def _png_header(path: Path) -> tuple[tuple[int, int], int] | None:
+    """((rows, columns), bit depth medmm should report) from the first IHDR chunk."""
+    data = path.read_bytes()
+    ihdr = next(((at, length) for at, kind, length in _png_chunks(data) if kind == b"IHDR"), None)
+    if ihdr is None or ihdr[1] < 13:
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", data[ihdr[0] + 8:ihdr[0] + 18])
+    return (height, width), 16 if (depth, colour) == (16, 0) else 8
+
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(offset of the 0xFF, marker, length) of each marker segment before the scan data;
+    bytes between segments are skipped, as Pillow and libjpeg skip them."""
+    segments, at = [], 2
+    while at + 4 <= len(data):
+        marker = data[at + 1]
+        if data[at] != 0xFF or marker in (0x00, 0xFF):  # stray, stuffed or fill byte
+            at += 1
+            continue
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # no length field
+            at += 2
+            continue
+        length = struct.unpack(">H", data[at + 2:at + 4])[0]
+        segments.append((at, marker, length))
+        if marker == 0xDA:
+            break
+        at += 2 + length
+    return segments
+
+
+_JPEG_BYTES = [0, 1, 2, 3, 4, 7, 8, 12, 15, 16, 17, 0x11, 0x22, 0x41, 0x44, 0x88, 0xF0, 0xFF]
+
+
+def _jpeg_edit(data: bytes, rng: np.random.Generator) -> bytes:
+    """One structural edit: a frame dimension, a byte of a header segment (precision,
+    component count, sampling factors, table ids, spectral selection, table values) or a
+    segment length, a segment dropped or repeated, or a restart interval inserted."""
+    segments = _jpeg_segments(data)
+    sof = next((s for s in segments if s[1] in _SOF_MARKERS), segments[0])
+    r = rng.random()
+    buf = bytearray(data)
+    if r < 0.3:  # height or width
+        at = sof[0] + (5 if rng.random() < 0.5 else 7)
+        buf[at:at + 2] = struct.pack(">H", int(rng.choice([0, 1, 7, 8, 9, 16, 60, 64, 66, 2**15, 2**16 - 1])))
+        return bytes(buf)
+    at, _, length = segments[int(rng.integers(len(segments)))]
+    if r < 0.7:
+        buf[at + 4 + int(rng.integers(max(length - 2, 1)))] = int(rng.choice(_JPEG_BYTES))
+        return bytes(buf)
+    if r < 0.8:
+        buf[at + 2:at + 4] = struct.pack(">H", int(rng.choice([0, 1, 2, length - 1, length + 1, 2**16 - 1])))
+        return bytes(buf)
+    whole = data[at:at + 2 + length]
+    if r < 0.87:
+        return data[:at] + data[at + 2 + length:]
+    if r < 0.94:
+        return data[:at] + whole + data[at:]
+    interval = int(rng.choice([0, 1, 2, 16]))
+    return data[:sof[0]] + b"\xff\xdd\x00\x04" + struct.pack(">H", interval) + data[sof[0]:]
+
+
+def _jpeg_header(path: Path) -> tuple[tuple[int, int], int] | None:
+    """((rows, columns), 8) from the last frame header before the scan (Pillow's rule)."""
+    data = path.read_bytes()
+    frames = [at for at, marker, _ in _jpeg_segments(data) if marker in _SOF_MARKERS]
+    if not frames or frames[-1] + 9 > len(data):
+        return None
+    height, width = struct.unpack(">HH", data[frames[-1] + 5:frames[-1] + 9])
+    return (height, width), 8
+
+
+def _raster(tmp_path: Path, fmt: str, seed: int) -> Spec:
+    picture = _radiograph()
+    gray = Image.fromarray(np.round(picture * 255).astype(np.uint8), mode="L")
+    if fmt == "PNG":
+        sources = [_encoded(gray, format="PNG"),
+                   _encoded(Image.fromarray(np.round(picture * 65535).astype(np.uint16)), format="PNG"),
+                   _encoded(gray.convert("RGB").quantize(16), format="PNG")]  # a palette file
+        edit, header, structure = _png_edit, _png_header, [
+            next(at for at, kind, _ in _png_chunks(d) if kind == b"IDAT") + 8 for d in sources]
+    else:
+        colour = Image.merge("RGB", (gray, gray.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gray))
+        sources = [_encoded(gray, format="JPEG", quality=90),
+                   _encoded(gray, format="JPEG", quality=75, progressive=True),
+                   _encoded(colour, format="JPEG", quality=90, subsampling="4:2:0")]
+        edit, header, structure = _jpeg_edit, _jpeg_header, [
+            _jpeg_segments(d)[-1][0] + 2 + _jpeg_segments(d)[-1][2] for d in sources]
+    target = tmp_path / ("case.png" if fmt == "PNG" else "case.jpg")
+
+    def make_case(i, rng):
+        k = i % len(sources)
+        target.write_bytes(edit(sources[k], rng) if rng.random() < 0.5 else _generic(sources[k], rng,
+                                                                                       (0, structure[k])))
+        return lambda: read_raster(target)
+
+    def check(i, image):
+        declared = header(target)
+        if declared is None:
+            return f"read a {fmt} file without a parseable image header"
+        shape, depth = declared
+        if image.pixels.shape != shape:
+            return f"pixels {image.pixels.shape}, header declares {shape}"
+        if image.format != fmt or image.bit_depth != depth:
+            return f"read as {image.format} of {image.bit_depth} bits, the file is {fmt} of {depth}"
+        top = 2.0 ** depth - 1
+        if image.pixels.dtype != np.float32 or not np.all(np.isfinite(image.pixels)) or \
+                image.pixels.min() < 0 or image.pixels.max() > top:
+            return f"pixels outside 0..{top:.0f} or not float32"
+        return None
+
+    return Spec(make_case, check, seed=seed)
+
+
+def jpeg(tmp_path: Path) -> Spec:
+    return _raster(tmp_path, "JPEG", seed=707)
+
+
+def png(tmp_path: Path) -> Spec:
+    return _raster(tmp_path, "PNG", seed=808)
+
+
 FORMATS: dict[str, Callable[[Path], Spec]] = {
     "DICOM image": dicom_image,
     "DICOM series": dicom_series,
@@ -580,4 +775,6 @@ FORMATS: dict[str, Callable[[Path], Spec]] = {
     "NIfTI": nifti,
     "NIfTI-gz": nifti_gz,
     "TIFF/WSI": tiff_wsi,
+    "JPEG": jpeg,
+    "PNG": png,
 }
