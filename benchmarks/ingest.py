@@ -1,9 +1,10 @@
 """Cohort ingest rate and memory as the tree grows (``python benchmarks/ingest.py``).
 
 A MIMIC-CXR-layout tree of small real files (one 8x8 DICOM radiograph + one report per
-study; as many files as the largest size) is generated once and cached (default
-/tmp/medmm-bench-ingest). Each size (default 2,500, 10,000 and 40,000 files, hard links
-into it) is ingested in a fresh process with ``cohorts/mimic_cxr.yaml``: wall time,
+study; as many files as the largest size) with the dataset's mapping tables
+(``cxr-record-list.csv.gz``, ``cxr-study-list.csv.gz``) is generated once and cached
+(default /tmp/medmm-bench-ingest). Each size (default 2,500, 10,000 and 40,000 files, hard
+links into it, the tables whole: they list files a smaller tree lacks) is ingested in a fresh process with ``cohorts/mimic_cxr.yaml``: wall time,
 files/s, the parent's peak RSS and peak traced Python heap (tracemalloc), and the worker
 processes' peak RSS; then the same tree once more, unchanged, to time the incremental
 path. Memory is "flat" when the peaks stop moving while the file count grows 16-fold:
@@ -25,44 +26,57 @@ REPO = Path(__file__).resolve().parents[1]
 SPEC = REPO / "cohorts/mimic_cxr.yaml"
 
 
+TABLES = ("cxr-record-list.csv.gz", "cxr-study-list.csv.gz")
+
+
 def generate(root: Path, n_files: int) -> None:
-    """n_files / 2 studies, 1-3 per patient, under files/pXX/pNNNNNNNN/sNNNNNNNN/."""
+    """n_files / 2 studies, 1-3 per patient, under files/pXX/pNNNNNNNN/sNNNNNNNN/, and the
+    two mapping tables at the root with MIMIC-CXR's columns."""
     import numpy as np
+    import pandas as pd
     from pydicom.uid import generate_uid
 
     from medmm.demo.writers import write_cxr_dicom
 
     done = root / ".complete"
-    if done.exists() and int(done.read_text()) == n_files:
+    if done.exists() and int(done.read_text()) == n_files and all((root / t).exists() for t in TABLES):
         return
     rng = np.random.default_rng(0)
     image = rng.random((8, 8))
     patient, left = 10000000, 0
+    records, studies = [], []
     for s in range(n_files // 2):
         if left == 0:
             patient, left = patient + 1, int(rng.integers(1, 4))
         left -= 1
         study = 50000000 + s
-        folder = root / f"files/p{str(patient)[:2]}/p{patient}"
-        (folder / f"s{study}").mkdir(parents=True, exist_ok=True)
+        folder = f"files/p{str(patient)[:2]}/p{patient}"
+        (root / folder / f"s{study}").mkdir(parents=True, exist_ok=True)
         uid = lambda kind: generate_uid(entropy_srcs=[str(study), kind])  # noqa: E731
-        write_cxr_dicom(folder / f"s{study}" / f"{study:08x}.dcm", image, patient_id=str(patient),
+        image_path, report_path = f"{folder}/s{study}/{study:08x}.dcm", f"{folder}/s{study}.txt"
+        write_cxr_dicom(root / image_path, image, patient_id=str(patient),
                         patient_name="BENCH^PATIENT", study_uid=uid("study"), series_uid=uid("series"),
                         sop_uid=uid("sop"),
                         study_date=f"2180{1 + s % 12:02d}{1 + s % 28:02d}")
-        (folder / f"s{study}.txt").write_text("FINDINGS: No pleural effusion.\nIMPRESSION: Normal chest.\n")
+        (root / report_path).write_text("FINDINGS: No pleural effusion.\nIMPRESSION: Normal chest.\n")
+        records.append({"subject_id": patient, "study_id": study, "dicom_id": f"{study:08x}", "path": image_path})
+        studies.append({"subject_id": patient, "study_id": study, "path": report_path})
+    pd.DataFrame(records).to_csv(root / TABLES[0], index=False)
+    pd.DataFrame(studies).to_csv(root / TABLES[1], index=False)
     done.write_text(str(n_files))
 
 
 def subset(full: Path, root: Path, n_files: int) -> None:
-    """The first n_files files of the full tree (sorted paths), hard-linked (same mtimes)."""
-    if (root / ".complete").exists():
+    """The first n_files files of the full tree (sorted paths) and its tables, hard-linked
+    (same mtimes)."""
+    if (root / ".complete").exists() and all((root / t).exists() for t in TABLES):
         return
     files = sorted(p for p in (full / "files").rglob("*") if p.is_file())[:n_files]
-    for p in files:
+    for p in [*files, *(full / t for t in TABLES)]:
         target = root / p.relative_to(full)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(p, target)
+        if not target.exists():
+            os.link(p, target)
     (root / ".complete").write_text(str(n_files))
 
 
@@ -78,11 +92,11 @@ def measure_once(root: Path, out: Path, workers: int, trace: bool, memory_limit:
     if trace:
         tracemalloc.start()
     start = time.perf_counter()
-    stats = ingest(spec, root, out, workers=workers, chunk=64, progress_every=10**9, memory_limit=memory_limit)
+    stats = ingest(spec, root, out, workers=workers, chunk=64, memory_limit=memory_limit)
     seconds = time.perf_counter() - start
     traced = tracemalloc.get_traced_memory()[1] if trace else None
     return {"n_files": stats.n_files_seen, "n_read": stats.n_files_read, "n_reused": stats.n_files_reused,
-            "n_rows": stats.n_rows, "n_patients": stats.n_patients, "seconds": round(seconds, 2),
+            "n_rows": stats.n_rows, "n_patients": stats.n_patients, "n_links": stats.n_links, "seconds": round(seconds, 2),
             "files_per_s": round(stats.n_files_seen / seconds, 1),
             "parent_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "parent_peak_python_heap_mb": None if traced is None else round(traced / 2**20, 2),
@@ -138,7 +152,8 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     result = {"spec": "cohorts/mimic_cxr.yaml", "workers": args.workers,
-              "tree": "MIMIC-CXR layout; per study one 8x8 DICOM (~1.6 kB) + one report; 1-3 studies per patient",
+              "tree": "MIMIC-CXR layout; per study one 8x8 DICOM (~1.6 kB) + one report; 1-3 studies per patient; "
+                      "cxr-record-list / cxr-study-list of the largest tree",
               "machine": f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end",
               "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)

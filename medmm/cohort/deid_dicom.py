@@ -4,16 +4,23 @@ with Modified Dates option.
 
 Two maintained libraries do the work, each for what it does well:
 
-- ``dicognito`` replaces every person name, every instance UID (a keyed hash, so the
-  slices of a series and the series of a study stay together), every date / time
-  (shifted by one offset per patient, so intervals within a patient are kept), patient
-  and accession IDs, addresses and equipment, anywhere in the dataset, nested sequences
-  included. One dicognito ``Anonymizer`` is seeded per patient from a secret key.
+- ``dicognito`` replaces every person name, every date / time (shifted by one offset
+  per patient, so intervals within a patient are kept), IDs, addresses and equipment,
+  anywhere in the dataset, nested sequences included. One dicognito ``Anonymizer`` is
+  seeded per patient from a secret key.
 - ``dicom-anonymizer`` (Kitware) ships table E.1-1 of the standard as data (release
   2026c): every attribute the profile removes (X), empties (Z) or replaces (D). medmm
   walks the dataset recursively and applies those actions to what dicognito leaves:
   free-text descriptions and comments, institution, protocol and device names, ...
   Private attributes are removed (the profile's default).
+
+The keys that files are joined by get one keyed pseudonym per value, the same for every
+patient and every run with the key (medmm.cohort.pseudonym), from a handler that runs
+before dicognito's own: each instance UID becomes ``2.25.<HMAC>`` (so the slices of a
+series and the series of a study stay together), and PatientID, OtherPatientIDs,
+AccessionNumber and StudyID 16 hex characters of an HMAC, wherever they occur. A file or
+folder named by such a value gets the same pseudonym (medmm.workflows.deid.run), so a
+report named by its accession number still joins its study.
 
 Images flagged ``BurnedInAnnotation = YES`` are refused unless the caller allows them.
 Pixel data is never touched (checked). The audit counts attribute keywords and
@@ -28,12 +35,23 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pydicom
+from dicognito.anonymizer import Anonymizer
+from dicognito.element_anonymizer import ElementAnonymizer
+from pydicom.datadict import keyword_for_tag
+
+from medmm.cohort.pseudonym import pseudonym, pseudonym_uid
 from medmm.io.errors import MedmmInputError
 
 PROFILE_TABLE = "dicomfields_2026c"
-# Keywords whose dicognito pseudonym is kept: the profile allows a dummy value (Z / D) and
-# a consistent pseudonym keeps a patient's studies together after de-identification.
+# Keywords whose pseudonym is kept: the profile allows a dummy value (Z / D) and a
+# consistent pseudonym keeps a patient's studies together after de-identification.
 KEEP_PSEUDONYM = {"PatientID", "PatientName", "AccessionNumber", "StudyID"}
+# IDs files are joined by (a cohort spec's patient / accession keys): keyed pseudonyms.
+LINK_IDS = ("PatientID", "OtherPatientIDs", "AccessionNumber", "StudyID")
+# UIDs the DICOM standard itself defines (SOP classes, transfer syntaxes, coding schemes),
+# also where a keyword does not say so (ReferencedTransferSyntaxUIDInFile): kept.
+STANDARD_UID_ROOT = "1.2.840.10008."
 _SHIFTED_VRS = {"DA", "DT", "TM"}
 _TEXT_VRS = {"LO", "SH", "LT", "ST", "UT", "UC", "CS", "AE", "PN"}
 _METHOD = "medmm: PS3.15 E.1-1 Basic Profile, dates shifted"  # LO: 64 chars at most
@@ -68,6 +86,39 @@ def profile_actions() -> tuple[dict[int, str], list[tuple[int, int, int, int, st
     return exact, masked
 
 
+class LinkKeyPseudonyms(ElementAnonymizer):
+    """A dicognito element handler, run before its own ones: instance UIDs and the link IDs
+    become keyed pseudonyms of their value alone (dicognito's depend on its per-patient
+    seed, so one accession number or UID under two patients would part)."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self.ids = {pydicom.datadict.tag_for_keyword(k) for k in LINK_IDS}
+
+    def __call__(self, dataset, data_element) -> bool:
+        if not data_element.value:
+            return False
+        if data_element.VR == "UI":
+            keyword = keyword_for_tag(data_element.tag)
+            if keyword.endswith("ClassUID") or keyword == "TransferSyntaxUID" or \
+                    str(data_element.value).startswith(STANDARD_UID_ROOT):
+                return False  # what the object is, not who
+            make = pseudonym_uid
+        elif data_element.tag in self.ids:
+            make = pseudonym
+        else:
+            return False
+        value = data_element.value
+        if isinstance(value, pydicom.multival.MultiValue):
+            data_element.value = [make(str(v).strip(), self.key) for v in value]
+        else:
+            data_element.value = make(str(value).strip(), self.key)
+        return True
+
+    def describe_actions(self):
+        yield "Replace instance UIDs with 2.25.<keyed hash> and " + ", ".join(LINK_IDS) + " with keyed hashes"
+
+
 @dataclass
 class DicomDeidentifier:
     """De-identifies pydicom datasets in place; one per run (it holds the per-patient
@@ -83,11 +134,12 @@ class DicomDeidentifier:
         self._exact, self._masked = profile_actions()
 
     def _anonymizer(self, patient_id: str):
-        from dicognito.anonymizer import Anonymizer
-
+        """Seeded per patient: one date shift per patient, names and other IDs per patient."""
         if patient_id not in self._anonymizers:
             seed = hmac.new(self.key, f"patient:{patient_id}".encode(), hashlib.sha256).hexdigest()
-            self._anonymizers[patient_id] = Anonymizer(seed=seed)
+            anonymizer = Anonymizer(seed=seed)
+            anonymizer.add_element_handler(LinkKeyPseudonyms(self.key))
+            self._anonymizers[patient_id] = anonymizer
         return self._anonymizers[patient_id]
 
     def _action(self, tag: int) -> str | None:
@@ -101,8 +153,6 @@ class DicomDeidentifier:
 
     def deidentify(self, ds, where: str | Path | None = None) -> Counter:
         """Returns counts of ``"<action>:<keyword>"`` (no values)."""
-        import pydicom
-
         burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
         if burned == "YES" and not self.allow_burned_in:
             raise BurnedInAnnotationRefused(where, "BurnedInAnnotation is YES (text may be burned into the pixels); "

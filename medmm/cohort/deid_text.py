@@ -83,7 +83,8 @@ class ReportScrubber:
         spans = _phone_spans(text)
         for start, end in reversed(spans):
             text = text[:start] + "[PHONE]" + text[end:]
-        counts["PHONE"] += len(spans)
+        if spans:
+            counts["PHONE"] += len(spans)
         for label, pattern, group in RULES:
             text = sub(label, pattern, group, text)
         if self.known_names is not None:

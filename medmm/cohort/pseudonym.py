@@ -1,5 +1,8 @@
 """Keyed pseudonyms of patients, studies and paths: HMAC-SHA256 under a secret key.
 
+A pseudonym depends on the key and the value only, so one identifier gets one pseudonym
+wherever it is written (a DICOM header, a file name, a table); a UID gets a UID.
+
 The key is never logged or written into a run, a manifest or an artifact, so a pseudonym
 cannot be confirmed by guessing an identifier (an unkeyed or publicly salted hash can).
 The key comes from, in order: a key file named in the config, ``$MEDMM_PSEUDONYM_KEY``,
@@ -71,8 +74,19 @@ def pseudonym_key(key_file: str | Path | None = None) -> bytes:
     return _read_key_file(path)
 
 
-def pseudonym(value: str, key: bytes) -> str:
-    """The keyed pseudonym of an identifier: HMAC-SHA256(key, value), 16 hex characters."""
+def _digest(value: str, key: bytes) -> bytes:
     if not key:
         raise ValueError("a pseudonym needs a non-empty key")
-    return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:PSEUDONYM_CHARS]
+    return hmac.new(key, str(value).encode(), hashlib.sha256).digest()
+
+
+def pseudonym(value: str, key: bytes) -> str:
+    """The keyed pseudonym of an identifier: HMAC-SHA256(key, value), 16 hex characters
+    (fits a DICOM SH value such as AccessionNumber)."""
+    return _digest(value, key).hex()[:PSEUDONYM_CHARS]
+
+
+def pseudonym_uid(uid: str, key: bytes) -> str:
+    """The keyed pseudonym of a DICOM UID, itself a valid UID: ``2.25.<decimal>`` of the
+    first 128 bits of HMAC-SHA256(key, uid) (the UUID-derived root, DICOM PS3.5 B.2)."""
+    return f"2.25.{int.from_bytes(_digest(uid, key)[:16], 'big')}"
