@@ -25,17 +25,23 @@ def labs_table_columns(root: str | Path) -> list[str]:
     return [column for column in header if column != STUDY_KEY]
 
 
+def decoded_cache_folder(root: str | Path, cache_dir: str | Path | None) -> Path:
+    """Where a cohort's decoded studies are cached: ``cache_dir``, else ``<root>/.cache``."""
+    return Path(cache_dir) if cache_dir else Path(root) / ".cache"
+
+
 class DataConfig(StrictModel):
     root: Path = Field(Path("data/demo"), description="cohort folder holding manifest.parquet")
-    image_size: int = Field(128, description="X-ray side length fed to the model")
-    ecg_fs: int = Field(100, description="ECG rate fed to the model (Hz)")
-    batch_size: int = 64
-    num_workers: int = Field(0, description="DataLoader workers (the decoded cohort is cached in memory)")
+    image_size: int = Field(128, gt=0, description="X-ray side length fed to the model")
+    ecg_fs: int = Field(100, gt=0, description="ECG rate fed to the model (Hz)")
+    batch_size: int = Field(64, gt=0, description="studies per batch; a train split smaller than this trains in "
+                                                  "batches of the whole split (a warning says so)")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (the decoded cohort is cached in memory)")
     cache_dir: Path | None = Field(None, description="where to persist the decoded cache (default: <root>/.cache)")
     augment: bool = True
     strict: bool = Field(False, description="verify every file's sha256 against the manifest before training, "
                                             "and raise on the first bad file instead of skipping and counting it")
-    limit_studies: int | None = Field(None, description="use only the first N studies (smoke tests)")
+    limit_studies: int | None = Field(None, gt=0, description="use only the first N studies (smoke tests)")
     lab_columns: list[str] | None = Field(
         None, description=f"columns of <root>/{LABS_FILE} fed to the labs encoder (default: every column but "
                           f"{STUDY_KEY}, in file order)")

@@ -1,7 +1,14 @@
-"""Dataset, collate and LightningDataModule for paired X-ray / ECG / report studies."""
+"""Dataset, collate and LightningDataModule for paired X-ray / ECG / report studies.
+
+A training split smaller than ``data.batch_size`` trains in batches of the whole split (a
+warning says so) rather than in none; a split smaller than the workflow's ``min_studies``
+after unreadable studies were skipped is a one-line error naming the split.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -12,10 +19,12 @@ from torch.utils.data import DataLoader, Dataset
 from medmm.cohort.manifest import Manifest
 from medmm.cohort.splits import verify_before_training
 from medmm.data.augment import augment_ecg, augment_xray, normalise_xray, sample_rngs
-from medmm.data.config import DataConfig
+from medmm.data.config import DataConfig, decoded_cache_folder
 from medmm.data.decoded_cohort import DecodedCohort, decode_cohort
 from medmm.data.labs_percentiles import LabPercentiles
 from medmm.io.errors import MedmmInputError
+
+log = logging.getLogger("medmm.data")
 
 
 class StudyDataset(Dataset):
@@ -77,9 +86,15 @@ class StudyCollate:
 
 
 class PretrainDataModule(L.LightningDataModule):
-    def __init__(self, cfg: DataConfig, max_tokens: int, seed: int = 0, tokenizer_path: str | None = None):
+    """The cohort's studies decoded once, as loaders per split. ``min_studies``: split ->
+    the fewest readable studies the workflow trains or evaluates on (checked after decoding,
+    when unreadable studies have been skipped)."""
+
+    def __init__(self, cfg: DataConfig, max_tokens: int, seed: int = 0, tokenizer_path: str | None = None,
+                 min_studies: Mapping[str, int] | None = None):
         super().__init__()
         self.cfg, self.max_tokens, self.seed, self.tokenizer_path = cfg, max_tokens, seed, tokenizer_path
+        self.min_studies = dict(min_studies or {})
         self.cohort: DecodedCohort | None = None
         self.manifest: Manifest | None = None
         self._collates: list[StudyCollate] = []
@@ -91,7 +106,7 @@ class PretrainDataModule(L.LightningDataModule):
 
         self.manifest = Manifest.load(self.cfg.root)
         verify_before_training(self.manifest)  # no patient in two splits, before any batch
-        cache_dir = self.cfg.cache_dir or Path(self.cfg.root) / ".cache"
+        cache_dir = decoded_cache_folder(self.cfg.root, self.cfg.cache_dir)
         self.cohort = decode_cohort(self.manifest, image_size=self.cfg.image_size, ecg_fs=self.cfg.ecg_fs,
                                     strict=self.cfg.strict, cache_dir=cache_dir, limit=self.cfg.limit_studies)
         tok = load_tokenizer(self.tokenizer_path)
@@ -100,6 +115,25 @@ class PretrainDataModule(L.LightningDataModule):
         self.token_ids = enc["input_ids"].astype(np.int32)
         self.token_len = enc["attention_mask"].sum(1).astype(np.int64)
         self.labs = self._load_labs()
+        self._check_split_sizes()
+
+    def _check_split_sizes(self) -> None:
+        skipped = f" after {len(self.cohort.skipped)} unreadable stud(ies) were skipped" if self.cohort.skipped else ""
+        for split, minimum in self.min_studies.items():
+            n = len(self.cohort.indices(split))
+            if n < minimum:
+                raise MedmmInputError(self.cfg.root, f"the {split} split holds {n} readable stud(ies){skipped}; "
+                                                     f"at least {minimum} are needed")
+        if self.cfg.batch_size > self.train_batch_size > 0:
+            log.warning("data.batch_size %d is larger than the train split: training in batches of its %d studies",
+                        self.cfg.batch_size, self.train_batch_size)
+
+    @property
+    def train_batch_size(self) -> int:
+        """Studies per training batch: ``data.batch_size``, or the whole training split where
+        that is smaller (training drops the last incomplete batch, which would be every batch)."""
+        assert self.cohort is not None, "call setup() first"
+        return min(self.cfg.batch_size, len(self.cohort.indices("train")))
 
     def _load_labs(self) -> np.ndarray | None:
         """<root>/labs.csv -> [N, 2L] training-set percentiles + missingness flags (None
@@ -127,7 +161,8 @@ class PretrainDataModule(L.LightningDataModule):
         collate = StudyCollate(ds, augment=train and self.cfg.augment, seed=self.seed)
         if train:
             self._collates.append(collate)
-        return DataLoader(ds, batch_size=batch_size or self.cfg.batch_size, shuffle=train, drop_last=train,
+        default = self.train_batch_size if train else self.cfg.batch_size
+        return DataLoader(ds, batch_size=batch_size or default or 1, shuffle=train, drop_last=train,
                           collate_fn=collate, num_workers=self.cfg.num_workers,
                           persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.seed) if train else None)

@@ -33,6 +33,7 @@ from medmm.io.dicom import read_dicom
 from medmm.io.ecg import read_ecg
 from medmm.io.errors import MedmmInputError
 from medmm.io.findings import FINDINGS
+from medmm.io.raster import raster_format, read_raster
 from medmm.io.reports import read_report
 
 log = logging.getLogger(__name__)
@@ -67,12 +68,13 @@ def normalise_radiograph(pixels: np.ndarray) -> np.ndarray:
 
 
 def load_xray_input(path: str | Path, image_size: int) -> np.ndarray:
-    """A radiograph file -> the model's input before augmentation: [1, S, S] float32 in [0, 1].
+    """A radiograph file (DICOM, or JPEG / PNG as MIMIC-CXR-JPG and CheXpert ship them; told
+    apart by content) -> the model's input before augmentation: [1, S, S] float32 in [0, 1].
     The one place this preprocessing lives (training cache and the served model use it)."""
     import torch
     import torch.nn.functional as F
 
-    image = read_dicom(path).pixels
+    image = read_raster(path).pixels if raster_format(path) else read_dicom(path).pixels
     if image.ndim != 2:
         raise MedmmInputError(path, f"expected a single-frame radiograph, got shape {image.shape}")
     image = torch.from_numpy(normalise_radiograph(image.astype(np.float32)))[None, None]

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from medmm.config.core import StrictModel
+from medmm.config.core import ConfigError, StrictModel
 from medmm.data.config import MODALITIES, DataConfig
 from medmm.models.more import ModelConfig
 from medmm.tracking.config import RunTrackingConfig
 from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.training.config import TrainerConfig
+from medmm.workflows.preflight import (
+    PAIRED_TRAINING_MINIMUM,
+    CohortNeeds,
+    check_before_run,
+    decoded_cohort_outputs,
+)
+
+log = logging.getLogger("medmm.pretrain")
 
 
 class LossConfig(StrictModel):
@@ -99,9 +109,19 @@ class EvalConfig(StrictModel):
                           "(medmm.retrieval.memory_retrieval; embeds the training split once more)")
 
 
+Modality = Literal["xray", "ecg", "report", "labs"]
+
+
 class PretrainConfig(StrictModel):
     kind: Literal["contrastive"] = Field("contrastive", description="pretraining family: contrastive | ptunifier "
                                          "(the pretrain command picks the schema by it)")
+    modalities: list[Modality] | None = Field(
+        None, description="modalities the run trains, evaluates and logs. Unset: the cohort's modalities (files in "
+                          "its manifest, plus labs where <root>/labs.csv has lab columns) among those the model "
+                          "and loss use (model.modalities, loss.pairs / loss.modalities); the loss's pairs, the "
+                          "encoders built and the evaluated directions are narrowed to them, so an X-ray + report "
+                          "cohort trains X-ray <-> report only. Set: each must be in the cohort and used by the "
+                          "loss, else a one-line error before anything is built")
     seed: int = 0
     output_dir: Path = Field(Path("runs/pretrain"), description="checkpoints and local artifacts")
     model: ModelConfig = ModelConfig()
@@ -118,3 +138,61 @@ class PretrainConfig(StrictModel):
         if unbuilt:
             raise ValueError(f"the loss uses {unbuilt}, which model.modalities {self.model.modalities} lacks")
         return self
+
+    def for_cohort(self, cohort_modalities: Iterable[str]) -> "PretrainConfig":
+        """This config narrowed to the modalities of a cohort that holds ``cohort_modalities``
+        (the ``modalities`` field's rule): ``modalities`` resolved, and the loss's pairs and
+        modalities, its same-label modalities and the model's encoders restricted to them.
+        Raises :class:`ConfigError` for an asked-for modality the cohort lacks, or where no
+        pair (no two Symile modalities) is left to contrast. Idempotent."""
+        cohort = [m for m in MODALITIES if m in set(cohort_modalities)]
+        has = ", ".join(cohort) or "none of " + ", ".join(MODALITIES)
+        used = set(self.loss.used_modalities())
+        if self.modalities is not None:
+            lacking = [m for m in self.modalities if m not in cohort]
+            if lacking:
+                raise ConfigError(f"modalities: the cohort has no {', '.join(lacking)} (it has {has})")
+            unused = [m for m in self.modalities if m not in used]
+            if unused:
+                raise ConfigError(f"modalities: the loss contrasts no {', '.join(unused)} "
+                                  f"(it uses {', '.join(sorted(used))}; see loss.pairs)")
+            chosen = set(self.modalities)
+        else:
+            chosen = used & set(cohort)
+        pairs = [pair for pair in self.loss.pairs if set(pair) <= chosen]
+        if self.loss.name == "symile":
+            symile = [m for m in (self.loss.modalities or sorted(used)) if m in chosen]
+            if len(symile) < 2:
+                raise ConfigError(f"loss.modalities: the Symile loss needs two of its modalities "
+                                  f"({', '.join(sorted(used))}) in the cohort, which has {has}")
+            resolved = [m for m in MODALITIES if m in symile]
+        else:
+            if not pairs:
+                raise ConfigError(f"loss.pairs: no pair has both modalities in the cohort, which has {has} "
+                                  f"(pairs: {', '.join('-'.join(p) for p in self.loss.pairs)})")
+            resolved = [m for m in MODALITIES if any(m in pair for pair in pairs)]
+            symile = [m for m in self.loss.modalities if m in resolved]
+            symile = symile if len(symile) >= 2 else []
+        missing, unpaired = sorted(used - set(cohort)), sorted((used & set(cohort)) - set(resolved))
+        if (missing or unpaired) and self.modalities is None:
+            why = [f"not in the cohort: {', '.join(missing)}"] if missing else []
+            why += [f"in no pair with another of them: {', '.join(unpaired)}"] if unpaired else []
+            log.warning("modalities of this run: %s (left out with their pairs and evaluation, %s)",
+                        ", ".join(resolved), "; ".join(why))
+        data = self.model_dump()
+        data["modalities"] = resolved
+        data["model"]["modalities"] = [m for m in self.model.modalities if m in resolved]
+        data["loss"].update(pairs=pairs, modalities=symile,
+                            same_label_modalities=[m for m in self.loss.same_label_modalities if m in resolved])
+        return type(self).model_validate(data)
+
+
+def preflight(cfg: PretrainConfig) -> PretrainConfig:
+    """Every check before anything is built (:mod:`medmm.workflows.preflight`), in seconds:
+    cohort, modalities, splits, output and cache folders, tracking store; returns the config
+    narrowed to the cohort's modalities (:meth:`PretrainConfig.for_cohort`)."""
+    needs = CohortNeeds(cfg.data.root, ("xray",), PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
+                        why="contrastive pretraining")
+    facts = check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
+                             cohort=needs)
+    return cfg.for_cohort(facts.modalities)

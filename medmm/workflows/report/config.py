@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import Field
 
-from medmm.config.core import StrictModel
+from medmm.config.core import ConfigError, StrictModel
 from medmm.data.config import DataConfig
 from medmm.models.heads.report_decoder import DecoderConfig
 from medmm.tracking.config import RunTrackingConfig
@@ -54,3 +55,20 @@ class ReportConfig(StrictModel):
     generation: GenerationConfig = GenerationConfig()
     eval: ReportEvalConfig = ReportEvalConfig()
     tracking: ReportTrackingConfig = ReportTrackingConfig()
+
+    def encoders_needed(self) -> tuple[str, ...]:
+        """The pretrained encoders the generator conditions on: the X-ray's, and the ECG's
+        under ``decoder.use_ecg``."""
+        return ("xray", "ecg") if self.decoder.use_ecg else ("xray",)
+
+    def check_pretrained_encoders(self, encodes: Iterable[str]) -> None:
+        """A one-line :class:`ConfigError` where the pretrained model (encoding ``encodes``)
+        lacks an encoder the generator needs, before anything is built."""
+        encodes = tuple(encodes)
+        has = ", ".join(encodes) or "nothing"
+        if "xray" not in encodes:
+            raise ConfigError(f"pretrained.source: report generation needs the pretrained model's xray encoder; "
+                              f"the model encodes {has}")
+        if "ecg" in self.encoders_needed() and "ecg" not in encodes:
+            raise ConfigError(f"decoder.use_ecg: the pretrained model has no ecg encoder (it encodes {has}); "
+                              "set decoder.use_ecg=false, or pretrain on a cohort with ECGs")
