@@ -21,6 +21,16 @@ University reports against the NLM indexers' MeSH terms (see
    "... cannot be excluded") mark it uncertain. Whether uncertain mentions count is
    decided per finding (:data:`UNCERTAIN_POSITIVE`): only pneumothorax by default.
 
+Negation is kept in-house rather than taken from negspacy (NegEx as a spaCy component):
+on the same 13,546 mentions of the IU reports the two agree on 97.6%, and against 200
+hand-labelled mentions (``tests/io/data/negation_gold.jsonl``, stratified on where they
+disagree) negation accuracy over all mentions is estimated at 0.999 here and 0.977 for
+negspacy 1.1.0 (``en_clinical`` termset; 95% interval of the difference +2.0 to +2.4
+points). negspacy misses lists after "clear of" ("lungs are clear of focal airspace
+disease, pneumothorax, or pleural effusion"), resolved or removed findings and devices,
+and "within limits of normal" after the mention, and reads "A versus B" as a negation of
+B. ``benchmarks/negation_vs_negspacy.py`` reproduces the figures.
+
 Decisions (documented because they change the labels), each checked against the MeSH
 terms of the 3,927 IU reports with text:
 
@@ -281,7 +291,9 @@ _PRE_NEG = [
     r"\bdetect(?:ing|ion\s+of)\b",  # "CT is more sensitive in detecting small nodules"
     r"\bnon\s*-?(?=enlarged)",
 ]
-# Right after a mention (within _POST_WINDOW words): "... is not seen", "... has resolved".
+# Right after a mention (within _POST_WINDOW words, no comma between): "... is not seen".
+# Past a comma the trigger speaks of the next phrase ("Heart size is enlarged, pulmonary
+# vascularity within normal limits") or of a prior study ("nodule, not seen on prior").
 _POST_NEG = [
     r"\b(?:is|are|was|were|has\s+been|have\s+been)\s+(?:\w+\s+)?not\b",
     r"\bnot\s+(?:\w+\s+)?(?:seen|identified|visualized|present|evident|demonstrated|appreciated|noted|detected|enlarged)\b",
@@ -511,7 +523,7 @@ def _sentence_mentions(s: str, index: int) -> list[Mention]:
                 lo = max([e for _, e in terms if e <= a] + [0])
                 hi = min([t for t, _ in terms if t >= b] + [len(s)])
                 negated = any(lo <= ts and te <= a for ts, te in pre) or any(
-                    b <= ts < hi and _n_words(s[b:ts]) <= _POST_WINDOW for ts, _ in post
+                    b <= ts < hi and _n_words(s[b:ts]) <= _POST_WINDOW and "," not in s[b:ts] for ts, _ in post
                 ) or any(b <= ts < hi for ts, _ in post_clause)
                 uncertain = any(lo <= ts and te <= a for ts, te in unc_pre) or any(
                     b <= ts < hi and _n_words(s[b:ts]) <= _POST_WINDOW for ts, _ in unc_post

@@ -26,6 +26,8 @@ CASES: list[tuple[str, set[str]]] = [
     ("Normal heart size and mediastinal contours.", set()),
     ("Stable, nonenlarged cardiomediastinal silhouette.", set()),
     ("Heart size is mildly enlarged.", {"cardiomegaly"}),
+    # a post-trigger past a comma is about the next phrase, not the mention
+    ("Heart size is enlarged, pulmonary vascularity within normal limits.", {"cardiomegaly"}),
     ("The heart is enlarged.", {"cardiomegaly"}),
     ("The heart is large.", {"cardiomegaly"}),
     ("Enlarged cardiac silhouette.", {"cardiomegaly"}),
@@ -88,6 +90,7 @@ CASES: list[tuple[str, set[str]]] = [
     ("There is no focal air space opacity to suggest a pneumonia.", set()),
     ("6 mm nodular opacity overlies the left anterior 5th rib.", {"nodule"}),
     # nodule / granuloma / mass
+    ("There is a 9 mm right lower lobe pulmonary nodule, not seen on prior exams.", {"nodule"}),
     ("Calcified granuloma in the right upper lobe.", {"nodule"}),
     ("Stable 1 cm nodule in the left lower lobe.", {"nodule"}),
     ("Right hilar mass.", {"nodule"}),
