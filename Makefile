@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 IU_WHEEL := data/cache/torchxrayvision-1.5.7-py3-none-any.whl
 DEMO := data/demo
 export HF_HUB_OFFLINE := 1
+# mkdocs-material prints a banner about mkdocs 2 on every build; it says nothing about this site
+export NO_MKDOCS_2_WARNING := 1
 export MEDMM_IU_REPORTS := $(abspath $(IU_WHEEL))
 
 .PHONY: venv data-cache demo demo-cohort test test-fast mlflow benchmark clean invesalius-ct docs notebooks
