@@ -1,6 +1,6 @@
 #!/bin/bash
-# Reduced-scale demo runs of pretrain -> retrieval index -> report generation, all tracked in ./mlflow.db
-# (what the README tables come from; reduced because the machine was shared: load ~19 on 2 cores)
+# Reduced-scale demo runs of pretrain -> retrieval index -> report generation (the runs behind
+# the report-generation and retrieval results pages), all tracked in ./mlflow.db
 set -x
 cd "$(dirname "$0")/.."
 export PYTHONPATH=$PWD HF_HUB_OFFLINE=1

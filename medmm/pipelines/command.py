@@ -1,8 +1,14 @@
 """The shape every medmm command shares: a typed config from ``--config`` plus ``key=value``
-overrides, ``--help`` that lists every option of the config's schema, and one exit-code policy.
+overrides, ``--help`` that says what the command does and what it reads and writes, then
+lists its flags, examples and every option of the config's schema, and one exit-code policy.
 
-    command = Command("pretrain", __doc__, PretrainConfig, examples=["--config x.yaml trainer.max_epochs=3"])
+    command = Command("pretrain", __doc__, PretrainConfig, inputs=["a cohort folder (data.root)"],
+                      outputs=["an MLflow run"], examples=["--config x.yaml trainer.max_epochs=3"])
     sys.exit(command.main(execute, argv))
+
+The description is the module's docstring, whose first sentence is the command's summary (the
+``medmm`` console script lists it). Commands without a config (the demo writers) build their
+parser with :func:`command_parser`, so their ``--help`` has the same shape.
 
 ``execute(cfg, args)`` runs the workflow and returns its outcome, which is printed (an
 outcome's ``str`` is its summary; an ``exit_code`` attribute, when it has one, is the
@@ -18,7 +24,6 @@ names one schema per value of the config's top-level ``kind`` key.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +39,7 @@ from medmm.config.core import (
     load_yaml,
     options_help,
 )
+from medmm.console import configure_console
 from medmm.io.errors import MedmmInputError
 
 KIND_KEY = "kind"
@@ -49,13 +55,15 @@ class Command:
     description: str
     schema: type[BaseModel] | dict[str, type[BaseModel]] | None
     default_config: Path | None = None
+    inputs: Sequence[str] = ()  # what the command reads, one line each
+    outputs: Sequence[str] = ()  # what it writes or prints, one line each
     examples: Sequence[str] = ()
     subcommands: dict[str, str] = field(default_factory=dict)  # name -> what it does
     arguments: Callable[[argparse.ArgumentParser], None] | None = None  # the command's own flags
 
     @property
     def prog(self) -> str:
-        return f"python -m medmm.pipelines.{self.name}"
+        return prog(self.name)
 
     def existing_default_config(self) -> Path | None:
         """The default config where it exists (commands run from the repository root)."""
@@ -75,13 +83,8 @@ class Command:
         return self.schema[kind]
 
     def parser(self, schema: type[BaseModel] | None) -> argparse.ArgumentParser:
-        epilog = []
-        if self.examples:
-            epilog += ["examples:", *(f"  {self.prog} {example}" for example in self.examples), ""]
-        if schema is not None:
-            epilog += ["config options (override any with key=value):", *options_help(schema)]
-        parser = argparse.ArgumentParser(prog=self.prog, description=self.description, epilog="\n".join(epilog),
-                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        options = ["config options (override any with key=value):", *options_help(schema)] if schema else []
+        parser = command_parser(self.name, self.description, self.inputs, self.outputs, self.examples, options)
         if self.subcommands:
             parser.add_argument("command", choices=tuple(self.subcommands),
                                 help="; ".join(f"{name}: {what}" for name, what in self.subcommands.items()))
@@ -109,7 +112,7 @@ class Command:
         return self.parser(schema).parse_intermixed_args(argv)
 
     def main(self, execute: Callable[[Any, argparse.Namespace], Any], argv: Sequence[str] | None = None) -> int:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        configure_console()
         try:
             args = self.parse_args(argv)
             cfg = None
@@ -131,6 +134,36 @@ class Command:
             raise
         print(outcome)
         return getattr(outcome, "exit_code", 0)
+
+
+def prog(name: str) -> str:
+    """How a command is started: ``python -m medmm.pipelines.<name>`` (or ``medmm <name>``)."""
+    return f"python -m medmm.pipelines.{name}"
+
+
+def command_parser(name: str, description: str, inputs: Sequence[str], outputs: Sequence[str],
+                   examples: Sequence[str], epilog: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The parser of command ``name`` with the help every command shares: what it does (the
+    ``description``), its inputs and outputs, then the options and, after them, examples
+    (``examples`` are the arguments after the command) and the ``epilog`` lines."""
+    what = [description.strip(), ""]
+    for title, lines in (("inputs", inputs), ("outputs", outputs)):
+        if lines:
+            what += [f"{title}:", *(f"  {line}" for line in lines), ""]
+    tail = ["examples:", *(f"  {prog(name)} {example}".rstrip() for example in examples), ""] if examples else []
+    return argparse.ArgumentParser(prog=prog(name), description="\n".join(what).rstrip(),
+                                   epilog="\n".join([*tail, *epilog]).rstrip() or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def summary(description: str) -> str:
+    """The first sentence of a command's description (its docstring), without a leading
+    ````python -m ...``: `` that names the command."""
+    first = " ".join(description.strip().split("\n\n", 1)[0].split())
+    if first.startswith("``python -m") and "``: " in first:
+        first = first.split("``: ", 1)[1]
+    first = first.split(". ", 1)[0].rstrip(".")
+    return first[:1].upper() + first[1:]
 
 
 def one_line(exc: BaseException) -> str:

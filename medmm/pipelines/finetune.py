@@ -1,10 +1,10 @@
-"""``python -m medmm.pipelines.finetune``: one downstream task from one pretrained checkpoint,
-evaluated on the cohort's held-out split and tracked in MLflow.
+"""Fine-tune a pretrained model on one downstream task and score it on the held-out split.
 
-Tasks: image-only finding classification (PTUnifier: through pseudo-text prompts),
-text-only report classification, image-report retrieval both ways, and VQA with closed
-questions generated from each study's findings. The checkpoint may be a PTUnifier export
-or a contrastive model (its MLflow artifacts folder or a models:/ URI).
+Tasks (``task``): image-only finding classification (PTUnifier: through pseudo-text
+prompts), text-only report classification, image-report retrieval both ways, and VQA with
+closed questions generated from each study's findings. ``data.label_fraction`` trains on a
+fraction of the labelled studies. The checkpoint may be a PTUnifier export or a contrastive
+model (its MLflow artifacts folder or a models:/ URI).
 """
 
 import sys
@@ -14,6 +14,12 @@ from medmm.workflows.finetune.config import FinetuneConfig
 
 COMMAND = Command(
     "finetune", __doc__, FinetuneConfig,
+    inputs=["a pretrained model (checkpoint=: an export folder, runs:/<id>/model or models:/<name>@champion)",
+            "a cohort folder holding manifest.parquet (data.root)",
+            "a YAML config (--config, one per task in configs/finetune/) and key=value overrides"],
+    outputs=["an MLflow run (tracking.uri, default ./mlflow.db): config, metrics, results/ tables, figures/",
+             "the fine-tuned model, registered when tracking.register_model",
+             "on the console: the headline numbers and the run's dashboard address"],
     examples=[("--config configs/finetune/image_classification.yaml checkpoint=runs/ptunifier/<run id>/export "
                "data.label_fraction=0.01"),
               "--config configs/finetune/retrieval.yaml checkpoint=runs:/<pretraining run id>/model"])

@@ -1,20 +1,29 @@
-"""``python -m medmm.pipelines.make_demo --out data/demo``: write the demo cohort
-(real IU report text + synthetic DICOM X-rays, WFDB ECGs and labs that carry each
-report's findings), its manifest, patient-level split and chance / oracle levels."""
+"""Write the demo cohort: real report text beside synthetic X-rays, ECGs and labs carrying its findings.
+
+The X-rays are DICOM, the ECGs WFDB records, the labs a table; the cohort comes with its
+manifest, a patient-level split and the chance / oracle levels of its evaluations (the
+ideal observer of the planted findings), which pretraining prints beside its scores."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 from medmm.cohort.spec import CohortSpec, SplitSpec, load_cohort_spec
+from medmm.pipelines.command import command_parser
+
+INPUTS = ["the IU X-ray reports (--iu-source: the torchxrayvision wheel that `make data-cache` fetches)",
+          "a cohort spec giving the split fractions and seed (--spec, default cohorts/demo.yaml)"]
+OUTPUTS = ["the cohort under --out: patients/<patient>/<study>/ with xray.dcm, ecg.hea/.dat, report.txt; labs.csv",
+           "manifest.parquet (files, hashes, split), reference_model.json and reference_levels.json",
+           "on the console: the counts per split and the X-ray -> report chance and oracle levels"]
+EXAMPLES = ["--out data/demo", "--out data/demo_small --n-studies 200 --missing ecg=0.3,report=0.3"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medmm.pipelines.make_demo", description=__doc__)
+    parser = command_parser("make_demo", __doc__, INPUTS, OUTPUTS, EXAMPLES)
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder (default data/demo)")
     parser.add_argument("--n-studies", type=int, default=None, help="number of studies (default: every usable report)")
     parser.add_argument("--spec", type=Path, default=Path("cohorts/demo.yaml"),

@@ -1,18 +1,27 @@
-"""``python -m medmm.pipelines.make_demo_volumes --out data/demo_volumes``: write the CT + MR
-segmentation extension of the demo cohort (abdominal phantoms with organ label maps, as
-DICOM series and NIfTI, unpaired between CT and MR), or, with ``--invesalius`` /
-``--mni152``, the cohort of real volumes cut into disjoint slabs."""
+"""Write the CT + MR segmentation cohort: abdominal phantoms with organ labels, or real volumes in slabs.
+
+The phantoms are written as DICOM series and NIfTI, unpaired between CT and MR; with
+``--real`` the cohort is made of real volumes (a head CT and the MNI152 T1) cut into
+disjoint slabs. ``segment`` trains on either."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
+from medmm.pipelines.command import command_parser
+
+INPUTS = ["nothing for the phantoms (--n-per-modality, --size, --spacing, --seed shape them)",
+          "--real: the invesalius head CT (--invesalius, from `make invesalius-ct`) and nilearn's MNI152 T1"]
+OUTPUTS = ["the cohort under --out: CT and MR volumes (DICOM series and NIfTI) with organ label maps",
+           "manifest.parquet (files, hashes, split) and labels.json (the organ classes)",
+           "on the console: the volumes per modality and split"]
+EXAMPLES = ["--out data/demo_volumes", "--out data/demo_volumes_real --real"]
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medmm.pipelines.make_demo_volumes", description=__doc__)
+    parser = command_parser("make_demo_volumes", __doc__, INPUTS, OUTPUTS, EXAMPLES)
     parser.add_argument("--out", type=Path, default=Path("data/demo_volumes"), help="output folder")
     parser.add_argument("--n-per-modality", type=int, default=20, help="phantom cases per modality (CT, MR)")
     parser.add_argument("--size", type=int, default=48, help="phantom side in voxels")

@@ -1,5 +1,4 @@
-"""``python -m medmm.pipelines.report``: report generation (X-ray [+ ECG] -> report text) from
-a pretrained encoder, evaluated against baselines and tracked in MLflow.
+"""Generate radiology reports from X-rays (and ECGs) with a decoder on a pretrained encoder.
 
 ``train`` fits the decoder (and fine-tunes the encoders) on the train split, keeps the
 epoch with the lowest validation loss, scores it on the held-out split with greedy and
@@ -29,6 +28,13 @@ COMMAND = Command(
     "report", __doc__, ReportConfig, default_config=Path("configs/report/default.yaml"), arguments=arguments,
     subcommands={"train": "fit, evaluate and register", "evaluate": "score a registered model again",
                  "generate": "reports for given files"},
+    inputs=["train / evaluate: a pretrained model (pretrained.source) and a cohort folder (data.root)",
+            "generate: a report model (--model) and DICOM X-rays (--xray), optionally ECG records (--ecg)",
+            "a YAML config (--config) and key=value overrides"],
+    outputs=["train / evaluate: an MLflow run (tracking.uri, default ./mlflow.db): config, metrics, results/ tables, "
+             "figures/; train registers the model (tracking.registered_name)",
+             "generate: the reports, as text or JSON (--json), on stdout",
+             "on the console: the headline numbers beside the baselines and the run's dashboard address"],
     examples=["train --config configs/report/default.yaml pretrained.source=models:/medmm-more@champion",
               "evaluate --config configs/report/default.yaml --model models:/medmm-report@champion",
               "generate --model models:/medmm-report@champion --xray study.dcm [--ecg ecg.hea] [--beams 3] [--json]"])

@@ -1,4 +1,4 @@
-"""``python -m medmm.pipelines.retrieve``: a persistent retrieval index of a cohort.
+"""Build a retrieval index of a cohort's studies and query it with an X-ray, an ECG or text.
 
 ``build`` embeds every study of the cohort with a pretrained model and writes one FAISS
 index per modality, stamped with the weights' and the manifest's hashes, and logs the
@@ -30,6 +30,12 @@ def arguments(parser) -> None:
 COMMAND = Command(
     "retrieve", __doc__, RetrieveConfig, default_config=Path("configs/retrieve/default.yaml"), arguments=arguments,
     subcommands={"build": "embed the cohort and write the index", "query": "top-k studies for one input"},
+    inputs=["build: a pretrained model (pretrained.source) and a cohort folder (data.root)",
+            "query: the index (index.path), the same model, and one query (--xray FILE, --ecg FILE or --text TEXT)",
+            "a YAML config (--config) and key=value overrides"],
+    outputs=["build: one FAISS index per modality + studies.parquet + index.json in index.path, and "
+             "an MLflow run of the build",
+             "query: the top-k studies with score and report text, as text or JSON (--json), on stdout"],
     examples=["build --config configs/retrieve/default.yaml pretrained.source=models:/medmm-more@champion",
               "query --xray study.dcm -k 5 [--against report|xray|ecg] [--json]",
               'query --text "small left pleural effusion"'])

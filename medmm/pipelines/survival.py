@@ -1,5 +1,7 @@
-"""``python -m medmm.pipelines.survival``: survival heads, CMTA and scikit-survival baselines
-trained on the same patient-level splits, scored on a held-out test split, tracked in MLflow.
+"""Train survival models beside scikit-survival baselines and score them on held-out patients.
+
+Neural heads (Cox, DeepSurv, discrete-time; CMTA on slides + genomics) and the baselines
+(CoxNet, random survival forest) share the patient-level split.
 
 Per model: Harrell's and Uno's c-index, integrated Brier score, mean time-dependent AUC
 with percentile-bootstrap CIs over test patients; a Kaplan-Meier figure of the predicted
@@ -14,6 +16,11 @@ from medmm.workflows.survival.config import SurvivalConfig
 
 COMMAND = Command(
     "survival", __doc__, SurvivalConfig, default_config=Path("configs/survival/breast_cancer.yaml"),
+    inputs=["a bundled survival table (data.dataset) or a pathology cohort folder (data.dataset=pathology, data.root)",
+            "a YAML config (--config) and key=value overrides"],
+    outputs=["an MLflow run (tracking.uri, default ./mlflow.db): config, metrics, results/ tables, figures/",
+             "the models, registered when tracking.register_model",
+             "on the console: the headline c-index of each model and the run's dashboard address"],
     examples=["--config configs/survival/breast_cancer.yaml",
               "--config configs/survival/demo_pathology.yaml eval.n_bootstrap=500"])
 

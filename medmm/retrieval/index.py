@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmm.console import progress
 from medmm.io.errors import MedmmInputError
 
 META, STUDIES = "index.json", "studies.parquet"
 FORMAT_VERSION = 1
+ADD_CHUNK = 20_000  # vectors added to an index per step of its progress bar
 
 
 class StaleIndexError(MedmmInputError):
@@ -38,8 +40,9 @@ class IndexParams:
     ivf_nprobe: int = 16
 
 
-def build_faiss_index(vectors: np.ndarray, params: IndexParams):
-    """Exact inner-product index up to ``exact_max`` vectors, else HNSW / IVF."""
+def build_faiss_index(vectors: np.ndarray, params: IndexParams, description: str = "index build"):
+    """Exact inner-product index up to ``exact_max`` vectors, else HNSW / IVF; vectors are
+    added in chunks of ``ADD_CHUNK`` under a progress bar named ``description``."""
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -59,7 +62,8 @@ def build_faiss_index(vectors: np.ndarray, params: IndexParams):
         index.nprobe = params.ivf_nprobe
     else:
         raise ValueError(f"unknown approximate index {params.approximate!r}: hnsw or ivf")
-    index.add(x)
+    for start in progress(range(0, n, ADD_CHUNK), description):
+        index.add(x[start : start + ADD_CHUNK])
     return index
 
 
@@ -99,7 +103,7 @@ class StudyIndex:
             if len(vectors) != len(studies):
                 raise ValueError(f"{modality}: {len(vectors)} vectors for {len(studies)} studies")
             start = time.perf_counter()
-            indexes[modality] = build_faiss_index(vectors, params)
+            indexes[modality] = build_faiss_index(vectors, params, f"index build, {modality}")
             timings[modality] = time.perf_counter() - start
             faiss.write_index(indexes[modality], str(folder / f"{modality}.faiss"))
         studies.reset_index(drop=True).to_parquet(folder / STUDIES, index=False)

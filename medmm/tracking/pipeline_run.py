@@ -1,6 +1,9 @@
 """The one shape every medmm pipeline leaves in MLflow, so runs of different pipelines
 read alike in the dashboard and in notebooks:
 
+* the run: named ``<workflow>-<cohort>-<YYYYmmdd-HHMMSS>`` unless ``tracking.run_name``
+  names it (:func:`run_name`), in an experiment tagged ``mlflow.experimentKind`` =
+  ``custom_model_development``, which the MLflow UI opens on its runs (:func:`ensure_experiment`);
 * tags: ``medmm.pipeline`` (the command: pretrain - both families, ``model.name`` tells
   them apart -, finetune, survival, segment, report, retrieve, ...), ``git_commit``,
   ``git_dirty``, ``manifest_sha256`` (a cohort without a manifest, survival's bundled
@@ -27,23 +30,32 @@ import math
 import re
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from medmm.cohort.manifest import MANIFEST_NAME
+from medmm.console import adopt_library_loggers
 from medmm.io.findings import FINDINGS
+from medmm.metrics.reference_levels import REFERENCE_MODEL_FILE
 from medmm.tracking.run_context import (
     artifact_location,
-    default_tracking_uri,
     log_json_artifact,
     log_run_context,
 )
-from medmm.tracking.store import prepare_store
+from medmm.tracking.store import default_tracking_uri, prepare_store
 
 # "latest" is reserved by MLflow (models:/name/latest), hence "newest"
 LATEST, CHAMPION = "newest", "champion"
 FAILURE_TAG = "medmm.failure"
+# the experiment tag MLflow's UI reads to choose an experiment's page: without it a new
+# experiment opens on the GenAI traces page; "custom_model_development" opens it on its runs
+EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
+RUN_TIME_FORMAT = "%Y%m%d-%H%M%S"
+COHORT_NAME_KEY = b"medmm.cohort"  # the manifest's Parquet metadata key of the cohort's name
 REASON_MAX = 250
 # runs this process opened and has not finished: (tracking URI, run id); a failing command ends them FAILED
 _open_runs: list[tuple[str, str]] = []
@@ -60,30 +72,99 @@ def metric_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name.replace("@", "_at_"))
 
 
+def cohort_label(root: str | Path | None) -> str | None:
+    """The cohort's name as a run-name part, never read from its path (folder names of real
+    cohorts embed subject IDs and user names): the name ingest recorded in the manifest (its
+    Parquet key-value metadata ``medmm.cohort``, the cohort spec's ``name``), ``demo`` for the
+    synthetic demo cohort (its folder carries the ideal observer, ``reference_model.json``),
+    else None. Kept to letters, digits, ``.``, ``_`` and ``-``, at most 32 characters."""
+    if root is None:
+        return None
+    root = Path(root)
+    manifest = root / MANIFEST_NAME
+    name = None
+    if manifest.is_file():
+        try:
+            recorded = pq.read_schema(manifest).metadata or {}
+        except (OSError, ValueError):  # an unreadable manifest is reported where the data are read
+            recorded = {}
+        name = recorded.get(COHORT_NAME_KEY, b"").decode("utf-8", "replace") or None
+    if name is None and (root / REFERENCE_MODEL_FILE).is_file():
+        name = "demo"
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")[:32]
+    return name or None
+
+
+def default_run_name(workflow: str, cohort: str | None = None, when: datetime | None = None) -> str:
+    """``<workflow>-<cohort>-<YYYYmmdd-HHMMSS>`` (``pretrain-demo-20261207-071233``); without a
+    cohort name, ``<workflow>-<YYYYmmdd-HHMMSS>``."""
+    parts = [workflow, cohort, (when or datetime.now()).strftime(RUN_TIME_FORMAT)]
+    return "-".join(p for p in parts if p)
+
+
+def run_name(config, workflow: str) -> str:
+    """The name of a run of ``config``: ``tracking.run_name`` when set, else named from the
+    workflow, the cohort (the data section's bundled ``dataset``, else the name of the cohort
+    under its ``root``: :func:`cohort_label`) and the time. Named here, not by MLflow: MLflow
+    draws its random names from Python's ``random``, which the run's seed has already fixed,
+    so every run would be named alike."""
+    given = getattr(getattr(config, "tracking", None), "run_name", None)
+    if given:
+        return given
+    data = getattr(config, "data", None)
+    dataset = getattr(data, "dataset", None)
+    bundled = isinstance(dataset, str) and dataset != "pathology"
+    return default_run_name(workflow, dataset if bundled else cohort_label(getattr(data, "root", None)))
+
+
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment ``name``, created where missing (its artifacts beside a SQLite
+    store: :func:`medmm.tracking.run_context.artifact_location`) and tagged as a model-development
+    experiment, so that the MLflow UI opens it on its runs, not on GenAI traces. An existing
+    experiment without the tag gets it; an experiment whose kind the user set keeps it."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location(tracking_uri),
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+        except MlflowException:  # another process created it meanwhile
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    return experiment.experiment_id
+
+
 def start_run(tracking_uri: str | None, experiment: str, run_name: str | None, pipeline: str):
-    """Create a run; returns (client, run_id, tracking_uri)."""
+    """Create a run (named ``run_name``, else :func:`default_run_name` of ``pipeline``);
+    returns (client, run_id, tracking_uri)."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     uri = prepare_store(tracking_uri or default_tracking_uri())
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = (exp.experiment_id if exp is not None
-              else client.create_experiment(experiment, artifact_location=artifact_location(uri)))
-    run = client.create_run(exp_id, run_name=run_name, tags={"medmm.pipeline": pipeline})
+    exp_id = ensure_experiment(client, experiment, uri)
+    run = client.create_run(exp_id, run_name=run_name or default_run_name(pipeline),
+                            tags={"medmm.pipeline": pipeline})
     remember_open_run(uri, run.info.run_id)
     return client, run.info.run_id, uri
 
 
 def lightning_logger(experiment: str, run_name: str | None, tracking_uri: str):
-    """Lightning's MLflow logger for a new run, its experiment's artifacts beside a SQLite
-    store (:func:`medmm.tracking.run_context.artifact_location`)."""
+    """Lightning's MLflow logger for a new run (named ``run_name``, else after the experiment
+    and the time), in an experiment made by :func:`ensure_experiment`."""
     from lightning.pytorch.loggers import MLFlowLogger
+    from mlflow.tracking import MlflowClient
 
+    adopt_library_loggers()  # Lightning, imported by now, added its own log handlers
     prepare_store(tracking_uri)
-    logger = MLFlowLogger(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
-                          artifact_location=artifact_location(tracking_uri))
+    ensure_experiment(MlflowClient(tracking_uri), experiment, tracking_uri)
+    logger = MLFlowLogger(experiment_name=experiment, run_name=run_name or default_run_name(experiment),
+                          tracking_uri=tracking_uri, artifact_location=artifact_location(tracking_uri))
     remember_open_run(tracking_uri, logger.run_id)
     return logger
 

@@ -33,11 +33,6 @@ REDACTED_PREFIX = "path-hmac:"
 SAFE_SUFFIX = re.compile(r"\.[A-Za-z]{1,4}|\.nii\.gz")  # a format suffix; anything longer may be part of a name
 
 
-def default_tracking_uri() -> str:
-    """``sqlite:///<cwd>/mlflow.db`` (mlflow 3 refuses a plain folder store by default)."""
-    return f"sqlite:///{(Path.cwd() / 'mlflow.db').resolve()}"
-
-
 def artifact_location(tracking_uri: str) -> str | None:
     """Where a new experiment of a SQLite store keeps its artifacts: ``mlartifacts/`` beside
     the database. MLflow's default, ``./mlruns`` under whatever folder the process runs in,

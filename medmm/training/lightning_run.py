@@ -18,21 +18,24 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import mlflow
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.tracking import MlflowClient
 
 from medmm.config.core import ConfigError, flatten
-from medmm.tracking.pipeline_run import remember_open_run
-from medmm.tracking.run_context import artifact_location, default_tracking_uri
-from medmm.tracking.store import prepare_store
+from medmm.console import Number, adopt_library_loggers, headline, progress_enabled
+from medmm.tracking.pipeline_run import ensure_experiment, remember_open_run, run_name
+from medmm.tracking.run_context import artifact_location
+from medmm.tracking.store import default_tracking_uri, prepare_store
 from medmm.training.epoch_seeding import EpochSeededRandomness
 from medmm.training.precision import PrecisionChoice, rule_choice
 
@@ -42,9 +45,16 @@ CONTINUES_TAG = "medmm.continues_run"
 PRECISION_TAG = "medmm.precision"
 
 
+MODALITY_NAMES = {"xray": "X-ray", "ecg": "ECG", "report": "report", "labs": "labs"}
+HEADLINE_K = 5  # the headline's retrieval number: label-match precision at 5 (P@5)
+
+
 @dataclass
 class PretrainOutcome:
-    """What a pretraining run leaves: its MLflow run, held-out metrics and their table."""
+    """What a pretraining run leaves: its MLflow run, held-out metrics and their table.
+    ``rows`` (metric, value, chance, oracle: the contrastive evaluation's) put the headline's
+    numbers beside chance and oracle; ``table`` ends with notes after its last blank line
+    (timings, the exported model's folder), which the headline repeats."""
 
     run_id: str
     tracking_uri: str
@@ -53,14 +63,64 @@ class PretrainOutcome:
     model_uri: str | None
     n_skipped: int
     registered_name: str | None = None
+    rows: list[dict] = field(default_factory=list)
+
+    def numbers(self) -> list[Number]:
+        """Label-match P@5 of each direction into the report (of every direction where no
+        modality is a report), and each modality's mean zero-shot AUROC."""
+        levels = {r["metric"]: r for r in self.rows}
+        directions = [key.removesuffix(f".P@{HEADLINE_K}") for key in self.metrics
+                      if key.endswith(f".P@{HEADLINE_K}") and key.count(".") == 1]
+        into_report = [d for d in directions if d.endswith("_to_report")]
+        out = []
+        for direction in into_report or directions:
+            query, _, candidate = direction.partition("_to_")
+            row = levels.get(f"{query}->{candidate} P@{HEADLINE_K}", {})
+            out.append(Number(f"{MODALITY_NAMES.get(query, query)} -> {MODALITY_NAMES.get(candidate, candidate)} "
+                              f"P@{HEADLINE_K} (findings match)", self.metrics[f"{direction}.P@{HEADLINE_K}"],
+                              (("chance", row.get("chance")), ("oracle", row.get("oracle")))))
+        for modality in MODALITY_NAMES:
+            planted = self.metrics.get(f"zeroshot_{modality}.planted_mean")
+            findings = [v for k, v in self.metrics.items() if k.startswith(f"zeroshot_{modality}.")
+                        and not k.endswith("planted_mean")]
+            if planted is not None:
+                out.append(Number(f"zero-shot {MODALITY_NAMES[modality]} AUROC (planted findings)", planted,
+                                  (("chance", 0.5),)))
+            elif findings:
+                out.append(Number(f"zero-shot {MODALITY_NAMES[modality]} AUROC (mean of {len(findings)} findings)",
+                                  float(np.mean(findings)), (("chance", 0.5),)))
+        return out
 
     def __str__(self) -> str:  # what the command prints
-        lines = ["", "Test-split metrics (held-out patients) beside chance and oracle:", "", self.table, "",
-                 f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
+        notes = self.table.rsplit("\n\n", 1)[1].splitlines() if "\n\n" in self.table else []
         if self.model_uri:
-            lines.append(f"Registered model: {self.registered_name} ({self.model_uri})")
-        lines.append("Open the dashboard with `make mlflow` (http://127.0.0.1:5000).")
-        return "\n".join(lines)
+            notes.append(f"registered model: {self.registered_name} ({self.model_uri})")
+        if self.n_skipped:
+            notes.append(f"skipped studies with unreadable files: {self.n_skipped}")
+        return headline("test split (held-out patients)", self.numbers(), run_id=self.run_id,
+                        tracking_uri=self.tracking_uri, table="results/test_metrics.json", notes=notes)
+
+
+class TrainingBar(RichProgressBar):
+    """Lightning's rich bar on stderr (stdout carries the command's results), without the
+    logger's version number (the run id's tail) among the metrics."""
+
+    def __init__(self):
+        super().__init__(refresh_rate=1, console_kwargs={"stderr": True})
+
+    def get_metrics(self, trainer, pl_module):
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        return metrics
+
+
+def progress_callbacks(callbacks: Sequence[Callback] = ()) -> dict:
+    """The trainer arguments of the training bar: ``callbacks`` plus :class:`TrainingBar`
+    where bars are on (:func:`medmm.console.progress_enabled`: a terminal, or
+    ``MEDMM_PROGRESS=1``), else no bar (Lightning draws its own even into a log file).
+    ``L.Trainer(..., **progress_callbacks([checkpoint]))``."""
+    shown = progress_enabled()
+    return {"callbacks": [*callbacks, TrainingBar()] if shown else list(callbacks), "enable_progress_bar": shown}
 
 
 def checkpoint_position(path: Path) -> tuple[int, int] | None:
@@ -141,6 +201,8 @@ class TrackedRunLogger(MLFlowLogger):
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
                  run_id: str | None = None):
+        adopt_library_loggers()  # Lightning, imported by now, added its own log handlers
+        ensure_experiment(MlflowClient(tracking_uri), experiment, tracking_uri)
         super().__init__(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
                          run_id=run_id, artifact_location=artifact_location(tracking_uri))
         self._mlflow_client = NoRepeatClient(tracking_uri, run_id)
@@ -173,8 +235,8 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path, precision: PrecisionChoic
                              enable_version_counter=False)
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
-        num_nodes=cfg.trainer.num_nodes,
-        precision=choice.precision, logger=logger, callbacks=[best, newest, EpochSeededRandomness(cfg.seed)],
+        num_nodes=cfg.trainer.num_nodes, precision=choice.precision, logger=logger,
+        **progress_callbacks([best, newest, EpochSeededRandomness(cfg.seed)]),
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
@@ -213,8 +275,11 @@ def _resume_point(cfg, state: dict, tracking_uri: str, new_run: bool) -> str:
 def start_or_resume_run(cfg, resume: bool | str):
     """Seed, threads and the MLflow run of a training run: a new run, or with ``resume`` the
     run and newest readable checkpoint that ``output_dir``'s run state names (``resume="new"``:
-    that checkpoint in a new MLflow run). Returns (logger, tracking_uri, checkpoint to resume
-    from or None, run folder)."""
+    that checkpoint in a new MLflow run). A new run is named ``tracking.run_name``, else after
+    the workflow (``pretrain``, or ``ptunifier`` for a ``kind: ptunifier`` config), the cohort
+    and the time (:func:`medmm.tracking.pipeline_run.run_name`). Returns (logger, tracking_uri,
+    checkpoint to resume from or None, run folder)."""
+    name = run_name(cfg, "ptunifier" if getattr(cfg, "kind", None) == "ptunifier" else "pretrain")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -229,7 +294,7 @@ def start_or_resume_run(cfg, resume: bool | str):
         state = json.loads(state_path.read_text())
         ckpt_path = _resume_point(cfg, state, tracking_uri, new_run=resume == "new")
         if resume == "new":
-            logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+            logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, name)
             MlflowClient(tracking_uri).set_tag(logger.run_id, CONTINUES_TAG, state["run_id"])
             print(f"continuing MLflow run {state['run_id']} in a new run {logger.run_id} from {ckpt_path}")
         else:
@@ -237,7 +302,7 @@ def start_or_resume_run(cfg, resume: bool | str):
             MlflowClient(tracking_uri).update_run(state["run_id"], status="RUNNING")
             print(f"resuming MLflow run {state['run_id']} from {ckpt_path}")
     else:
-        logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name)
+        logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, name)
     remember_open_run(tracking_uri, logger.run_id)
     run_dir = output_dir / logger.run_id
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from medmm.config.core import ConfigError, StrictModel, load_yaml
+from medmm.console import progress
 from medmm.data.tokenizer import load_tokenizer
 from medmm.io.errors import MedmmInputError
 from medmm.models.ptunifier import (
@@ -40,12 +41,13 @@ from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 
 
 @torch.no_grad()
-def embed_loader(model, loader, modalities: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def embed_loader(model, loader, modalities: tuple[str, ...], description: str = "embed studies"
+                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     model.eval()
     out: dict[str, list[np.ndarray]] = {m: [] for m in modalities}
     labels, indices = [], []
     device = next(model.parameters()).device
-    for batch in loader:
+    for batch in progress(loader, description):
         batch = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         for m, e in model(batch, modalities).items():
             out[m].append(e.float().cpu().numpy())

@@ -41,8 +41,8 @@ def test_a_wrong_data_root_is_one_line_exit_2_and_no_run_left_running(tmp_path, 
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no_such_cohort" in errors[0], err
     assert "Traceback" not in err
+    # the data root is checked before a run is opened; a run opened before a failure would end FAILED
     runs = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert runs, "the run was opened before the data were read"
     assert all(r.info.status == "FAILED" for r in runs)
     assert all(r.data.tags[FAILURE_TAG].count("\n") == 0 for r in runs)
     assert all(str(missing) not in r.data.tags[FAILURE_TAG] for r in runs)

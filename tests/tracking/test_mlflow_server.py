@@ -52,7 +52,7 @@ def test_every_pipeline_leaves_the_same_shape_on_the_live_server(tracked_runs):
         assert key in report.data.metrics, key
     assert {"figures/report_metrics.png", "figures/report_examples.png", "results/report_metrics.json"} <= \
         _paths(client, runs["report"])
-    assert {"results/retrieval_examples.png"} <= _paths(client, runs["pretrain"])
+    assert {"figures/retrieval_examples.png"} <= _paths(client, runs["pretrain"])
     retrieve = client.get_run(runs["retrieve"]).data.metrics
     assert retrieve["index.n_studies"] > 0 and "index.xray.build_s" in retrieve
     # nothing identifying: no patient / study id in params, tags or the text artifacts of any run

@@ -39,6 +39,7 @@ class EvalResult:
     embeddings: dict[str, np.ndarray] = field(default_factory=dict)
     labels: np.ndarray | None = None
     indices: np.ndarray | None = None
+    zero_shot_scores: dict[str, np.ndarray] = field(default_factory=dict)  # modality -> [N, findings]
 
 
 # Retrieval directions evaluated (query -> candidate), in the order of the result rows.
@@ -188,10 +189,12 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
     metrics.update(extra_metrics)
     rows.extend(extra_rows)
     pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
+    scores_of: dict[str, np.ndarray] = {}
     for modality in ZERO_SHOT_MODALITIES:
         if modality not in emb:
             continue
-        auroc = per_finding_auroc(zero_shot_scores(emb[modality], pos, neg), labels, FINDINGS)
+        scores_of[modality] = zero_shot_scores(emb[modality], pos, neg)
+        auroc = per_finding_auroc(scores_of[modality], labels, FINDINGS)
         ref = reference.get("zero_shot", {}).get(modality, no_levels)
         observable = reference.get("observable", {}).get(modality, [])
         planted = [f for f in FINDINGS if f in observable and auroc[f] is not None]
@@ -204,7 +207,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
             mean = float(np.mean([auroc[f] for f in planted]))
             metrics[f"zeroshot_{modality}.planted_mean"] = mean
             rows.append(_row(f"zero-shot {modality} AUROC mean of planted", mean, 0.5, 1.0))
-    return EvalResult(metrics, rows, emb, labels, indices)
+    return EvalResult(metrics, rows, emb, labels, indices, scores_of)
 
 
 def format_table(rows: list[dict]) -> str:

@@ -11,8 +11,14 @@ from pathlib import Path
 
 from medmm.data.datamodule import PretrainDataModule
 from medmm.data.tokenizer import load_tokenizer
-from medmm.tracking.figures import retrieval_examples_figure, show_cohort_examples
-from medmm.tracking.pipeline_run import finish, log_context, register_with_aliases
+from medmm.io.findings import FINDINGS
+from medmm.tracking.figures import (
+    metric_curves_figure,
+    retrieval_examples_figure,
+    roc_curves_figure,
+    show_cohort_examples,
+)
+from medmm.tracking.pipeline_run import finish, log_context, log_figure, register_with_aliases
 from medmm.tracking.run_context import log_json_artifact
 from medmm.training.lightning_run import (
     PretrainOutcome,
@@ -25,7 +31,7 @@ from medmm.training.precision import (
     step_fingerprint,
     training_step_probe,
 )
-from medmm.workflows.contrastive.config import PretrainConfig
+from medmm.workflows.contrastive.config import PretrainConfig, preflight
 from medmm.workflows.contrastive.evaluation import (
     cohort_reference_levels,
     evaluate_contrastive,
@@ -33,6 +39,7 @@ from medmm.workflows.contrastive.evaluation import (
 )
 from medmm.workflows.contrastive.module import ContrastivePretrainTask
 from medmm.workflows.contrastive.served import log_and_register
+from medmm.workflows.preflight import PAIRED_TRAINING_MINIMUM
 
 
 def _training_loss(task: ContrastivePretrainTask, batch: dict):
@@ -51,7 +58,10 @@ def precision_fingerprint(cfg: PretrainConfig) -> str:
 
 
 def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
+    """Train, evaluate and register; the modalities are the cohort's (``PretrainConfig.modalities``).
+    Every input is checked first (:func:`preflight`): a wrong one fails before a run is opened."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    cfg = preflight(cfg)
     # The text encoder's frozen, cached lower layers stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     clock = {"start": time.perf_counter()}
@@ -60,7 +70,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     ckpt_dir = run_dir / "checkpoints"
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
-                            tokenizer_path=cfg.model.text.model_path)
+                            tokenizer_path=cfg.model.text.model_path, min_studies=PAIRED_TRAINING_MINIMUM)
     dm.setup()
     clock["data"] = time.perf_counter()
     if dm.cohort.skipped:
@@ -70,6 +80,7 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     client = logger.experiment  # logs each metric step once, also across a resume
     log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
     client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
+    client.log_metric(run_id, "data.train_batch_size", dm.train_batch_size)
     for split in ("train", "val", "test"):
         client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
 
@@ -104,7 +115,14 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
         fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), result.labels,
                                         result.embeddings["xray"][:4] @ result.embeddings["report"].T,
                                         list(dm.cohort.report_text[idx]), result.labels)
-        client.log_figure(run_id, fig, "results/retrieval_examples.png")
+        log_figure(client, run_id, fig, "retrieval_examples")
+    for modality, scores in result.zero_shot_scores.items():
+        log_figure(client, run_id, roc_curves_figure(result.labels, scores, FINDINGS,
+                                                     f"zero-shot {modality} classification, held-out split"),
+                   f"zeroshot_roc_{modality}")
+    curves = metric_curves_figure(client, run_id)
+    if curves is not None:
+        log_figure(client, run_id, curves, "metric_curves")
     model_uri = None
     if cfg.tracking.register_model:
         # registered here (not by log_model) so that every pipeline's versions get the same aliases
@@ -114,4 +132,4 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     finish(client, run_id)
     timing = ", ".join(f"{k[5:-2]} {v:.0f} s" for k, v in timings.items())
     return PretrainOutcome(run_id, tracking_uri, result.metrics, f"{table}\n\ntime: {timing}", model_uri,
-                           len(dm.cohort.skipped), cfg.tracking.registered_name)
+                           len(dm.cohort.skipped), cfg.tracking.registered_name, rows=result.rows)

@@ -24,13 +24,19 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from torch.utils.data import DataLoader
 
 from medmm.config.core import ConfigError
+from medmm.console import Number, headline, progress
 from medmm.data.config import DataConfig
 from medmm.data.datamodule import PretrainDataModule, StudyCollate, StudyDataset
 from medmm.data.vqa import ANSWERS, effusion_sides, study_questions, target_matrix
 from medmm.io.findings import FINDINGS
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.metrics.zeroshot import per_finding_auroc
-from medmm.tracking.figures import grouped_bars_figure
+from medmm.tracking.figures import (
+    confusion_matrices_figure,
+    grouped_bars_figure,
+    metric_curves_figure,
+    roc_curves_figure,
+)
 from medmm.tracking.pipeline_run import (
     finish,
     lightning_logger,
@@ -39,11 +45,15 @@ from medmm.tracking.pipeline_run import (
     log_json,
     log_metrics,
     register_with_aliases,
+    run_name,
 )
-from medmm.tracking.run_context import default_tracking_uri, source_tag
+from medmm.tracking.run_context import source_tag
+from medmm.tracking.store import default_tracking_uri
+from medmm.training.lightning_run import progress_callbacks
 from medmm.workflows.finetune.config import FinetuneConfig
 from medmm.workflows.finetune.module import FinetuneTask, label_subset
 from medmm.workflows.finetune.served import log_finetuned_model
+from medmm.workflows.preflight import CohortNeeds, check_before_run, decoded_cohort_outputs
 from medmm.workflows.pretrained import Backbone, load_pretrained
 
 
@@ -59,12 +69,18 @@ class FinetuneOutcome:
     registered_name: str | None = None
 
     def __str__(self) -> str:  # what the command prints
-        lines = ["", f"{self.task} ({self.family} checkpoint), held-out split:", ""]
-        lines += [f"  {name:32s} {value:.3f}" for name, value in self.metrics.items()]
-        lines += ["", f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
-        if self.model_uri:
-            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
-        return "\n".join(lines)
+        # each task's headline metrics: (label, chance level where one holds for any cohort)
+        wanted = {"auroc.macro": ("macro AUROC over findings", 0.5),
+                  "xray_to_report.P@5": ("X-ray -> report P@5 (findings match)", None),
+                  "report_to_xray.P@5": ("report -> X-ray P@5 (findings match)", None),
+                  "closed_balanced_accuracy": ("closed questions, balanced accuracy", 0.5),
+                  "abnormal_auroc": ("'what is abnormal?' AUROC", 0.5)}
+        numbers = [Number(label, self.metrics[key], (("chance", chance),))
+                   for key, (label, chance) in wanted.items() if self.metrics.get(key) is not None]
+        notes = [f"registered model: {self.registered_name} version {self.version} ({self.model_uri})"] \
+            if self.model_uri else []
+        return headline(f"{self.task} from a {self.family} checkpoint, held-out split", numbers, run_id=self.run_id,
+                        tracking_uri=self.tracking_uri, table="results/test_metrics.json", notes=notes)
 
 
 class QuestionCollate:
@@ -123,14 +139,15 @@ def _study_loader(dm, cfg: FinetuneConfig, indices: np.ndarray, train: bool, see
                       generator=torch.Generator().manual_seed(seed) if train else None)
 
 
-def evaluate(task, loader, cfg: FinetuneConfig) -> dict[str, float]:
+def evaluate(task, loader, cfg: FinetuneConfig) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Held-out metrics: macro / per-finding AUROC (classification), R@k and label P@k both
     ways (retrieval), accuracy and balanced accuracy of closed answers and AUROC of the
-    findings named for "What is abnormal?" (VQA)."""
+    findings named for "What is abnormal?" (VQA); and what the figures draw (findings'
+    labels and logits; closed answers' truth and prediction)."""
     task.eval()
     outs, targets, labels, kinds, imgs, txts = [], [], [], [], [], []
     with torch.no_grad():
-        for batch in loader:
+        for batch in progress(loader, "evaluate"):
             labels.append(batch["labels"].numpy())
             if cfg.task == "retrieval":
                 i, t = task.backbone.retrieval_embeddings(batch["xray"], batch["report_ids"], batch["report_mask"])
@@ -146,13 +163,13 @@ def evaluate(task, loader, cfg: FinetuneConfig) -> dict[str, float]:
         sim = np.concatenate(imgs) @ np.concatenate(txts).T
         m = {f"xray_to_report.{k}": v for k, v in retrieval_metrics(sim, lab, lab).items()}
         m.update({f"report_to_xray.{k}": v for k, v in retrieval_metrics(sim.T, lab, lab).items()})
-        return m
+        return m, {}
     logits = np.concatenate(outs)
     if cfg.task in ("image_classification", "text_classification"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             auc = per_finding_auroc(logits, lab, FINDINGS)
-        return {f"auroc.{k}": v for k, v in auc.items() if v is not None}
+        return {f"auroc.{k}": v for k, v in auc.items() if v is not None}, {"labels": lab, "logits": logits}
     tgt, kinds = np.concatenate(targets), np.array(kinds)
     closed = kinds == "closed"
     truth = tgt[closed, 1].astype(int)  # 1 = yes
@@ -168,7 +185,24 @@ def evaluate(task, loader, cfg: FinetuneConfig) -> dict[str, float]:
         m["abnormal_auroc"] = auc["macro"]
     predicted_sets = logits[ab] > 0
     m["abnormal_exact_match"] = float((predicted_sets == tgt[ab].astype(bool)).all(1).mean())
-    return m
+    return m, {"closed_truth": truth, "closed_predicted": pred}
+
+
+def log_held_out_figures(client, run_id: str, cfg: FinetuneConfig, held_out: dict[str, np.ndarray]) -> None:
+    """Confusion matrices of the held-out predictions (a finding is predicted present at
+    probability 0.5, logit 0; a closed question's answer is the larger logit) and, for
+    classification, ROC curves per finding."""
+    if "logits" in held_out:
+        labels, logits = held_out["labels"], held_out["logits"]
+        log_figure(client, run_id, confusion_matrices_figure(
+            labels, logits > 0, FINDINGS, title=f"{cfg.task}, held-out split (present: probability > 0.5)"),
+                   "confusion_matrices")
+        log_figure(client, run_id, roc_curves_figure(labels, logits, FINDINGS, f"{cfg.task}, held-out split"),
+                   "roc_curves")
+    if "closed_truth" in held_out:
+        log_figure(client, run_id, confusion_matrices_figure(
+            held_out["closed_truth"], held_out["closed_predicted"], ["closed questions (yes / no)"], ("no", "yes"),
+            "VQA, held-out split"), "confusion_matrices")
 
 
 def run(cfg: FinetuneConfig) -> FinetuneOutcome:
@@ -176,6 +210,10 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     if cfg.checkpoint is None:
         raise ConfigError("checkpoint is required: checkpoint=<exported model folder or MLflow URI>")
+    check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
+                     cohort=CohortNeeds(cfg.data.root, ("xray", "report"), {"train": 1, "test": 1},
+                                        limit_studies=cfg.data.limit_studies, why=f"fine-tuning ({cfg.task})"),
+                     pretrained=cfg.checkpoint, pretrained_setting="checkpoint")
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.threads:
@@ -213,7 +251,7 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
 
     itc_t = getattr(getattr(pre, "loss", None), "itc_temperature", 0.1)
     task = FinetuneTask(cfg, Backbone(family, model, itc_t), len(outputs), prompts_trainable)
-    logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
+    logger = lightning_logger(cfg.tracking.experiment, run_name(cfg, "finetune"), tracking_uri)
     run_id = logger.run_id
     client = MlflowClient(tracking_uri)
     log_context(client, run_id, "finetune", cfg, dm.manifest, dm.cohort.skipped)
@@ -226,15 +264,19 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
         trainer = L.Trainer(max_epochs=cfg.epochs, accelerator="cpu" if not torch.cuda.is_available() else "auto",
                             logger=logger, enable_checkpointing=False, enable_model_summary=False,
                             num_sanity_val_steps=0, log_every_n_steps=5, limit_train_batches=cfg.limit_train_batches,
-                            gradient_clip_val=1.0, limit_val_batches=0)
+                            gradient_clip_val=1.0, limit_val_batches=0, **progress_callbacks())
         trainer.fit(task, train_dataloaders=train_loader)
     train_s = time.perf_counter() - start
-    metrics = evaluate(task, test_loader, cfg)
+    metrics, held_out = evaluate(task, test_loader, cfg)
     log_metrics(client, run_id, metrics, prefix="test.")
     log_metrics(client, run_id, {"time.total_s": time.perf_counter() - start, "time.train_s": train_s})
     log_json(client, run_id, "test_metrics.json", metrics)
     log_figure(client, run_id, grouped_bars_figure({f"{cfg.task} ({family} checkpoint)": metrics}, list(metrics),
                                                    f"fine-tuned {cfg.task} on the held-out split"), "test_metrics")
+    log_held_out_figures(client, run_id, cfg, held_out)
+    curves = metric_curves_figure(client, run_id)
+    if curves is not None:
+        log_figure(client, run_id, curves, "metric_curves")
     model_uri = version = None
     if cfg.tracking.register_model:
         model_uri = log_finetuned_model(run_id, task, cfg, pre, outputs, prompts_trainable)

@@ -17,6 +17,15 @@ from medmm.models.ptunifier import PTUnifierModelConfig
 from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.training.config import TrainerConfig
 from medmm.workflows.contrastive.config import TrackingConfig
+from medmm.workflows.preflight import (
+    PAIRED_TRAINING_MINIMUM,
+    CohortNeeds,
+    check_before_run,
+    decoded_cohort_outputs,
+)
+
+# PTUnifier pairs an image with its report (ITM, MLM, ITC); other modalities of a cohort are not read
+MODALITIES = ("xray", "report")
 
 
 class PTUnifierLossConfig(StrictModel):
@@ -54,3 +63,12 @@ class PTUnifierPretrainConfig(StrictModel):
     tracking: TrackingConfig = TrackingConfig(experiment="medmm-ptunifier", register_model=True,
                                               registered_name="medmm-ptunifier")
     examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)
+
+
+def preflight(cfg: PTUnifierPretrainConfig) -> None:
+    """Every check before anything is built (:mod:`medmm.workflows.preflight`), in seconds: the
+    cohort has X-rays and reports (its other modalities are not used) and enough studies per
+    split, the output and cache folders and the tracking store can be written."""
+    needs = CohortNeeds(cfg.data.root, MODALITIES, PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
+                        why="PTUnifier pretraining (X-ray + report pairs)")
+    check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir), cohort=needs)

@@ -21,10 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medmm.console import progress
 from medmm.data.datamodule import PretrainDataModule
+from medmm.data.prompts import ZERO_SHOT_PROMPTS
+from medmm.data.tokenizer import load_tokenizer
+from medmm.io.findings import FINDINGS
 from medmm.metrics.retrieval import retrieval_metrics
-from medmm.models.ptunifier import itc_embeddings
-from medmm.tracking.figures import retrieval_examples_figure, show_cohort_examples
+from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
+from medmm.models.ptunifier import itc_embeddings, itc_text_embeddings
+from medmm.tracking.figures import (
+    metric_curves_figure,
+    retrieval_examples_figure,
+    roc_curves_figure,
+    show_cohort_examples,
+)
 from medmm.tracking.pipeline_run import (
     finish,
     log_context,
@@ -38,8 +48,9 @@ from medmm.training.lightning_run import (
     checkpointing_trainer,
     start_or_resume_run,
 )
+from medmm.workflows.preflight import PAIRED_TRAINING_MINIMUM
 from medmm.workflows.pretrained import save_pretrained_folder
-from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig, preflight
 from medmm.workflows.ptunifier.module import PTUnifierPretrainTask
 from medmm.workflows.ptunifier.served import log_pretrained_embedder
 
@@ -51,13 +62,28 @@ def export_model(model, cfg, folder: Path) -> Path:
     return save_pretrained_folder(model, cfg, folder)
 
 
+def prompt_itc_embeddings(model, tokenizer, max_tokens: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positive / negative zero-shot prompt embeddings [findings, prompts, d] on the ITC text
+    side, in FINDINGS order (the prompts of the contrastive evaluation)."""
+    device = next(model.parameters()).device
+
+    def embed(texts: list[str]) -> np.ndarray:
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        with torch.no_grad():
+            out = itc_text_embeddings(model, enc["input_ids"].to(device), enc["attention_mask"].to(device))
+        return out.float().cpu().numpy()
+
+    return (np.stack([embed(ZERO_SHOT_PROMPTS[f]["pos"]) for f in FINDINGS]),
+            np.stack([embed(ZERO_SHOT_PROMPTS[f]["neg"]) for f in FINDINGS]))
+
+
 def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
     """Held-out retrieval from ITC embeddings: X-ray -> report and report -> X-ray. Returns
     (metrics, image embeddings, text embeddings, labels, cohort indices of the rows)."""
     model.eval()
     imgs, txts, labels, indices = [], [], [], []
     with torch.no_grad():
-        for batch in loader:
+        for batch in progress(loader, "evaluate"):
             i, t = itc_embeddings(model, batch["xray"], batch["report_ids"], batch["report_mask"])
             imgs.append(i.numpy())
             txts.append(t.numpy())
@@ -72,13 +98,14 @@ def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
 
 def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    preflight(cfg)  # a wrong input fails here, in seconds, before a run is opened
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     start = time.perf_counter()
     logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
     run_id = logger.run_id
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
-                            tokenizer_path=cfg.model.text.model_path)
+                            tokenizer_path=cfg.model.text.model_path, min_studies=PAIRED_TRAINING_MINIMUM)
     dm.setup()
     data_s = time.perf_counter() - start
     for s in dm.cohort.skipped:
@@ -86,6 +113,7 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
     client = logger.experiment  # logs each metric step once, also across a resume
     log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
     log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
+                                 "data.train_batch_size": dm.train_batch_size,
                                  **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
 
     task = PTUnifierPretrainTask(cfg)
@@ -96,6 +124,11 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
     export = export_model(task.model, cfg, run_dir / EXPORT_DIR)
     client.log_artifacts(run_id, str(export), artifact_path="model_export")
     metrics, img, txt, labels, idx = itc_retrieval(task.model, dm.test_dataloader())
+    pos, neg = prompt_itc_embeddings(task.model, load_tokenizer(cfg.model.text.model_path), cfg.model.text.max_tokens)
+    zero_shot = zero_shot_scores(img, pos, neg)
+    for finding, auroc in per_finding_auroc(zero_shot, labels, FINDINGS).items():
+        if auroc is not None:
+            metrics[f"zeroshot_xray.{finding}"] = auroc
     eval_s = time.perf_counter() - start - data_s - train_s
     step = int(trainer.global_step)
     log_metrics(client, run_id, {"time.data_s": data_s, "time.train_s": train_s, "time.eval_s": eval_s})
@@ -105,6 +138,12 @@ def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
         fig = retrieval_examples_figure(dm.cohort.xray[idx[:4]].astype("float32"), labels, img[:4] @ txt.T,
                                         list(dm.cohort.report_text[idx]), labels)
         log_figure(client, run_id, fig, "retrieval_examples")
+    log_figure(client, run_id, roc_curves_figure(labels, zero_shot, FINDINGS,
+                                                 "zero-shot X-ray classification (ITC prompts), held-out split"),
+               "zeroshot_roc_xray")
+    curves = metric_curves_figure(client, run_id)
+    if curves is not None:
+        log_figure(client, run_id, curves, "metric_curves")
     model_uri = None
     if cfg.tracking.register_model:
         # the exported (final) weights, as the contrastive pretraining registers its model; the

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 
+from medmm.console import progress
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.report.config import ReportConfig
@@ -66,7 +67,7 @@ def generate_reports(model, loader, tokenizer, *, num_beams: int, max_new_tokens
     """Generated report text and cohort indices for every study of ``loader``."""
     model.eval()
     texts, index = [], []
-    for batch in loader:
+    for batch in progress(loader, "generate reports"):
         ids = model.generate(batch, bos=tokenizer.cls_token_id, eos=tokenizer.sep_token_id,
                              pad=tokenizer.pad_token_id, num_beams=num_beams, max_new_tokens=max_new_tokens,
                              no_repeat_ngram_size=no_repeat_ngram_size)

@@ -27,12 +27,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
 from medmm.config.core import ConfigError
+from medmm.console import Number, headline
 from medmm.data.datamodule import PretrainDataModule
 from medmm.io.errors import MedmmInputError
 from medmm.io.labeler import label_report
 from medmm.metrics.report_generation import report_generation_metrics
 from medmm.models.heads.report_decoder import ReportGenerator
-from medmm.tracking.figures import show_cohort_examples
+from medmm.tracking.figures import metric_curves_figure, show_cohort_examples
 from medmm.tracking.pipeline_run import (
     finish,
     lightning_logger,
@@ -42,10 +43,14 @@ from medmm.tracking.pipeline_run import (
     log_json,
     log_metrics,
     register_with_aliases,
+    run_name,
     start_run,
 )
-from medmm.tracking.run_context import default_tracking_uri, source_tag
+from medmm.tracking.run_context import source_tag
 from medmm.tracking.saved_model import load_saved_model, served_model
+from medmm.tracking.store import default_tracking_uri
+from medmm.training.lightning_run import progress_callbacks
+from medmm.workflows.preflight import CohortNeeds, check_before_run, decoded_cohort_outputs
 from medmm.workflows.pretrained import embed_texts, load_pretrained
 from medmm.workflows.report.config import ReportConfig
 from medmm.workflows.report.figures import examples_figure, metrics_figure
@@ -74,11 +79,18 @@ class ReportOutcome:
     registered_name: str | None = None
 
     def __str__(self) -> str:  # what the command prints
-        lines = ["", f"Report generation on the '{self.split}' split (held-out patients):", "", self.table, "",
-                 f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
-        if self.version:
-            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
-        return "\n".join(lines)
+        # the model's decoding with the best clinical-efficacy F1, beside both baselines
+        decodings = [system for system in self.metrics if system.startswith("model")]
+        best = max(decodings, key=lambda system: self.metrics[system].get("ce_f1") or 0.0, default=None)
+        baselines = {"nearest-report baseline": "nearest_neighbour", "most-frequent baseline": "most_frequent"}
+        numbers = [Number(f"{label} ({best.removeprefix('model_')})", self.metrics[best][key],
+                          tuple((name, self.metrics.get(system, {}).get(key)) for name, system in baselines.items()))
+                   for key, label in (("bleu4", "BLEU-4"), ("rouge_l", "ROUGE-L"), ("ce_f1", "findings F1"))
+                   if best is not None and self.metrics[best].get(key) is not None]
+        notes = [f"registered model: {self.registered_name} version {self.version} ({self.model_uri})"] \
+            if self.version else []
+        return headline(f"report generation, '{self.split}' split (held-out patients)", numbers, run_id=self.run_id,
+                        tracking_uri=self.tracking_uri, table="results/report_metrics.txt", notes=notes)
 
 
 def _data_module(cfg: ReportConfig, pretrain_cfg):
@@ -149,7 +161,7 @@ def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) ->
     log_figure(client, run_id, metrics_figure(metrics, HEADLINE), "report_metrics")
     if log_text:  # report text is the cohort's own data: on for the demo or where the user turns it on
         log_json(client, run_id, "report_examples.json", examples)
-        log_figure(client, run_id, examples_figure(examples[:4]), "report_examples")
+        log_figure(client, run_id, examples_figure(examples[:4], split), "report_examples")
     return table
 
 
@@ -159,6 +171,12 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     transformers.logging.set_verbosity_error()  # the decoder's new cross-attention weights are expected
     if cfg.pretrained.source is None:
         raise ConfigError("pretrained.source is required: an MLflow model URI or a folder of a pretraining model")
+    check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
+                     cohort=CohortNeeds(cfg.data.root, ("xray", "report") + (("ecg",) if cfg.decoder.use_ecg else ()),
+                                        {"train": 1, "val": 1, cfg.eval.split: 1},
+                                        limit_studies=cfg.data.limit_studies,
+                                        why="report generation" + (" (decoder.use_ecg)" if cfg.decoder.use_ecg else "")),
+                     pretrained=cfg.pretrained.source, pretrained_tracking_uri=cfg.pretrained.tracking_uri)
     clock = {"start": time.perf_counter()}
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
@@ -166,7 +184,8 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
                                  tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
-    logger = lightning_logger(cfg.tracking.experiment, cfg.tracking.run_name, tracking_uri)
+    cfg.check_pretrained_encoders(pretrained.model.modalities)  # before a run is opened
+    logger = lightning_logger(cfg.tracking.experiment, run_name(cfg, "report"), tracking_uri)
     run_id = logger.run_id
     client = logger.experiment
     dm = _data_module(cfg, pretrained.config)
@@ -188,11 +207,11 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
     precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
     trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
-                        devices=cfg.trainer.devices, precision=precision, logger=logger, callbacks=[best],
+                        devices=cfg.trainer.devices, precision=precision, logger=logger,
                         log_every_n_steps=cfg.trainer.log_every_n_steps,
                         limit_train_batches=cfg.trainer.limit_train_batches,
                         gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
-                        num_sanity_val_steps=0, enable_progress_bar=False)
+                        num_sanity_val_steps=0, **progress_callbacks([best]))
     trainer.fit(task, datamodule=dm)
     if best.best_model_path:  # evaluate and register the epoch with the lowest validation loss
         state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
@@ -207,6 +226,9 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     log_metrics(client, run_id, {"time.data_s": clock["data"] - clock["start"],
                                  "time.train_s": clock["train"] - clock["data"],
                                  "time.eval_s": clock["eval"] - clock["train"]})
+    curves = metric_curves_figure(client, run_id)
+    if curves is not None:
+        log_figure(client, run_id, curves, "metric_curves")
     model_uri = version = None
     if cfg.tracking.register_model:
         model_uri = log_report_model(run_id, generator, cfg, pretrained.config)
@@ -236,7 +258,7 @@ def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
         raise ConfigError("pretrained.source is required for the nearest-neighbour baseline")
     pretrained = load_pretrained(source, cfg.pretrained.kind, tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
     cfg = cfg.model_copy(update={"decoder": wrapper.cfg.decoder})
-    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name, "report-evaluate")
+    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, run_name(cfg, "report-evaluate"), "report-evaluate")
     dm = _data_module(cfg, wrapper.pretrain_cfg)
     log_context(client, run_id, "report-evaluate", cfg, dm.manifest, dm.cohort.skipped)
     client.set_tag(run_id, "evaluated_model", source_tag(model_uri, cfg))

@@ -22,12 +22,14 @@ from sklearn.decomposition import PCA
 
 from medmm.cohort.manifest import Manifest
 from medmm.config.core import ConfigError
+from medmm.console import Number, headline
 from medmm.data.datamodule import PretrainDataModule
 from medmm.data.inputs import input_batch
 from medmm.io.errors import MedmmInputError
 from medmm.io.findings import FINDINGS
 from medmm.metrics.retrieval import retrieval_metrics
 from medmm.retrieval.index import IndexParams, StudyIndex
+from medmm.tracking.figures import retrieval_examples_figure, show_cohort_examples
 from medmm.tracking.pipeline_run import (
     finish,
     log_cohort_summary,
@@ -35,9 +37,12 @@ from medmm.tracking.pipeline_run import (
     log_figure,
     log_json,
     log_metrics,
+    run_name,
     start_run,
 )
-from medmm.tracking.run_context import default_tracking_uri, source_tag
+from medmm.tracking.run_context import source_tag
+from medmm.tracking.store import default_tracking_uri
+from medmm.workflows.preflight import CohortNeeds, check_before_run, decoded_cohort_outputs
 from medmm.workflows.pretrained import embed_loader, load_pretrained
 from medmm.workflows.retrieve.config import RetrieveConfig
 
@@ -50,10 +55,17 @@ class BuildOutcome:
     metrics: dict[str, float]
 
     def __str__(self) -> str:  # what the command prints
-        lines = [f"index of {int(self.metrics['index.n_studies'])} studies written to {self.index_path}"]
-        lines += [f"  {name}: {value:.4g}" for name, value in sorted(self.metrics.items())]
-        lines += [f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
-        return "\n".join(lines)
+        # the test split's retrieval through the stored index (a check that it answers as the embeddings do)
+        numbers = []
+        for key, value in self.metrics.items():
+            if key.startswith("test."):  # test.<query>_to_<candidate>.<metric>
+                direction, _, metric = key.removeprefix("test.").rpartition(".")
+                label = f"test {direction.replace('_to_', ' -> ')} {metric.replace('_at_', '@')} (through the index)"
+                numbers.append(Number(label, value))
+        notes = [f"index of {int(self.metrics['index.n_studies'])} studies written to {self.index_path} "
+                 f"(embedding took {self.metrics.get('time.embed_s', float('nan')):.0f} s)"]
+        return headline("retrieval index built", numbers, run_id=self.run_id, tracking_uri=self.tracking_uri,
+                        table="results/index_meta.json", notes=notes)
 
 
 def _params(cfg: RetrieveConfig):
@@ -72,12 +84,20 @@ def _load_model(cfg: RetrieveConfig, tracking_uri: str):
 
 def build(cfg: RetrieveConfig) -> BuildOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    facts = check_before_run(cfg.tracking.uri,
+                             output_dirs=decoded_cohort_outputs(cfg.data, cfg.index.path, "index.path"),
+                             cohort=CohortNeeds(cfg.data.root, ("xray",), limit_studies=cfg.data.limit_studies,
+                                                why="a retrieval index"),
+                             pretrained=cfg.pretrained.source, pretrained_tracking_uri=cfg.pretrained.tracking_uri,
+                             needs_pretrained=True)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = _load_model(cfg, tracking_uri)
+    # the model's encoders and the cohort's files decide what is indexed, before a run is opened
+    modalities = cfg.index.resolve(pretrained.model.modalities, facts.modalities)
     pcfg = pretrained.config
     data = cfg.data.model_copy(update={"image_size": pcfg.data.image_size, "ecg_fs": pcfg.data.ecg_fs,
                                        "augment": False})
-    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, cfg.tracking.run_name, "retrieve")
+    client, run_id, _ = start_run(tracking_uri, cfg.tracking.experiment, run_name(cfg, "retrieve"), "retrieve")
     dm = PretrainDataModule(data, max_tokens=pcfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=pcfg.model.text.model_path)
     dm.setup()
@@ -85,9 +105,9 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
     manifest_sha = dm.manifest.content_hash()
     client.set_tag(run_id, "pretrained_weights_sha256", pretrained.weights_sha256)
     client.set_tag(run_id, "pretrained_source", source_tag(pretrained.source, cfg))
+    client.set_tag(run_id, "index_modalities", ",".join(modalities))
 
     start = time.perf_counter()
-    modalities = tuple(cfg.index.modalities)
     parts, index_parts = [], []
     for split in ("train", "val", "test"):
         if len(dm.cohort.indices(split)):
@@ -120,6 +140,14 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
         _log_test_embeddings(client, run_id, embeddings, dm.cohort.labels[order][test], test)
         log_figure(client, run_id, embedding_map_figure(embeddings[modalities[0]][test], dm.cohort.labels[order][test],
                                                         modalities[0]), "embedding_map")
+    if {"xray", "report"} <= set(modalities) and len(test) > 1 and \
+            show_cohort_examples(getattr(cfg, "examples_figure", None), cfg.data.root):
+        # the gallery shows the cohort's X-rays and report text: the demo's, or where the user turns it on
+        rows = order[test]
+        log_figure(client, run_id, retrieval_examples_figure(
+            dm.cohort.xray[rows[:4]].astype("float32"), dm.cohort.labels[rows],
+            embeddings["xray"][test[:4]] @ embeddings["report"][test].T, [str(t) for t in dm.cohort.report_text[rows]],
+            dm.cohort.labels[rows]), "retrieval_examples")
     log_json(client, run_id, "index_meta.json", {k: v for k, v in index.meta.items() if k != "pretrained_source"}
              | {"pretrained_source": source_tag(pretrained.source, cfg)})
     finish(client, run_id)

@@ -24,11 +24,17 @@ import torch
 from monai.utils import set_determinism
 
 from medmm.config.core import ConfigError
+from medmm.console import Number, headline
 from medmm.data.segmentation import load_volume_cohort, model_input, read_input_volume
 from medmm.io.errors import MedmmInputError
 from medmm.metrics.segmentation import POLICY, summarise
 from medmm.models.registry import create_model
-from medmm.tracking.figures import grouped_bars_figure
+from medmm.tracking.figures import (
+    grouped_bars_figure,
+    metric_curves_figure,
+    segmentation_overlays_figure,
+    show_cohort_examples,
+)
 from medmm.tracking.pipeline_run import (
     finish,
     log_context,
@@ -36,10 +42,13 @@ from medmm.tracking.pipeline_run import (
     log_json,
     log_metrics,
     register_with_aliases,
+    run_name,
     save_weights,
     start_run,
 )
-from medmm.tracking.run_context import default_tracking_uri, log_json_artifact
+from medmm.tracking.run_context import log_json_artifact
+from medmm.tracking.store import default_tracking_uri
+from medmm.workflows.preflight import CohortNeeds, check_before_run
 from medmm.workflows.segment.config import SegmentConfig
 from medmm.workflows.segment.served import log_segmenter, segmenter_from_files
 from medmm.workflows.segment.training import (
@@ -59,19 +68,39 @@ class SegmentOutcome:
     n_skipped: int
 
     def __str__(self) -> str:  # what the command prints
-        return "\n".join(["", "Test split (held-out cases), Dice / HD95 per class:", "", self.table, "",
-                          f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"])
+        # mean Dice over classes per modality: the text-conditioned variant beside the plain head
+        means = {(r["variant"], r["modality"]): r["dice"] for r in self.summary if r["class"] == "mean"}
+        variants = sorted({v for v, _ in means}, key=lambda v: v != "text")
+        numbers = [Number(f"{modality.upper()} mean Dice, {VARIANT_NAMES.get(variants[0], variants[0])}", value,
+                          tuple((VARIANT_NAMES.get(v, v), means.get((v, modality))) for v in variants[1:]))
+                   for (variant, modality), value in sorted(means.items(), key=lambda kv: kv[0][1])
+                   if variant == variants[0]]
+        notes = [f"skipped cases with unreadable files: {self.n_skipped}"] if self.n_skipped else []
+        return headline("test split (held-out cases)", numbers, run_id=self.run_id, tracking_uri=self.tracking_uri,
+                        table="results/test_table.md", notes=notes)
 
 
 def metric_key(*parts: str) -> str:
     return ".".join(str(p).replace(" ", "_") for p in parts)
 
 
+VARIANT_NAMES = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
+
+
+def loss_curve_group(key: str) -> tuple[str, str]:
+    """Curves panel and line of a metric key: ``<variant>.train_loss.<modality>`` -> the
+    modality's training-loss panel, one line per variant."""
+    parts = key.split(".")
+    if len(parts) == 3 and parts[1] == "train_loss":
+        return f"{parts[2].upper()} training loss", VARIANT_NAMES.get(parts[0], parts[0])
+    return key, key
+
+
 def format_table(summary: list[dict]) -> str:
     """Markdown: one row per modality x class, Dice and HD95 of each variant side by side."""
     variants = sorted({r["variant"] for r in summary}, key=lambda v: v != "text")
-    names = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
-    header = "| modality | class | " + " | ".join(f"Dice {names[v]} | HD95 mm {names[v]}" for v in variants) + " |"
+    header = "| modality | class | " + " | ".join(f"Dice {VARIANT_NAMES[v]} | HD95 mm {VARIANT_NAMES[v]}"
+                                                for v in variants) + " |"
     lines = [header, "|" + "---|" * (2 + 2 * len(variants))]
     keys = sorted({(r["modality"], r["class"]) for r in summary}, key=lambda k: (k[0], k[1] == "mean", k[1]))
     by = {(r["variant"], r["modality"], r["class"]): r for r in summary}
@@ -112,9 +141,12 @@ def _seed(seed: int) -> None:
 
 def train(cfg: SegmentConfig) -> SegmentOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
+                     cohort=CohortNeeds(cfg.data.root, tuple(cfg.data.modalities), study_modality=None,
+                                        why=f"segmentation (data.modalities: {', '.join(cfg.data.modalities)})"))
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
+    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg, "segment"),
                                              "segment")
 
     start = time.perf_counter()
@@ -135,6 +167,12 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     out_dir = Path(cfg.output_dir) / run_id
     to_register, registered = cfg.variant_to_register(), None
     rows: list[dict] = []
+    # the first test case of each modality, drawn with every variant's prediction (images of the
+    # cohort: only where show_cohort_examples allows)
+    shown = {m: cases[0] for m in cfg.data.modalities if (cases := cohort.select("test", m))}
+    if not show_cohort_examples(getattr(cfg, "examples_figure", None), cfg.data.root):
+        shown = {}
+    overlays: dict[str, dict[str, np.ndarray]] = {m: {} for m in shown}
     for variant in cfg.variants:
         _seed(cfg.seed)
         model = create_model(cfg.model.name, cfg.model, class_names=cohort.classes, conditioning=variant)
@@ -149,6 +187,9 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
         t0 = time.perf_counter()
         mask_dir = out_dir / "masks" / variant
         rows += evaluate_cases(model, test_cases, cohort, cfg, variant, mask_dir if cfg.save_test_masks else None)
+        for modality, case in shown.items():
+            overlays[modality][VARIANT_NAMES[variant]] = predict_volume(
+                model, case.image, modality, cfg.data.roi, cfg.trainer.sw_batch_size, cfg.trainer.sw_overlap)
         log_metrics(client, run_id, {metric_key(variant, "time", "train_s"): fit["train_s"],
                                      metric_key(variant, "time", "eval_s"): time.perf_counter() - t0})
         if cfg.save_test_masks and mask_dir.exists():
@@ -168,12 +209,18 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     client.log_text(run_id, table + f"\n\nmetric policy: {POLICY}\n", "results/test_table.md")
     log_json(client, run_id, "test_cases.json", {"test_cases": [{"case": c.case_id, "modality": c.modality,
                                                                  "source": c.source} for c in test_cases]})
-    names = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
-    bars = {names[v]: {f"{r['modality'].upper()} {r['class']}": r["dice"] for r in summary if r["variant"] == v}
-            for v in cfg.variants}
+    bars = {VARIANT_NAMES[v]: {f"{r['modality'].upper()} {r['class']}": r["dice"] for r in summary
+                               if r["variant"] == v} for v in cfg.variants}
     order = sorted({(r["modality"], r["class"]) for r in summary}, key=lambda k: (k[0], k[1] == "mean", k[1]))
     log_figure(client, run_id, grouped_bars_figure(bars, [f"{m.upper()} {c}" for m, c in order],
                                                    "segmentation on the held-out split", "Dice"), "test_dice")
+    if shown:
+        examples = [{"caption": f"{m.upper()} test case #0 of {len(cohort.select('test', m))}", "image": case.image[0],
+                     "label": case.label[0], "predictions": overlays[m]} for m, case in shown.items()]
+        log_figure(client, run_id, segmentation_overlays_figure(examples, cohort.classes), "segmentation_overlays")
+    curves = metric_curves_figure(client, run_id, group=loss_curve_group)
+    if curves is not None:
+        log_figure(client, run_id, curves, "metric_curves")
     log_metrics(client, run_id, {"time.total_s": time.perf_counter() - start})
     if registered is not None and means[to_register]:
         log_metrics(client, run_id, {"test.mean_dice": float(np.mean(means[to_register]))})

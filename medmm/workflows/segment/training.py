@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medmm.console import progress
 from medmm.data.segmentation import (
     VolumeCase,
     VolumeCohort,
@@ -84,7 +85,7 @@ def evaluate_cases(model, cases: list[VolumeCase], cohort: VolumeCohort, cfg, va
                    mask_dir: Path | None = None) -> list[dict]:
     """Per (case, class) Dice / HD95 rows; masks written as NIfTI with the source affine."""
     rows = []
-    for case in cases:
+    for case in progress(cases, f"evaluate {variant}"):
         pred = predict_volume(model, case.image, case.modality, cfg.data.roi, cfg.trainer.sw_batch_size,
                               cfg.trainer.sw_overlap)
         if mask_dir is not None:

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from medmm.console import Number, headline
 from medmm.data.survival import load_bundled, load_pathology_cohort
 from medmm.metrics.survival import (
     bootstrap_ci,
@@ -35,8 +36,10 @@ from medmm.tracking.pipeline_run import (
     log_json,
     log_metrics,
     register_with_aliases,
+    run_name,
     start_run,
 )
+from medmm.workflows.preflight import CohortNeeds, check_before_run
 from medmm.workflows.survival.config import BASELINES, SurvivalConfig
 from medmm.workflows.survival.fit import (
     fit_predict_baseline,
@@ -59,11 +62,21 @@ class SurvivalOutcome:
     registered_name: str | None = None
 
     def __str__(self) -> str:  # what the command prints
-        lines = ["", "Held-out test split:", "", self.table, "",
-                 f"MLflow run id: {self.run_id}", f"Tracking store: {self.tracking_uri}"]
-        if self.model_uri:
-            lines.append(f"Registered model: {self.registered_name} version {self.version} ({self.model_uri})")
-        return "\n".join(lines)
+        # each model's Harrell C beside chance and the best scikit-survival baseline of the run
+        baselines = {name: r["harrell_c"] for name, r in self.results.items() if name in BASELINES}
+        best = max(baselines, key=baselines.get, default=None)
+        models = [name for name in self.results if name not in BASELINES] or list(self.results)
+        numbers = []
+        for name in models:
+            r = self.results[name]
+            ci = f"95% CI {r.get('harrell_c_lo', float('nan')):.3f}-{r.get('harrell_c_hi', float('nan')):.3f}"
+            versus = None if name in BASELINES else baselines.get(best)
+            numbers.append(Number(f"{name} Harrell C ({ci})", r["harrell_c"],
+                                  (("chance", 0.5), (f"best baseline, {best}", versus))))
+        notes = [f"registered model: {self.registered_name} version {self.version} ({self.model_uri})"] \
+            if self.model_uri else []
+        return headline("held-out test split", numbers, run_id=self.run_id, tracking_uri=self.tracking_uri,
+                        table="results/test_metrics.md", notes=notes)
 
 
 def load_data(cfg: SurvivalConfig):
@@ -90,9 +103,13 @@ def format_table(results: dict[str, dict[str, float]], level: float) -> str:
 
 def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    pathology = cfg.data.dataset == "pathology"
+    check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
+                     cohort=CohortNeeds(cfg.data.root, study_modality=None, why="pathology survival") if pathology
+                     else None)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.tracking.run_name,
+    client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg, "survival"),
                                              "survival")
 
     start = clock.perf_counter()

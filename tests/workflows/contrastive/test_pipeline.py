@@ -98,7 +98,9 @@ def test_tiny_pretraining_is_tracked_in_mlflow_and_registered(tiny_cohort, tmp_p
     names = {a.path for a in client.list_artifacts(outcome.run_id, "run")}
     assert {"run/config.yaml", "run/manifest.csv", "run/manifest_sha256.txt", "run/git.json"} <= names
     results = {a.path for a in client.list_artifacts(outcome.run_id, "results")}
-    assert {"results/test_metrics.json", "results/retrieval_examples.png", "results/test_metrics.txt"} <= results
+    assert {"results/test_metrics.json", "results/test_metrics.txt"} <= results
+    figures = {a.path for a in client.list_artifacts(outcome.run_id, "figures")}
+    assert {"figures/retrieval_examples.png", "figures/zeroshot_roc_xray.png", "figures/metric_curves.png"} <= figures
     # nothing identifying leaves the cohort: no patient / study id in params, tags or text artifacts
     texts = _artifact_texts(client, outcome.run_id)
     blob = json.dumps([run.data.params, run.data.tags]) + "".join(texts.values())

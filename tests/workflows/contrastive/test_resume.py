@@ -25,7 +25,7 @@ from medmm.training.lightning_run import (
     latest_readable_checkpoint,
     stored_config,
 )
-from medmm.workflows.contrastive.config import PretrainConfig
+from medmm.workflows.contrastive.config import PretrainConfig, preflight
 from tests.conftest import REPO, TINY_CONFIG, tiny_overrides
 
 EPOCHS = 3
@@ -138,18 +138,17 @@ def test_kill_9_at_any_moment_then_resume_equals_an_uninterrupted_run(tiny_cohor
     assert b.get_run(run_id).info.status == "FINISHED"
 
 
-def test_resume_refuses_contradicting_overrides_and_a_missing_checkpoint(tmp_path, capsys):
-    """Both refusals come before any training: a run state naming a store, a config and an
-    empty checkpoint folder is all they need."""
-    cohort = tmp_path / "cohort"
-    overrides = tiny_overrides(cohort, tmp_path, *EXTRA)
+def test_resume_refuses_contradicting_overrides_and_a_missing_checkpoint(tiny_cohort, tmp_path, capsys):
+    """Both refusals come before any training: a run state naming a store, a config (as
+    resolved for the cohort) and an empty checkpoint folder is all they need."""
+    overrides = tiny_overrides(tiny_cohort, tmp_path, *EXTRA)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(store)
     run_id = client.create_run(client.create_experiment("medmm-tiny")).info.run_id
     checkpoints = tmp_path / "runs" / run_id / "checkpoints"
     checkpoints.mkdir(parents=True)
     (checkpoints / "last.ckpt").write_bytes(b"PK\x03\x04 cut short by a kill")
-    cfg = build_config(PretrainConfig, TINY_CONFIG, overrides)
+    cfg = preflight(build_config(PretrainConfig, TINY_CONFIG, overrides))
     (tmp_path / "runs" / RUN_STATE).write_text(json.dumps(
         {"run_id": run_id, "ckpt_dir": str(checkpoints), "config": stored_config(cfg)}))
 
