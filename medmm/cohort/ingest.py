@@ -46,6 +46,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
+from medmm.cohort.captions import caption_from_labels
 from medmm.cohort.manifest import file_sha256
 from medmm.cohort.scan import (
     RECORD_FIELDS,
@@ -63,7 +64,7 @@ from medmm.io.errors import MedmmInputError
 
 log = logging.getLogger("medmm.ingest")
 MANIFEST_COLUMNS = ("patient_id", "study_id", "series_id", "modality", "path", "row_key", "time", "sha256",
-                    "linked_from", "split")
+                    "linked_from", "text", "split")
 MEMORY_LIMIT = "64MB"    # DuckDB's buffer: past it, tables, joins and sorts spill to disk
 ROWS_PER_BATCH = 4096    # rows the parent holds at once (walk entries, records, table rows)
 
@@ -217,17 +218,18 @@ def _iso(value) -> str | None:
         return None
 
 
-def _patient_of(value, pattern: str | None) -> str | None:
+def _patient_of(value, pattern: str | None, group: str = "patient") -> str | None:
+    """The ``group`` of ``pattern`` found in ``value`` (the value itself without a pattern)."""
     if value is None or not pattern:
         return value
     m = re.search(pattern, value)
-    return m.group("patient") if m else None
+    return m.group(group) if m else None
 
 
 # ----------------------------------------------------------------------------- the database
 
 _ITEM_COLUMNS = ["seq", "patient_id", "study_id", "series_id", "modality", "path", "row_key", "time", "sha256",
-                 "accession", "study_uid"]
+                 "accession", "study_uid", "text"]
 
 
 class _Store:
@@ -247,7 +249,7 @@ class _Store:
         self.con.execute(f"CREATE TABLE files (seq BIGINT, path_key VARCHAR, {cols})")
         self.con.execute("CREATE TABLE items (seq BIGINT, patient_id VARCHAR, study_id VARCHAR, series_id VARCHAR, "
                          "modality VARCHAR, path VARCHAR, row_key VARCHAR, time VARCHAR, sha256 VARCHAR, "
-                         "accession VARCHAR, study_uid VARCHAR)")
+                         "accession VARCHAR, study_uid VARCHAR, text VARCHAR)")
 
     def append(self, table: str, columns: list[str], rows: list[tuple]) -> None:
         if rows:
@@ -504,22 +506,40 @@ def join_file_table(store: _Store, spec: TableSpec, root: Path) -> None:
     store.con.execute("DROP TABLE listed")
 
 
-def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -> int:
+def _row_text(row: dict, spec: TableSpec, key: str) -> str | None:
+    """A report table row's text: its text columns' non-blank cells, one per line, then the
+    sentences of its finding labels (None for an item table that is not a report table)."""
+    if not (spec.text_columns or spec.label_columns):
+        return None
+    lines = [str(row[c]).strip() for c in spec.text_columns if row[c] is not None and str(row[c]).strip()
+             and str(row[c]).strip().lower() != "nan"]
+    if spec.label_columns:
+        try:
+            lines.append(caption_from_labels({c: row[c] for c in spec.label_columns}, key))
+        except ValueError as exc:
+            raise MedmmInputError(spec.path, f"row {shown_value('key', key)}: {exc}") from None
+    return "\n".join(line for line in lines if line)
+
+
+def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -> tuple[int, dict[str, int]]:
     """A table whose rows (or columns) are items of a modality: one manifest row each.
-    Returns the number of items."""
+    Returns the number of items and the rows skipped, by reason (not selected, no text)."""
     path = root / spec.path
     sha = file_sha256(path)
     rel = PurePosixPath(spec.path).as_posix()
     items = _Buffer(store, "items", _ITEM_COLUMNS)
     times = spec.time_columns()
+    accepted = {c: {v.lower() for v in values} for c, values in spec.accepted().items()}
+    skipped: Counter[str] = Counter()
     n = 0
 
-    def add(key, patient, study, when, accession=None, study_uid=None) -> None:
+    def add(key, patient, study, when, accession=None, study_uid=None, text=None) -> None:
         nonlocal n
         if key is None:
             return
-        items.add((first_seq + n, _patient_of(patient, spec.patient_pattern), study, None, spec.modality, rel,
-                   key, when, sha, accession, study_uid))
+        items.add((first_seq + n, _patient_of(patient, spec.patient_pattern),
+                   _patient_of(study, spec.study_pattern, "study"), None, spec.modality, rel,
+                   key, when, sha, accession, study_uid, text))
         n += 1
 
     if spec.orientation == "columns":  # genes x samples: the first column names the rows
@@ -528,10 +548,19 @@ def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -
     else:
         key_col = spec.key_column or spec.patient_column
         cols = list(dict.fromkeys(c for c in (key_col, spec.patient_column, spec.study_column, *times,
-                                              spec.accession_column, spec.study_uid_column) if c))
+                                              spec.accession_column, spec.study_uid_column, *accepted,
+                                              *spec.text_columns, *spec.label_columns) if c))
         for frame in _table_batches(path, cols):
             for row in frame.to_dict("records"):
                 key = _clean_id(row[key_col])
+                reason = _not_selected(row, accepted)
+                if reason:
+                    skipped[reason.removeprefix("not selected: ")] += 1
+                    continue
+                text = _row_text(row, spec, str(key))
+                if text is not None and not text:
+                    skipped["no report text"] += 1
+                    continue
                 if spec.patient_column:
                     patient = _clean_id(row[spec.patient_column])
                 else:  # a study-keyed table (demo labs) takes its patient from the files' studies, later
@@ -539,9 +568,9 @@ def add_item_table(store: _Store, spec: TableSpec, root: Path, first_seq: int) -
                 add(key, patient, _clean_id(row[spec.study_column]) if spec.study_column else None,
                     _time_of(row, times),
                     _clean_id(row[spec.accession_column]) if spec.accession_column else None,
-                    _clean_id(row[spec.study_uid_column]) if spec.study_uid_column else None)
+                    _clean_id(row[spec.study_uid_column]) if spec.study_uid_column else None, text)
     items.flush()
-    return n
+    return n, dict(skipped)
 
 
 # ----------------------------------------------------------------------------- linking
@@ -640,7 +669,9 @@ def build_manifest(store: _Store, spec: CohortSpec, root: Path, stats: IngestSta
     n_files = store.scalar("SELECT coalesce(max(seq) + 1, 0) FROM files")
     for tspec in spec.tables:
         if tspec.modality:
-            stats.n_items_from_tables += add_item_table(store, tspec, root, n_files + stats.n_items_from_tables)
+            n_items, skipped = add_item_table(store, tspec, root, n_files + stats.n_items_from_tables)
+            stats.n_items_from_tables += n_items
+            stats.drop("not selected", {f"{tspec.modality} row {reason}": k for reason, k in skipped.items()})
     # Ids by precedence: the rule's ids groups, then a mapping table, then the header. An
     # item that names only its study (demo labs) belongs to that study's patient.
     con.execute("""
@@ -649,10 +680,10 @@ def build_manifest(store: _Store, spec: CohortSpec, root: Path, stats: IngestSta
             SELECT seq, coalesce(patient_id, table_patient, header_patient) AS patient_id,
                    coalesce(study_id, table_study, study_uid) AS study_id,
                    coalesce(series_id, series_uid) AS series_id, modality, path, NULL::VARCHAR AS row_key,
-                   coalesce(time, table_time) AS time, sha256, accession, study_uid
+                   coalesce(time, table_time) AS time, sha256, accession, study_uid, NULL::VARCHAR AS text
             FROM claimed WHERE excluded IS NULL
             UNION ALL SELECT seq, patient_id, study_id, series_id, modality, path, row_key, time, sha256, accession,
-                             study_uid FROM items),
+                             study_uid, text FROM items),
         owner AS (SELECT study_id, arg_min(patient_id, seq) AS patient_id FROM rows
                   WHERE study_id IS NOT NULL AND patient_id IS NOT NULL GROUP BY study_id)
         SELECT r.* REPLACE (coalesce(r.patient_id, o.patient_id) AS patient_id)

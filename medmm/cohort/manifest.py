@@ -114,9 +114,16 @@ class Manifest:
         return hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
 
     def studies(self, split: str | None = None) -> pd.DataFrame:
-        """One row per study: patient_id, study_id, split and one path column per modality."""
+        """One row per study: patient_id, study_id, split, one path column per modality and,
+        for a modality held as text in a table (reports of MIMIC-IV-ECG, PTB-XL, CheXpert's
+        label captions), a ``<modality>_text`` column."""
         table = self.table if split is None else self.table[self.table["split"] == split]
-        wide = table.pivot_table(index=["patient_id", "study_id", "split"], columns="modality", values="path",
-                                 aggfunc="first").reset_index()
+        index = ["patient_id", "study_id", "split"]
+        wide = table.pivot_table(index=index, columns="modality", values="path", aggfunc="first").reset_index()
         wide.columns.name = None
+        if "text" in table.columns and table["text"].notna().any():
+            texts = table[table["text"].notna()].pivot_table(index=index, columns="modality", values="text",
+                                                             aggfunc="first")
+            texts.columns = [f"{m}_text" for m in texts.columns]
+            wide = wide.merge(texts.reset_index(), on=index, how="left")
         return wide.sort_values("study_id").reset_index(drop=True)

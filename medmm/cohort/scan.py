@@ -23,7 +23,7 @@ from pathlib import Path
 from pydicom.uid import UID
 
 from medmm.cohort.manifest import file_sha256
-from medmm.io.dicom import METADATA_KEYS
+from medmm.io.dicom import METADATA_KEYS, starts_like_a_dataset
 from medmm.io.errors import MedmmInputError
 from medmm.io.guard import BoundedReader
 from medmm.io.raster import check_raster, raster_format
@@ -171,11 +171,7 @@ def looks_like_dicom(path: Path) -> bool:
         head = fh.read(132)
     if len(head) == 132 and head[128:132] == b"DICM":
         return True
-    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
-        return False
-    # A first element with an explicit VR (two capitals) or a short implicit length, or it is
-    # some other binary (a WFDB .dat of small samples also starts with 02 00 / 08 00).
-    if not (head[4:6].isalpha() and head[4:6].isupper()) and int.from_bytes(head[4:8], "little") > 256:
+    if not starts_like_a_dataset(head):
         return False
     import pydicom
 

@@ -146,13 +146,21 @@ class TableSpec(StrictModel):
         None, description="column with the time, or columns joined (e.g. [StudyDate, StudyTime], DICOM style)")
     patient_pattern: str | None = Field(None, description="regex with group 'patient' applied to the patient value "
                                                           "or item key (e.g. the TCGA case barcode)")
+    study_pattern: str | None = Field(None, description="regex with group 'study' applied to the study value (e.g. "
+                                                        "'(?P<study>patient\\d+/study\\d+)' on CheXpert's Path)")
     select: dict[str, str | list[str]] = Field(
-        {}, description="mapping table: {column: accepted value(s)}, e.g. {ViewPosition: [PA, AP]}; the files of "
-                        "other rows are counted as not selected")
+        {}, description="{column: accepted value(s)}, e.g. {ViewPosition: [PA, AP]}: a mapping table's files of "
+                        "other rows are counted as not selected; an item table's other rows are skipped")
+    text_columns: list[str] = Field(
+        [], description="report table (modality: report): each row's report text is these columns' non-blank "
+                        "cells, one per line (MIMIC-IV-ECG's report_0 ... report_17, PTB-XL's report)")
+    label_columns: list[str] = Field(
+        [], description="report table (modality: report): finding columns (1 positive, 0 negative, -1 uncertain, "
+                        "blank not mentioned) written as report sentences, e.g. CheXpert's observations")
 
-    @field_validator("patient_pattern")
+    @field_validator("patient_pattern", "study_pattern")
     @classmethod
-    def _patient_regex(cls, value):
+    def _valid_regexes(cls, value):
         return _check_regex(value)
 
     @model_validator(mode="after")
@@ -165,11 +173,14 @@ class TableSpec(StrictModel):
             if self._key_columns()[self.join_key] is None:
                 raise ValueError(f"table {self.path}: on: {self.on} needs {self.on}_column")
         else:
-            if self.on is not None or self.path_column or self.instance_column or self.select:
+            if self.on is not None or self.path_column or self.instance_column:
                 raise ValueError(f"table {self.path}: an item table (modality) lists no files: drop on, "
-                                 "path_column, instance_column and select")
+                                 "path_column and instance_column")
             if self.orientation == "rows" and not (self.key_column or self.patient_column):
                 raise ValueError(f"table {self.path}: an item table needs key_column or patient_column")
+        if (self.text_columns or self.label_columns) and (self.modality != "report" or self.orientation != "rows"):
+            raise ValueError(f"table {self.path}: text_columns and label_columns make report items: give "
+                             "modality: report (rows)")
         for column, accepted in self.select.items():
             if not _values(accepted):
                 raise ValueError(f"table {self.path}: select: {column} accepts no value")

@@ -99,6 +99,9 @@ def configure_console() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # a local tokenizer's "Loading weights" bar (under a second); read when huggingface_hub is imported
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        transformers_logging.disable_progress_bar()  # imported before: it read the setting already
     if not progress_enabled():  # MLflow's artifact bars print even into a log file
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

@@ -34,11 +34,14 @@ from medmm.io.ecg import read_ecg
 from medmm.io.errors import MedmmInputError
 from medmm.io.findings import FINDINGS
 from medmm.io.raster import raster_format, read_raster
-from medmm.io.reports import read_report
+from medmm.io.reports import parse_report, read_report
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 MODALITIES = ("xray", "ecg", "report")
+# The file a study is read by: its X-ray, or in a cohort without X-rays (MIMIC-IV-ECG,
+# PTB-XL) its ECG. A study without it is skipped; the other modalities may be missing.
+ANCHORS = ("xray", "ecg")
 CHANGED_AFTER_INGEST = "content differs from the sha256 the manifest recorded at ingest (the file changed since)"
 
 
@@ -58,6 +61,13 @@ class DecodedCohort:
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
+
+
+def anchor_modality(modalities: Iterable[str]) -> str | None:
+    """The modality every study is read by (:data:`ANCHORS`): X-ray where the cohort has any,
+    else ECG; None where it has neither."""
+    has = set(modalities)
+    return next((anchor for anchor in ANCHORS if anchor in has), None)
 
 
 def normalise_radiograph(pixels: np.ndarray) -> np.ndarray:
@@ -88,18 +98,22 @@ def load_ecg_input(path: str | Path, ecg_fs: int) -> np.ndarray:
     return preprocess_ecg(record.signal, record.fs, target_fs=ecg_fs)
 
 
-def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict | None]:
-    row, root, image_size, ecg_fs = args
+def _decode_study(args: tuple[dict, str, int, int, str]) -> tuple[dict | None, dict | None]:
+    row, root, image_size, ecg_fs, anchor = args
 
-    has = {m: isinstance(row.get(m), str) and bool(row.get(m)) for m in ("xray", "ecg", "report")}
+    has = {m: isinstance(row.get(m), str) and bool(row.get(m)) for m in MODALITIES}
     current = None
     try:
-        current = row.get("xray")
-        if not has["xray"]:
-            raise MedmmInputError(row["study_id"], "the study has no X-ray (every study needs one)")
-        image = load_xray_input(resolve_under(root, current), image_size)
-        # A missing ECG or report (no manifest row) is not an error: the study keeps a
-        # placeholder and a presence flag of False.
+        current = row.get(anchor)
+        if not has[anchor]:
+            raise MedmmInputError(row["study_id"], f"the study has no {anchor} (every study of this cohort "
+                                                   "needs one)")
+        # A missing modality other than the anchor (no manifest row) is not an error: the
+        # study keeps a placeholder and a presence flag of False.
+        image = np.zeros((1, image_size, image_size), np.float32)
+        if has["xray"]:
+            current = row["xray"]
+            image = load_xray_input(resolve_under(root, current), image_size)
         ecg = np.zeros((12, ecg_fs * 10), np.float32)
         if has["ecg"]:
             current = row["ecg"]
@@ -107,7 +121,8 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
         text, labels = "", np.full(len(FINDINGS), -1, np.int8)
         if has["report"]:
             current = row["report"]
-            report = read_report(resolve_under(root, current))
+            held = row.get("report_text")
+            report = parse_report(held) if isinstance(held, str) else read_report(resolve_under(root, current))
             text, labels = report.text, report.labels.as_vector().astype(np.int8)
     except (MedmmInputError, OSError) as exc:
         problem = exc.problem if isinstance(exc, MedmmInputError) else (exc.strerror or type(exc).__name__)
@@ -120,8 +135,7 @@ def _decode_study(args: tuple[dict, str, int, int]) -> tuple[dict | None, dict |
         "ecg": ecg.astype(np.float16),
         "text": text,
         "labels": labels,
-        "present_ecg": has["ecg"],
-        "present_report": has["report"],
+        **{f"present_{m}": has[m] for m in MODALITIES},
     }, None
 
 
@@ -145,8 +159,10 @@ def files_stamp(files: Iterable[Path]) -> str:
 
 
 def _entries(row: dict) -> list[str]:
-    """The manifest paths (relative to the cohort root) of a study's decoded modalities."""
-    return [row[m] for m in MODALITIES if isinstance(row.get(m), str) and row[m]]
+    """The manifest paths (relative to the cohort root) of a study's decoded files. A
+    modality held as text in the manifest (``<modality>_text``) is not read from its file."""
+    return [row[m] for m in MODALITIES if isinstance(row.get(m), str) and row[m]
+            and not isinstance(row.get(f"{m}_text"), str)]
 
 
 def _study_stamp(root: Path, row: dict) -> str:
@@ -189,14 +205,14 @@ def _decode(jobs: list[tuple], workers: int) -> list[tuple[dict | None, dict | N
 def _cached_record(cache: DecodedCohort, i: int) -> dict:
     return {"study_id": cache.study_ids[i], "split": cache.splits[i], "xray": cache.xray[i], "ecg": cache.ecg[i],
             "text": cache.report_text[i], "labels": cache.labels[i],
-            **{f"present_{m}": bool(cache.present[m][i]) for m in ("ecg", "report")}}
+            **{f"present_{m}": bool(cache.present[m][i]) for m in MODALITIES}}
 
 
 def _load_cache(path: Path) -> tuple[DecodedCohort, dict[str, str]]:
     """The cached cohort and the file stamps of its studies (good and skipped)."""
     with np.load(path, allow_pickle=False) as z:
         cohort = DecodedCohort(z["study_ids"], z["splits"], z["xray"], z["ecg"], z["report_text"], z["labels"],
-                               json.loads(str(z["skipped"])), {"ecg": z["present_ecg"], "report": z["present_report"]})
+                               json.loads(str(z["skipped"])), {m: z[f"present_{m}"] for m in MODALITIES})
         return cohort, json.loads(str(z["stamps"]))
 
 
@@ -205,7 +221,7 @@ def _save_cache(path: Path, cohort: DecodedCohort, stamps: dict[str, str]) -> No
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, study_ids=cohort.study_ids, splits=cohort.splits, xray=cohort.xray, ecg=cohort.ecg,
              report_text=cohort.report_text, labels=cohort.labels, skipped=json.dumps(cohort.skipped),
-             present_ecg=cohort.present["ecg"], present_report=cohort.present["report"], stamps=json.dumps(stamps))
+             **{f"present_{m}": cohort.present[m] for m in MODALITIES}, stamps=json.dumps(stamps))
     tmp.replace(path)
 
 
@@ -246,7 +262,11 @@ def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: b
     # a changed content is a bad file, not new data.
     changed = _changed_entries(manifest, [r for r in stale if r["study_id"] in cached_stamps], workers)
     changed_ids = {s["study_id"] for s in changed}
-    jobs = [(row, str(manifest.root), image_size, ecg_fs) for row in stale if row["study_id"] not in changed_ids]
+    anchor = anchor_modality(manifest.table["modality"].dropna().unique())
+    if anchor is None:
+        raise MedmmInputError(manifest.root, f"the cohort has no {' or '.join(ANCHORS)} to read its studies by")
+    jobs = [(row, str(manifest.root), image_size, ecg_fs, anchor) for row in stale
+            if row["study_id"] not in changed_ids]
     results = _decode(jobs, workers)
     records = {r["study_id"]: r for r, _ in results if r is not None}
     records.update({row["study_id"]: _cached_record(cache, cached_index[row["study_id"]])
@@ -270,7 +290,7 @@ def decode_cohort(manifest: Manifest, *, image_size: int, ecg_fs: int, strict: b
         report_text=np.array([r["text"] for r in good]),
         labels=np.stack([r["labels"] for r in good]),
         skipped=skipped,
-        present={m: np.array([r[f"present_{m}"] for r in good], bool) for m in ("ecg", "report")},
+        present={m: np.array([r[f"present_{m}"] for r in good], bool) for m in MODALITIES},
     )
     if cache_path is not None:
         _save_cache(cache_path, cohort, stamps)

@@ -243,14 +243,33 @@ def _monochrome1_reflection(ds: Any, apply_modality_lut: Any) -> float:
     return float(mapped.min() + mapped.max())
 
 
+def starts_like_a_dataset(head: bytes) -> bool:
+    """The first bytes of a file hold a DICOM dataset written without the Part-10 preamble
+    (some PACS exports and older devices): a first element of group 0002 / 0008 with an
+    explicit VR (two capitals) or a short implicit length. Other binaries (a WFDB .dat of
+    small samples also starts with 02 00 / 08 00) fail the second test."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00"):
+        return False
+    return (head[4:6].isalpha() and head[4:6].isupper()) or int.from_bytes(head[4:8], "little") <= 256
+
+
 def parse_dicom(path: str | Path) -> Any:
     """``pydicom.dcmread`` through a :class:`BoundedReader`: an element whose declared
     length runs past the end of the file raises InconsistentDataError before pydicom
-    allocates it."""
+    allocates it. A dataset without the Part-10 preamble (:func:`starts_like_a_dataset`)
+    is read as such, as ingest accepts it."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
     with BoundedReader(path) as fh:
-        ds = pydicom.dcmread(fh)
+        try:
+            ds = pydicom.dcmread(fh)
+        except InvalidDicomError:
+            fh.seek(0)
+            if not starts_like_a_dataset(fh.read(8)):
+                raise
+            fh.seek(0)
+            ds = pydicom.dcmread(fh, force=True)
     ds.filename = str(path)
     return ds
 

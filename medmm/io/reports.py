@@ -165,6 +165,12 @@ def read_report(source: str | Path) -> Report:
     else:
         raise TypeError(f"read_report expects a str or Path, got {type(source).__name__}")
 
+    return parse_report(raw, path)
+
+
+def parse_report(raw: str, path: Path | None = None) -> Report:
+    """A report from its text (``path``: where it was read, for the error): sections, the
+    clinical text and its labels. Raises :class:`InconsistentDataError` for an empty report."""
     sections = split_sections(raw)
     text = _clinical_text(sections)
     if not text.strip():

@@ -22,6 +22,7 @@ from medmm.cohort.manifest import MANIFEST_NAME, SPLITS, Manifest
 from medmm.cohort.splits import verify_before_training
 from medmm.config.core import ConfigError
 from medmm.data.config import LABS_FILE, decoded_cache_folder, labs_table_columns
+from medmm.data.decoded_cohort import anchor_modality
 from medmm.io.errors import MedmmInputError
 from medmm.tracking.store import (
     check_store,
@@ -35,6 +36,7 @@ from medmm.tracking.store import (
 # second study as its negative; validation selects the checkpoint and the registered
 # champion (by val/loss); retrieval ranks at least two candidates.
 PAIRED_TRAINING_MINIMUM = {"train": 2, "val": 1, "test": 2}
+BY_ANCHOR = "anchor"  # CohortNeeds.study_modality: the modality the decoded cohort reads a study by
 _REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))/?$")
 _RUN_URI = re.compile(r"^runs:/(?P<run_id>[^/]+)(?:/.*)?$")
 
@@ -46,6 +48,7 @@ class CohortFacts:
     manifest: Manifest = field(repr=False)
     modalities: tuple[str, ...]  # sorted: the manifest's modalities, plus "labs" where <root>/labs.csv has columns
     studies: dict[str, int] = field(default_factory=dict)  # split -> studies the run reads
+    read_by: str | None = None  # the modality those studies were counted by (None: every study)
 
     def describe(self) -> str:
         return ", ".join(self.modalities) or "no files"
@@ -54,18 +57,20 @@ class CohortFacts:
 @dataclass(frozen=True)
 class CohortNeeds:
     """What a workflow needs of its cohort. ``study_modality``: the file every study the run
-    reads must have (the DataModule reads a study by its X-ray); ``minimum``: studies per
-    split; ``why``: what needs them, for the messages."""
+    reads must have (:data:`BY_ANCHOR`: the one the decoded cohort reads a study by, its
+    X-ray or in a cohort without X-rays its ECG); ``minimum``: studies per split; ``why``:
+    what needs them, for the messages."""
 
     root: str | Path
     modalities: tuple[str, ...] = ()
     minimum: Mapping[str, int] = field(default_factory=dict)
-    study_modality: str | None = "xray"
+    study_modality: str | None = BY_ANCHOR
     limit_studies: int | None = None
     why: str = "this workflow"
 
 
-def read_cohort(root: str | Path, study_modality: str | None = "xray", limit_studies: int | None = None) -> CohortFacts:
+def read_cohort(root: str | Path, study_modality: str | None = BY_ANCHOR, limit_studies: int | None = None
+                ) -> CohortFacts:
     """The cohort at ``root``: its manifest, modalities and studies per split (those with a
     ``study_modality`` file among the first ``limit_studies`` studies, as the DataModule reads
     them). A missing folder or manifest, an unreadable or leaking manifest is one-line bad input."""
@@ -92,11 +97,14 @@ def read_cohort(root: str | Path, study_modality: str | None = "xray", limit_stu
     studies = manifest.studies()
     if limit_studies is not None:
         studies = studies.iloc[:limit_studies]
+    if study_modality == BY_ANCHOR:
+        study_modality = anchor_modality(modalities) or "xray"
     if study_modality is not None:
         column = studies[study_modality] if study_modality in studies.columns else None
         studies = studies[column.notna() & (column != "")] if column is not None else studies.iloc[:0]
     counts = studies["split"].value_counts()
-    return CohortFacts(manifest, tuple(sorted(modalities)), {s: int(counts.get(s, 0)) for s in SPLITS})
+    return CohortFacts(manifest, tuple(sorted(modalities)), {s: int(counts.get(s, 0)) for s in SPLITS},
+                       study_modality)
 
 
 def check_cohort(needs: CohortNeeds) -> CohortFacts:
@@ -110,7 +118,7 @@ def check_cohort(needs: CohortNeeds) -> CohortFacts:
     for split, minimum in needs.minimum.items():
         n = facts.studies.get(split, 0)
         if n < minimum:
-            unit = f"stud(ies) with {needs.study_modality}" if needs.study_modality else "stud(ies)"
+            unit = f"stud(ies) with {facts.read_by}" if facts.read_by else "stud(ies)"
             limit = " within data.limit_studies" if needs.limit_studies is not None else ""
             raise MedmmInputError(needs.root, f"the {split} split holds {n} {unit}{limit}; {needs.why} needs at "
                                               f"least {minimum} (the cohort spec's split fractions set the splits)")

@@ -271,6 +271,20 @@ def ptbxl(root: Path) -> None:
                                                                                    index=False)
 
 
+def chexpert_labels(seed: int) -> dict[str, float | None]:
+    """One study's 14 observations as CheXpert's labeler writes them: a third of the studies
+    'No Finding' (1.0) and nothing else, the others a few findings each, positive (1.0),
+    negative (0.0) or uncertain (-1.0), the rest blank."""
+    rng = np.random.default_rng(seed)
+    labels: dict[str, float | None] = {c: None for c in CHEXPERT_LABELS}
+    if rng.random() < 1 / 3:
+        labels["No Finding"] = 1.0
+        return labels
+    for column in rng.choice(CHEXPERT_LABELS[1:], size=3, replace=False):
+        labels[str(column)] = float(rng.choice([1.0, 1.0, 0.0, -1.0]))
+    return labels
+
+
 def chexpert(root: Path) -> None:
     """CheXpert-v1.0-small (the folder itself): ``train|valid/patientNNNNN/studyN/viewN_frontal|lateral.jpg``,
     ``train.csv`` and ``valid.csv`` (Path prefixed with ``CheXpert-v1.0-small/``, Sex, Age,
@@ -289,8 +303,7 @@ def chexpert(root: Path) -> None:
                 tables[part].append({"Path": f"CheXpert-v1.0-small/{rel}", "Sex": "Female" if i % 2 else "Male",
                                      "Age": 40 + i, "Frontal/Lateral": view.capitalize(),
                                      "AP/PA": ("AP" if i % 3 else "PA") if view == "frontal" else "",
-                                     **{c: (1.0 if c == "No Finding" and i % 3 == 0 else None)
-                                        for c in CHEXPERT_LABELS}})
+                                     **chexpert_labels(_seed(part, patient, study))})
     for part, rows in tables.items():
         pd.DataFrame(rows).to_csv(root / f"{part}.csv", index=False)
 

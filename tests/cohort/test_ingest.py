@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medmm.cohort.captions import caption_from_labels
 from medmm.cohort.ingest import IngestStats, ingest, sidecar_path, unreadable_path
 from medmm.cohort.manifest import Manifest, file_sha256
 from medmm.cohort.spec import load_cohort_spec
@@ -27,9 +28,10 @@ EXPECTED = {
                   {"not selected": LATERALS, "lacking a required modality": {"no xray": 1}}),
     "mimic_cxr_jpg": (40, 12, 13, {"xray": 13, "report": 13}, 13,
                       {"not selected": LATERALS, "lacking a required modality": {"no xray": 1}}),
-    "mimic_iv_ecg": (14, 12, 14, {"ecg": 14, "ecg_measurements": 14}, 14, {}),
-    "ptbxl": (15, 12, 15, {"ecg": 15}, 0, {}),
-    "chexpert": (21, 12, 14, {"xray": 14}, 0, {"not selected": {"Frontal/Lateral=Lateral": 7}}),
+    "mimic_iv_ecg": (14, 12, 14, {"ecg": 14, "ecg_measurements": 14, "report": 14}, 28, {}),
+    "ptbxl": (15, 12, 15, {"ecg": 15, "report": 15}, 15, {}),
+    "chexpert": (21, 12, 14, {"xray": 14, "report": 14}, 14,
+                 {"not selected": {"Frontal/Lateral=Lateral": 7, "report row Frontal/Lateral=Lateral": 7}}),
     "tcga": (12, 12, 12, {"wsi": 12, "genomics": 12, "clinical": 12}, 24,
              {"lacking a required modality": {"no wsi": 1}}),
     "amos": (27, 13, 13, {"ct": 10, "mr": 3, "label": 13}, 0, {"lacking a required modality": {"no label": 1}}),
@@ -130,8 +132,11 @@ def test_mimic_iv_ecg_time_and_measurements_from_its_tables(tmp_path):
     table, _ = run("mimic_iv_ecg", replica("mimic_iv_ecg", tmp_path))
     subject, study, when = replicas.mimic_iv_ecg_records()[0]
     rows = table[table["study_id"] == study].set_index("modality")
-    assert set(rows.index) == {"ecg", "ecg_measurements"} and set(rows["patient_id"]) == {subject}
+    assert set(rows.index) == {"ecg", "ecg_measurements", "report"} and set(rows["patient_id"]) == {subject}
     assert rows.loc["ecg", "time"] == when.isoformat() and rows.loc["ecg_measurements", "row_key"] == study
+    assert rows.loc["report", "text"] == "Sinus rhythm"  # the machine statements report_0 ... report_17, blanks left out
+    assert Manifest.load(tmp_path / "mimic_iv_ecg").studies().set_index("study_id").loc[study, "report_text"] == \
+        "Sinus rhythm"
 
 
 def test_mimic_cxr_jpg_takes_ids_time_and_view_from_the_metadata_table(tmp_path):
@@ -148,11 +153,21 @@ def test_ptbxl_and_chexpert_patients_and_studies_from_their_tables(tmp_path):
     database = pd.read_csv(tmp_path / "ptbxl/ptbxl_database.csv")
     expected = {str(e): str(int(p)) for e, p in zip(database["ecg_id"], database["patient_id"])}
     assert dict(zip(table["study_id"], table["patient_id"])) == expected  # '15709.0' -> '15709'
-    assert table["path"].str.startswith("records500/").all()
+    ecgs, reports = table[table["modality"] == "ecg"], table[table["modality"] == "report"]
+    assert ecgs["path"].str.startswith("records500/").all() and ecgs["text"].isna().all()
+    assert (reports["path"] == "ptbxl_database.csv").all()
+    assert set(reports["text"]) == {"sinusrhythmus periphere niederspannung"}  # the 'report' column
+    assert set(reports["study_id"]) == set(ecgs["study_id"])
 
     table, _ = run("chexpert", replica("chexpert", tmp_path))
     assert table["study_id"].str.fullmatch(r"patient\d{5}/study\d").all()  # studyN repeats across patients
-    assert table["path"].str.endswith("_frontal.jpg").all()
+    xrays, reports = table[table["modality"] == "xray"], table[table["modality"] == "report"]
+    assert xrays["path"].str.endswith("_frontal.jpg").all()
+    assert set(reports["study_id"]) == set(xrays["study_id"])  # each frontal image's labels, as its study's report
+    labels = pd.read_csv(tmp_path / "chexpert/train.csv").set_index("Path")
+    first = reports.iloc[0]
+    row = labels.loc[first["row_key"]]
+    assert first["text"] == caption_from_labels({c: row[c] for c in replicas.CHEXPERT_LABELS}, first["row_key"])
     assert {"patient64541/study1", "patient64542/study1"} <= set(table["study_id"])  # valid.csv read too
 
 
@@ -187,7 +202,8 @@ def test_unreadable_files_are_listed_by_reason_not_fatal(tmp_path):
     dat.write_bytes(dat.read_bytes()[: dat.stat().st_size // 2])
     (root / "records500/00000/00009_hr.hea").write_text("this is not a WFDB header\n")
     table, stats = run("ptbxl", root)
-    assert len(table) == 13 and stats.problems == {"truncated": 1, "cannot parse": 1}
+    assert (table["modality"] == "ecg").sum() == 13 and stats.problems == {"truncated": 1, "cannot parse": 1}
+    assert (table["modality"] == "report").sum() == 13  # the two records' reports go with their studies
     assert stats.dropped["unreadable"] == {"cannot parse": 1, "truncated": 1}
     listed = pd.read_csv(unreadable_path(root / "manifest.parquet")).set_index("path")
     assert listed.loc["records500/00000/00002_hr.hea", "reason"] == "truncated"
@@ -246,7 +262,8 @@ def test_a_spec_that_leaves_no_row_is_an_error(tmp_path):
     spec = load_cohort_spec(REPO / "cohorts/chexpert.yaml")
     spec.tables[0].select = {"Frontal/Lateral": ["Oblique"]}
     spec.tables[1].select = {"Frontal/Lateral": ["Oblique"]}
-    with pytest.raises(Exception, match="leaves no row for the manifest.*not selected 21 "
-                                        r"\(Frontal/Lateral=Frontal 14, Frontal/Lateral=Lateral 7\)"):
+    with pytest.raises(Exception, match="leaves no row for the manifest.*not selected 28 "
+                                        r"\(Frontal/Lateral=Frontal 14, Frontal/Lateral=Lateral 7, "
+                                        r"report row Frontal/Lateral=Lateral 7\)"):
         ingest(spec, root, root / "manifest.parquet", workers=1)
     assert not (root / "manifest.parquet").exists()

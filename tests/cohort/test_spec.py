@@ -63,7 +63,10 @@ def test_tables_list_files_by_one_key_or_hold_items():
     with pytest.raises(ValueError, match="on: study_uid needs study_uid_column"):
         TableSpec(path="m.csv", path_column="p", on="study_uid")
     with pytest.raises(ValueError, match="an item table .* lists no files"):
-        TableSpec(path="labs.csv", modality="labs", key_column="id", select={"x": "y"})
+        TableSpec(path="labs.csv", modality="labs", key_column="id", path_column="p")
+    with pytest.raises(ValueError, match="text_columns and label_columns make report items: give modality: report"):
+        TableSpec(path="labs.csv", modality="labs", key_column="id", text_columns=["note"])
+    assert TableSpec(path="labs.csv", modality="labs", key_column="id", select={"x": "y"}).accepted() == {"x": ["y"]}
     assert TableSpec(path="m.csv", path_column="p", time_column=["StudyDate", "StudyTime"]).time_columns() == [
         "StudyDate", "StudyTime"]
 

@@ -191,7 +191,7 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
     """Every check before anything is built (:mod:`medmm.workflows.preflight`), in seconds:
     cohort, modalities, splits, output and cache folders, tracking store; returns the config
     narrowed to the cohort's modalities (:meth:`PretrainConfig.for_cohort`)."""
-    needs = CohortNeeds(cfg.data.root, ("xray",), PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
+    needs = CohortNeeds(cfg.data.root, (), PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
                         why="contrastive pretraining")
     facts = check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
                              cohort=needs)
