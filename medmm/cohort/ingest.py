@@ -47,7 +47,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from medmm.cohort.captions import caption_from_labels
-from medmm.cohort.manifest import file_sha256
+from medmm.cohort.manifest import COHORT_NAME_KEY, file_sha256
 from medmm.cohort.scan import (
     RECORD_FIELDS,
     CompiledRule,
@@ -767,7 +767,8 @@ def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int 
                             ["VARCHAR"], "VARCHAR")
         columns = ", ".join("patient_split(patient_id) AS split" if c == "split" else c for c in MANIFEST_COLUMNS)
         order = ", ".join(f"{c} NULLS FIRST" for c in ("patient_id", "study_id", "modality", "path", "row_key"))
-        _copy_atomic(con, f"SELECT {columns} FROM {rows_view} ORDER BY {order}", out)
+        _copy_atomic(con, f"SELECT {columns} FROM {rows_view} ORDER BY {order}", out,
+                     metadata={COHORT_NAME_KEY: spec.name})
         stats.n_rows, stats.n_patients, stats.n_studies = con.execute(
             "SELECT count(*), count(DISTINCT patient_id), count(DISTINCT study_id) FROM read_parquet(?)",
             [str(out)]).fetchall()[0]
@@ -778,14 +779,19 @@ def ingest(spec: CohortSpec, root: str | Path, out: str | Path, *, workers: int 
     return stats
 
 
-def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: str = "parquet") -> None:
-    """Write a query's result to ``target`` (Parquet or CSV) so a reader never sees half a file."""
+def _copy_atomic(con: duckdb.DuckDBPyConnection, query: str, target: Path, fmt: str = "parquet",
+                 metadata: dict[str, str] | None = None) -> None:
+    """Write a query's result to ``target`` (Parquet, with key-value ``metadata``, or CSV) so
+    a reader never sees half a file."""
     tmp = target.with_name(f".{target.name}.tmp")
     options = "FORMAT parquet" if fmt == "parquet" else "FORMAT csv, HEADER"
+    if metadata:
+        pairs = ", ".join(f"{_sql_text(k)}: {_sql_text(v)}" for k, v in metadata.items())
+        options += f", KV_METADATA {{{pairs}}}"
     con.execute(f"COPY ({query}) TO {_sql_text(tmp)} ({options})")
     os.replace(tmp, target)
 
 
-def _sql_text(path: Path) -> str:
-    """A path as an SQL string literal (COPY and SET take no parameters)."""
-    return "'" + str(path).replace("'", "''") + "'"
+def _sql_text(value: Path | str) -> str:
+    """A path or text as an SQL string literal (COPY and SET take no parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 MANIFEST_NAME = "manifest.parquet"
+# the manifest's Parquet key-value metadata that holds the cohort's name (the spec's ``name``):
+# run names carry it, never a folder name, which may embed patient or user identifiers
+COHORT_NAME_KEY = "medmm.cohort"
 COLUMNS = ("patient_id", "study_id", "modality", "path", "sha256", "split")
 SPLITS = ("train", "val", "test")
 

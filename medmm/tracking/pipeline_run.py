@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from medmm.cohort.manifest import MANIFEST_NAME
+from medmm.cohort.manifest import COHORT_NAME_KEY, MANIFEST_NAME
 from medmm.console import adopt_library_loggers
 from medmm.io.findings import FINDINGS
 from medmm.metrics.reference_levels import REFERENCE_MODEL_FILE
@@ -55,7 +55,6 @@ FAILURE_TAG = "medmm.failure"
 # experiment opens on the GenAI traces page; "custom_model_development" opens it on its runs
 EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT = "mlflow.experimentKind", "custom_model_development"
 RUN_TIME_FORMAT = "%Y%m%d-%H%M%S"
-COHORT_NAME_KEY = b"medmm.cohort"  # the manifest's Parquet metadata key of the cohort's name
 REASON_MAX = 250
 # runs this process opened and has not finished: (tracking URI, run id); a failing command ends them FAILED
 _open_runs: list[tuple[str, str]] = []
@@ -88,7 +87,7 @@ def cohort_label(root: str | Path | None) -> str | None:
             recorded = pq.read_schema(manifest).metadata or {}
         except (OSError, ValueError):  # an unreadable manifest is reported where the data are read
             recorded = {}
-        name = recorded.get(COHORT_NAME_KEY, b"").decode("utf-8", "replace") or None
+        name = recorded.get(COHORT_NAME_KEY.encode(), b"").decode("utf-8", "replace") or None
     if name is None and (root / REFERENCE_MODEL_FILE).is_file():
         name = "demo"
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")[:32]

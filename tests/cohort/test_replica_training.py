@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from medmm.cohort.spec import load_cohort_spec
 from medmm.pipelines import ingest, pretrain
 from medmm.workflows.preflight import read_cohort
 from tests.cohort import replicas
@@ -55,6 +56,8 @@ def test_replica_ingests_and_pretrains_end_to_end(name, tmp_path, capsys):
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"
+    # named from the workflow and the cohort name ingest recorded in the manifest, never its folder
+    assert run.info.run_name.startswith(f"pretrain-{load_cohort_spec(REPO / 'cohorts' / f'{name}.yaml').name}-")
     assert sorted(json.loads(run.data.params["model.modalities"])) == sorted(modalities)
     metrics = run.data.metrics
     directions = [f"test.{a}_to_{b}.R_at_1" for a in modalities for b in modalities if a != b]

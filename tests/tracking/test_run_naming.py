@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from mlflow.tracking import MlflowClient
 
+from medmm.cohort.manifest import COHORT_NAME_KEY
 from medmm.config.core import build_config
 from medmm.tracking.pipeline_run import (
-    COHORT_NAME_KEY,
     EXPERIMENT_KIND_TAG,
     MODEL_DEVELOPMENT,
     cohort_label,

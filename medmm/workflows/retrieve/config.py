@@ -11,6 +11,7 @@ from pydantic import Field
 from medmm.config.core import ConfigError, StrictModel
 from medmm.data.config import DataConfig
 from medmm.tracking.config import RunTrackingConfig
+from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 from medmm.workflows.pretrained import PretrainedConfig
 
 IndexModality = Literal["xray", "ecg", "report"]
@@ -73,3 +74,4 @@ class RetrieveConfig(StrictModel):
     index: IndexConfig = IndexConfig()
     query: QueryConfig = QueryConfig()
     tracking: RetrieveTrackingConfig = RetrieveTrackingConfig()
+    examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)

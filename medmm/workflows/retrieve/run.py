@@ -141,7 +141,7 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
         log_figure(client, run_id, embedding_map_figure(embeddings[modalities[0]][test], dm.cohort.labels[order][test],
                                                         modalities[0]), "embedding_map")
     if {"xray", "report"} <= set(modalities) and len(test) > 1 and \
-            show_cohort_examples(getattr(cfg, "examples_figure", None), cfg.data.root):
+            show_cohort_examples(cfg.examples_figure, cfg.data.root):
         # the gallery shows the cohort's X-rays and report text: the demo's, or where the user turns it on
         rows = order[test]
         log_figure(client, run_id, retrieval_examples_figure(
