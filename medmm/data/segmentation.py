@@ -1,6 +1,11 @@
 """Volume cohorts for segmentation: cases from the manifest, one preprocessing path from
 file to model input (training, evaluation and ``infer`` all use it), MONAI patch
-sampling, and the alternating CT / MR batch stream of MulModSeg."""
+sampling, and the alternating CT / MR batch stream of MulModSeg.
+
+A case is a study with a ``ct`` or ``mr`` image and its label map: a ``<modality>_seg``
+row (the demo cohorts) or a ``label`` row (an ingested export such as AMOS or BTCV). The
+class names come from ``labels.json`` in the cohort folder or, failing that, from the
+``labels`` of the Medical Segmentation Decathlon style ``dataset.json`` such exports ship."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from medmm.cohort.manifest import Manifest
-from medmm.io.errors import InconsistentDataError, MedmmInputError
+from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.volume import read_dicom_series, read_nifti
 
 
@@ -23,7 +28,7 @@ class VolumeCase:
     modality: str
     split: str
     image: np.ndarray  # [1, i, j, k] float32, normalised
-    label: np.ndarray | None  # [1, i, j, k] int64
+    label: np.ndarray  # [1, i, j, k] int64
     affine: np.ndarray
     spacing: tuple[float, float, float]
     source: str = ""
@@ -89,31 +94,82 @@ def _read_label(path: Path, volume) -> np.ndarray:
     return values.astype(np.int64)[None]
 
 
+LABEL_MODALITY = "label"  # a cohort spec's label-map rows, shared by every image modality of the study
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CorruptFileError(path, f"does not parse as JSON ({type(exc).__name__})") from None
+    if not isinstance(info, dict):
+        raise InconsistentDataError(path, "must be a JSON object")
+    return info
+
+
+def _decathlon_classes(path: Path, labels: object) -> list[str]:
+    """The ``labels`` of a dataset.json as a class list (index = label value): ``{"0":
+    "background", "1": "spleen"}`` (Decathlon, AMOS, BTCV) or ``{"background": 0, ...}``
+    (nnU-Net v2)."""
+    if not isinstance(labels, dict) or not labels:
+        raise InconsistentDataError(path, "has no 'labels' mapping of label values to class names")
+    try:
+        if all(str(k).strip().isdigit() for k in labels):
+            by_value = {int(k): str(v) for k, v in labels.items()}
+        else:
+            by_value = {int(v): str(k) for k, v in labels.items()}
+    except (TypeError, ValueError):
+        raise InconsistentDataError(path, "'labels' must map label values to class names") from None
+    if sorted(by_value) != list(range(len(by_value))):
+        raise InconsistentDataError(path, f"label values {sorted(by_value)} are not 0, 1, 2, ... without gaps")
+    return [by_value[v] for v in range(len(by_value))]
+
+
+def cohort_classes(root: str | Path) -> tuple[list[str], dict[str, list[str]]]:
+    """(class names by label value, per modality the classes its label maps annotate) of a
+    volume cohort: ``labels.json`` (``classes``, ``modality_classes``) or the ``labels`` of
+    ``dataset.json``, every modality annotating every class."""
+    root = Path(root)
+    path = root / "labels.json"
+    if path.is_file():
+        info = _read_json(path)
+        classes = info.get("classes")
+        if not isinstance(classes, list) or len(classes) < 2:
+            raise InconsistentDataError(path, "'classes' must list the background and at least one class")
+        return [str(c) for c in classes], dict(info.get("modality_classes", {}))
+    decathlon = root / "dataset.json"
+    if decathlon.is_file():
+        classes = _decathlon_classes(decathlon, _read_json(decathlon).get("labels"))
+        if len(classes) < 2:
+            raise InconsistentDataError(decathlon, "'labels' must name the background and at least one class")
+        return classes, {}
+    raise MedmmInputError(path, "volume cohort lacks labels.json or dataset.json (the class names)")
+
+
 def load_volume_cohort(data_cfg, strict: bool = False) -> VolumeCohort:
     """Read every case of the configured modalities; a bad file is skipped and counted
     (``strict`` raises instead)."""
 
     root = Path(data_cfg.root)
     manifest = Manifest.load(root)
-    labels_path = root / "labels.json"
-    if not labels_path.exists():
-        raise MedmmInputError(labels_path, "volume cohort lacks labels.json (class names)")
-    info = json.loads(labels_path.read_text())
-    classes = list(info["classes"])
+    classes, modality_classes = cohort_classes(root)
     table = manifest.table
+    shared_labels = table[table["modality"] == LABEL_MODALITY].set_index("study_id")["path"].to_dict()
     cases, skipped = [], []
     for modality in data_cfg.modalities:
         rows = table[table["modality"] == modality].sort_values("study_id")
-        seg = table[table["modality"] == f"{modality}_seg"].set_index("study_id")["path"].to_dict()
+        seg = {**shared_labels, **table[table["modality"] == f"{modality}_seg"].set_index("study_id")["path"].to_dict()}
         per_split: dict[str, int] = {}
         for _, row in rows.iterrows():
             n = per_split.get(row["split"], 0)
             if data_cfg.limit_cases is not None and n >= data_cfg.limit_cases:
                 continue
             try:
+                if row["study_id"] not in seg:  # neither trained on nor scored
+                    raise InconsistentDataError(row["path"], "the image has no label map in the manifest")
                 volume = read_input_volume(manifest.resolve(row["path"]))
-                label = _read_label(manifest.resolve(seg[row["study_id"]]), volume) if row["study_id"] in seg else None
-                if label is not None and label.max() >= len(classes):
+                label = _read_label(manifest.resolve(seg[row["study_id"]]), volume)
+                if label.max() >= len(classes):
                     raise InconsistentDataError(seg[row["study_id"]], f"label value {label.max()} has no class name")
             except MedmmInputError as exc:
                 if strict:
@@ -124,7 +180,7 @@ def load_volume_cohort(data_cfg, strict: bool = False) -> VolumeCohort:
             per_split[row["split"]] = n + 1
             cases.append(VolumeCase(row["study_id"], modality, row["split"], model_input(volume, modality, data_cfg),
                                     label, volume.affine, volume.spacing_mm, source=row["path"]))
-    return VolumeCohort(root, classes, info.get("modality_classes", {}), cases, skipped, manifest)
+    return VolumeCohort(root, classes, modality_classes, cases, skipped, manifest)
 
 
 def patch_dataset(cases: list[VolumeCase], data_cfg):

@@ -1,6 +1,7 @@
 """Survival cohorts as arrays: scikit-survival's bundled cohorts (tabular) and pathology
-cohorts (slides -> tile-feature bags, genomics by gene group, clinical outcome) in the
-TCGA-like layout of ``python -m medmm.pipelines.make_demo_pathology``.
+cohorts (slides or precomputed tile-feature bags, genomics by gene group, clinical outcome)
+with a manifest: a TCGA project ingested with ``cohorts/tcga.yaml`` or the demo of
+``python -m medmm.pipelines.make_demo_pathology``.
 
 Preprocessing that learns from data (imputation, scaling) is fitted on training rows
 only (``Standardizer``), so nothing of the test split leaks into the model.
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medmm.cohort.manifest import Manifest
-from medmm.io.errors import InconsistentDataError, MedmmInputError
+from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.table import read_table
 from medmm.io.wsi import ColorTextureEncoder, feature_bag, read_wsi
 
@@ -76,10 +78,20 @@ class Standardizer:
 
 
 def _outcome(clinical: pd.DataFrame, path: str) -> tuple[np.ndarray, np.ndarray]:
-    """TCGA clinical convention: time = days_to_death if dead else days_to_last_follow_up."""
-    needed = {"vital_status", "days_to_death", "days_to_last_follow_up"}
-    if not needed <= set(clinical.columns):
-        raise InconsistentDataError(path, f"clinical table lacks {sorted(needed - set(clinical.columns))}")
+    """Survival time and event from a clinical table in either convention: the GDC's
+    (time = days_to_death if vital_status is Dead, else days_to_last_follow_up) or the
+    MCAT / CMTA tables' (``survival_months``, ``censorship`` 1 = censored)."""
+    columns = set(clinical.columns)
+    if {"survival_months", "censorship"} <= columns:
+        t = pd.to_numeric(clinical["survival_months"], errors="coerce").to_numpy(float)
+        censored = pd.to_numeric(clinical["censorship"], errors="coerce").to_numpy(float)
+        if np.isnan(censored).any() or not np.isin(censored, (0.0, 1.0)).all():
+            raise InconsistentDataError(path, "censorship must be 0 (event) or 1 (censored) for every case")
+        return t, censored == 0
+    gdc = {"vital_status", "days_to_death", "days_to_last_follow_up"}
+    if not gdc <= columns:
+        raise InconsistentDataError(path, f"clinical table lacks {sorted(gdc - columns)} (or survival_months and "
+                                          "censorship)")
     dead = clinical["vital_status"].astype(str).str.lower().eq("dead").to_numpy()
     t = np.where(dead, pd.to_numeric(clinical["days_to_death"], errors="coerce"),
                  pd.to_numeric(clinical["days_to_last_follow_up"], errors="coerce")).astype(float)
@@ -99,53 +111,115 @@ def _cached_bag(slide_path: Path, sha: str, cache: Path, magnification: float, t
     return bag.features
 
 
+FEATURE_BAG_SUFFIXES = (".pt", ".h5")
+
+
+def read_feature_bag(path: Path) -> np.ndarray:
+    """A precomputed tile-feature bag, ``[tiles, features]``: a tensor saved by torch (the
+    ``pt_files`` of CLAM that MCAT / CMTA read) or the ``features`` dataset of a CLAM
+    ``.h5`` file (needs h5py)."""
+    try:
+        if path.suffix.lower() == ".h5":
+            try:
+                import h5py  # optional: only CLAM's .h5 bags need it
+            except ImportError:
+                raise InconsistentDataError(path, "reading .h5 feature bags needs h5py (pip install h5py)") from None
+            with h5py.File(path, "r") as f:
+                array = np.asarray(f["features"]) if "features" in f else None
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            array = obj.numpy() if isinstance(obj, torch.Tensor) else None
+    except MedmmInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch and h5py raise many types for a broken file
+        raise CorruptFileError(path, f"not a readable feature bag ({type(exc).__name__})") from None
+    if array is None or array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        shape = "no array" if array is None else f"shape {tuple(array.shape)}"
+        raise InconsistentDataError(path, f"a feature bag must be one [tiles, features] array, found {shape}")
+    if not np.isfinite(array).all():
+        raise InconsistentDataError(path, "the feature bag holds NaN or infinite values")
+    return array.astype(np.float32)
+
+
+def _row_keys(table: pd.DataFrame, modality: str) -> dict[str, str]:
+    """study -> the row of a shared table that belongs to it: the manifest's ``row_key`` (a
+    TCGA sample or case barcode, as ingest linked it) or else the patient id."""
+    rows = table[table["modality"] == modality]
+    keys = rows["row_key"] if "row_key" in rows.columns else pd.Series(None, index=rows.index, dtype=object)
+    keys = keys.where(keys.notna() & (keys.astype(str) != ""), rows["patient_id"])
+    return dict(zip(rows["study_id"], keys.astype(str)))
+
+
 def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification: float = 20, tile_size: int = 128,
-                          max_tiles: int | None = None, seed: int = 0, max_rows: int | None = None) -> SurvivalData:
-    """Slides + genomics + clinical of a cohort folder with a manifest (modalities ``wsi``,
-    ``genomics``, ``clinical``, ``gene_groups``). A slide that cannot be read is skipped and
-    counted (its patient dropped), never the end of the run."""
+                          max_tiles: int | None = None, seed: int = 0, max_rows: int | None = None,
+                          gene_groups: str | Path | None = None) -> SurvivalData:
+    """One row per patient of a cohort folder with a manifest (modalities ``wsi``,
+    ``genomics``, ``clinical`` and optionally ``gene_groups``): the tile features of the
+    patient's slides (embedded by :class:`ColorTextureEncoder`) or precomputed feature bags
+    (``.pt`` / ``.h5``) pooled into one bag, the genomics row and the outcome ingest linked
+    to the slide's study. Gene groups: the manifest's, else the ``gene_groups`` file, else
+    one group of every gene. A bag that cannot be read is skipped and counted (a patient
+    left without one dropped), never the end of the run."""
 
     manifest = Manifest.load(root)
     table = manifest.table
 
-    def shared(modality: str) -> Path:
+    def shared(modality: str, required: bool = True) -> Path | None:
         paths = table.loc[table["modality"] == modality, "path"].unique()
-        if len(paths) != 1:
+        if len(paths) != 1 and (required or len(paths)):
             raise InconsistentDataError(Path(root) / "manifest.parquet",
                                         f"expected one {modality} table, found {len(paths)}")
-        return manifest.resolve(paths[0])
+        return manifest.resolve(paths[0]) if len(paths) else None
 
-    genomics = read_table(shared("genomics"), gene_groups=shared("gene_groups"))
+    genomics_path = shared("genomics")
+    groups_path = shared("gene_groups", required=False) or gene_groups
+    genomics = read_table(genomics_path, gene_groups=groups_path)
+    gene_sets = genomics.groups or {"genes": genomics.features}
     clinical_path = shared("clinical")
     clinical = read_table(clinical_path, numeric=False).values
-    slides = table[table["modality"] == "wsi"].sort_values("patient_id")
+    sample_of, case_of = _row_keys(table, "genomics"), _row_keys(table, "clinical")
+    slides = table[table["modality"] == "wsi"].sort_values(["patient_id", "study_id", "path"])
     if max_rows is not None:
-        slides = slides.sample(n=min(max_rows, len(slides)), random_state=seed).sort_values("patient_id")
-    bags, keep, skipped = [], [], []
+        patients = slides["patient_id"].drop_duplicates()
+        chosen = set(patients.sample(n=min(max_rows, len(patients)), random_state=seed))
+        slides = slides[slides["patient_id"].isin(chosen)]
+    per_patient: dict[str, dict] = {}
+    skipped, from_files, width = [], False, 0
     for row in slides.itertuples():
         try:
-            bag = _cached_bag(manifest.resolve(row.path), row.sha256, Path(cache_dir), magnification, tile_size,
-                              max_tiles, seed)
-            if row.patient_id not in genomics.values.index or row.patient_id not in clinical.index:
-                raise InconsistentDataError(row.path, "patient has no genomics or clinical row")
+            path = manifest.resolve(row.path)
+            if path.suffix.lower() in FEATURE_BAG_SUFFIXES:
+                bag, from_files = read_feature_bag(path), True
+            else:
+                bag = _cached_bag(path, row.sha256, Path(cache_dir), magnification, tile_size, max_tiles, seed)
+            sample, case = sample_of.get(row.study_id), case_of.get(row.study_id)
+            if sample not in genomics.values.index or case not in clinical.index:
+                raise InconsistentDataError(row.path, "the slide's study has no genomics or clinical row")
         except MedmmInputError as exc:
             skipped.append({"study_id": row.study_id, "path": row.path, "problem": exc.problem})
             print(f"WARNING: skipped {row.path}: {exc.problem}", file=sys.stderr)
             continue
-        bags.append(bag)
-        keep.append(row)
-    if not keep:
-        raise InconsistentDataError(root, "no readable slide in the cohort")
-    ids = [r.patient_id for r in keep]
-    time, event = _outcome(clinical.loc[ids], str(clinical_path))
+        width = width or bag.shape[1]
+        if bag.shape[1] != width:  # one model reads every bag: one tile encoder for the whole cohort
+            raise InconsistentDataError(row.path, f"{bag.shape[1]} features per tile where the cohort's other bags "
+                                                  f"have {width}: slides and feature bags must share one tile encoder")
+        per_patient.setdefault(row.patient_id, {"bags": [], "sample": sample, "case": case,
+                                                "split": row.split})["bags"].append(bag)
+    if not per_patient:
+        raise InconsistentDataError(root, "no readable slide or feature bag in the cohort")
+    patients = list(per_patient.values())
+    bags = [np.concatenate(p["bags"]) for p in patients]
+    samples, cases = [p["sample"] for p in patients], [p["case"] for p in patients]
+    time, event = _outcome(clinical.loc[cases], str(clinical_path))
     if np.isnan(time).any() or (time <= 0).any():
         raise InconsistentDataError(clinical_path, "missing or non-positive survival times")
-    groups = {g: genomics.values.loc[ids, genes].to_numpy(float) for g, genes in genomics.groups.items()}
-    gene_cols = [c for genes in genomics.groups.values() for c in genes]
+    groups = {g: genomics.values.loc[samples, genes].to_numpy(float) for g, genes in gene_sets.items()}
+    gene_cols = list(dict.fromkeys(c for genes in gene_sets.values() for c in genes))
     mean_tiles = np.stack([b.mean(0) for b in bags])
-    x = np.concatenate([genomics.values.loc[ids, gene_cols].to_numpy(float), mean_tiles], axis=1)
+    x = np.concatenate([genomics.values.loc[samples, gene_cols].to_numpy(float), mean_tiles], axis=1)
 
-    names = gene_cols + [f"tile_mean.{n}" for n in ColorTextureEncoder.names]
-    split = np.array([r.split for r in keep])
+    tile_names = [f"f{i}" for i in range(bags[0].shape[1])] if from_files else list(ColorTextureEncoder.names)
+    names = gene_cols + [f"tile_mean.{n}" for n in tile_names]
+    split = np.array([p["split"] for p in patients])
     return SurvivalData(time, event, x, names, split, bags, groups, skipped,
                         content_hash=manifest.content_hash(), manifest=manifest)

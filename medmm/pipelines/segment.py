@@ -15,7 +15,8 @@ from medmm.workflows.segment.config import SegmentConfig
 COMMAND = Command(
     "segment", __doc__, SegmentConfig, default_config=Path("configs/segment/phantoms.yaml"),
     subcommands={"train": "train + evaluate", "infer": "predict masks"},
-    inputs=["train: a volume cohort folder (data.root: manifest.parquet, labels.json; e.g. make_demo_volumes)",
+    inputs=["train: a volume cohort folder (data.root: manifest.parquet; class names in labels.json or a "
+            "Decathlon-style dataset.json; e.g. make_demo_volumes, or an ingested AMOS / BTCV export)",
             "infer: a train run (infer.run_id) and NIfTI files or DICOM series folders (infer.inputs)",
             "a YAML config (--config) and key=value overrides"],
     outputs=["train: an MLflow run (tracking.uri, default ./mlflow.db): config, metrics, results/ tables, figures/, "

@@ -317,41 +317,59 @@ def tcga_cases(n_patients: int = N_PATIENTS) -> list[str]:
 
 def tcga(root: Path) -> None:
     """TCGA (one project) as CMTA / MCAT use it: ``slides/<slide barcode>.svs`` (a tiled
-    TIFF) for the first eight cases, ``features/<slide barcode>.pt`` (a tile-feature bag)
-    for the others, ``genomics.csv`` (genes x sample barcodes; one sample has no slide)
-    and ``clinical.csv`` (one row per case: survival months, censorship)."""
+    TIFF at 0.5 um/px, 20x) for eight cases, ``features/<slide barcode>.pt`` (a tile-feature
+    bag, [tiles, 16]: as wide as medmm's tile encoder, so that both kinds train as one
+    cohort) for the other four (every third case), ``genomics.csv`` (genes x sample barcodes; one sample has
+    no slide) and ``clinical.csv`` (one row per case: survival months, censorship)."""
     (root / "slides").mkdir(parents=True)
     (root / "features").mkdir()
     cases = tcga_cases()
     for i, case in enumerate(cases):
         slide = f"{case}-01Z-00-DX1.{hashlib.md5(case.encode()).hexdigest().upper()[:8]}"
-        if i < 8:
+        if i % 3 != 2:
             tile = np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)
-            tifffile.imwrite(root / f"slides/{slide}.svs", tile, tile=(32, 32), photometric="rgb")
+            tifffile.imwrite(root / f"slides/{slide}.svs", tile, tile=(32, 32), photometric="rgb",
+                             resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # 0.5 um/px
         else:
-            torch.save(torch.randn(5, 8, generator=torch.Generator().manual_seed(i)), root / f"features/{slide}.pt")
+            torch.save(torch.randn(5, 16, generator=torch.Generator().manual_seed(i)), root / f"features/{slide}.pt")
     genes = {"gene": ["TP53", "BRCA1", "ERBB2", "PIK3CA"]}
     for i, case in enumerate([*cases, "TCGA-ZZ-ZZZZ"]):
         genes[f"{case}-01"] = list(np.random.default_rng(100 + i).normal(0, 1, 4).round(3))
     pd.DataFrame(genes).to_csv(root / "genomics.csv", index=False)
-    pd.DataFrame({"case_submitter_id": cases, "survival_months": [6.0 + 5 * i for i in range(len(cases))],
+    # follow-up times shuffled over the cases (7 is prime to 12), so that every split spans short and long ones
+    pd.DataFrame({"case_submitter_id": cases, "survival_months": [6.0 + 5 * (7 * i % 12) for i in range(len(cases))],
                   "censorship": [i % 3 == 0 for i in range(len(cases))]}).astype({"censorship": int}).to_csv(
         root / "clinical.csv", index=False)
 
 
+# The classes of each dataset's dataset.json, by label value, spelt as they ship ("arotra" sic).
+AMOS_LABELS = ("background", "spleen", "right kidney", "left kidney", "gall bladder", "esophagus", "liver", "stomach",
+               "arotra", "postcava", "pancreas", "right adrenal gland", "left adrenal gland", "duodenum", "bladder",
+               "prostate/uterus")
+BTCV_LABELS = ("background", "spleen", "rkid", "lkid", "gall", "eso", "liver", "sto", "aorta", "IVC", "veins",
+               "pancreas", "rad", "lad")
+# Two organs of both datasets' label lists (value: box, CT number): spleen (1) and liver (6).
+_ORGANS = {1: ((slice(2, 7), slice(2, 7), slice(2, 6)), 50), 6: ((slice(8, 14), slice(6, 13), slice(1, 7)), 100)}
+
+
 def _nifti(path: Path, label: bool = False, seed: int = 0) -> None:
+    """A 16 x 16 x 8 abdominal volume (0.8 x 0.8 x 2.5 mm) or its label map: the spleen and
+    the liver as boxes in fat (-100 HU); the image's CT numbers shift a little with ``seed``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = np.zeros((8, 8, 4), np.uint8 if label else np.int16)
-    data[2:5, 2:5, 1:3] = 1 if label else 40 + seed % 7
+    data = np.zeros((16, 16, 8), np.uint8) if label else np.full((16, 16, 8), -100 + seed % 7, np.int16)
+    for value, (box, hu) in _ORGANS.items():
+        data[box] = value if label else hu + seed % 7
     nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])), path)
 
 
 def amos(root: Path) -> None:
     """AMOS 2022 (``amos22/``): ``imagesTr|labelsTr/amos_NNNN.nii.gz`` for nine CT cases
-    (0001-0499) and three MR cases (0500 and above), ``imagesVa|labelsVa`` for one CT case,
-    and ``imagesTs`` (no labels) for one, plus ``dataset.json``."""
+    (0001-0499) and three MR cases (0501 and above; two train, one test), ``imagesVa|labelsVa``
+    for one CT case, and ``imagesTs`` (no labels) for one, plus ``dataset.json`` with the 15
+    organ classes as the dataset names them."""
     ct = pick_patients(lambda k: f"amos_{k + 1:04d}", 9)
-    mr = pick_patients(lambda k: f"amos_{k + 507:04d}", 3)
+    mr_bands = pick_patients(lambda k: f"amos_{k + 507:04d}", 8)  # train ones first, test band last
+    mr = [*mr_bands[:2], mr_bands[-1]]
     train = [case.removeprefix("amos_") for case in ct + mr]
     for case in train:
         _nifti(root / f"imagesTr/amos_{case}.nii.gz", seed=int(case))
@@ -361,7 +379,7 @@ def amos(root: Path) -> None:
     _nifti(root / "imagesTs/amos_0401.nii.gz")
     (root / "dataset.json").write_text(json.dumps({
         "name": "AMOS", "description": "MICCAI2022 Multi-Modality Abdominal Multi-Organ Segmentation Challenge",
-        "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
+        "modality": {"0": "CT"}, "labels": dict(enumerate(AMOS_LABELS)),
         "numTraining": len(train), "numTest": 1,
         "training": [{"image": f"./imagesTr/amos_{c}.nii.gz", "label": f"./labelsTr/amos_{c}.nii.gz"} for c in train],
         "validation": [{"image": "./imagesVa/amos_0400.nii.gz", "label": "./labelsVa/amos_0400.nii.gz"}],
@@ -379,7 +397,7 @@ def btcv(root: Path) -> None:
     for n in (61, 62):
         _nifti(root / f"imagesTs/img{n:04d}.nii.gz", seed=n)
     (root / "dataset.json").write_text(json.dumps({
-        "name": "BTCV", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "spleen"},
+        "name": "BTCV", "modality": {"0": "CT"}, "labels": dict(enumerate(BTCV_LABELS)),
         "training": [{"image": f"imagesTr/img{c}.nii.gz", "label": f"labelsTr/label{c}.nii.gz"} for c in cases]}))
 
 

@@ -10,11 +10,14 @@ from pydantic import Field, model_validator
 from medmm.config.core import StrictModel
 from medmm.models.segmentation import SegModelConfig
 from medmm.tracking.config import RunTrackingConfig
+from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 
 
 class SegDataConfig(StrictModel):
-    root: Path = Field(Path("data/demo_volumes"), description="volume cohort folder (manifest.parquet, labels.json)")
-    modalities: list[Literal["ct", "mr"]] = Field(["ct", "mr"], description="modalities trained and evaluated")
+    root: Path = Field(Path("data/demo_volumes"), description="volume cohort folder (manifest.parquet; class names "
+                                                              "in labels.json or a Decathlon-style dataset.json)")
+    modalities: list[Literal["ct", "mr"]] | None = Field(
+        None, description="modalities trained and evaluated (None = those of the cohort's manifest: ct and / or mr)")
     roi: list[int] = Field([32, 32, 32], description="training patch = sliding-window size (voxels)")
     samples_per_volume: int = Field(2, description="random patches drawn per volume per visit")
     pos_fraction: float = Field(0.67, description="share of patches centred on a foreground voxel")
@@ -71,6 +74,7 @@ class SegmentConfig(StrictModel):
     tracking: SegTrackingConfig = SegTrackingConfig()
     infer: InferConfig = InferConfig()
     save_test_masks: bool = Field(True, description="log the test-case masks (NIfTI, source affine) to MLflow")
+    examples_figure: bool | None = Field(None, description=EXAMPLES_FIGURE_HELP)
 
     @model_validator(mode="after")
     def _registered_variant_is_trained(self) -> "SegmentConfig":

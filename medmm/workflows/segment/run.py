@@ -25,7 +25,7 @@ from monai.utils import set_determinism
 
 from medmm.config.core import ConfigError
 from medmm.console import Number, headline
-from medmm.data.segmentation import load_volume_cohort, model_input, read_input_volume
+from medmm.data.segmentation import cohort_classes, load_volume_cohort, model_input, read_input_volume
 from medmm.io.errors import MedmmInputError
 from medmm.metrics.segmentation import POLICY, summarise
 from medmm.models.registry import create_model
@@ -85,6 +85,7 @@ def metric_key(*parts: str) -> str:
 
 
 VARIANT_NAMES = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
+VOLUME_MODALITIES = ("ct", "mr")
 
 
 def loss_curve_group(key: str) -> tuple[str, str]:
@@ -141,9 +142,17 @@ def _seed(seed: int) -> None:
 
 def train(cfg: SegmentConfig) -> SegmentOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
-                     cohort=CohortNeeds(cfg.data.root, tuple(cfg.data.modalities), study_modality=None,
-                                        why=f"segmentation (data.modalities: {', '.join(cfg.data.modalities)})"))
+    asked = tuple(cfg.data.modalities or ())
+    facts = check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
+                             cohort=CohortNeeds(cfg.data.root, asked, study_modality=None,
+                                                why=f"segmentation (data.modalities: {', '.join(asked)})"))
+    if not asked:  # the cohort's own image modalities
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.modalities = [m for m in VOLUME_MODALITIES if m in facts.modalities]
+        if not cfg.data.modalities:
+            raise MedmmInputError(cfg.data.root, f"segmentation needs ct or mr images; the cohort's manifest has "
+                                                 f"{facts.describe()}")
+    cohort_classes(cfg.data.root)  # labels.json or dataset.json: a missing class list fails before any run
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg, "segment"),
@@ -155,6 +164,10 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     except FileNotFoundError as exc:
         finish(client, run_id, "FAILED")
         raise ConfigError(str(exc)) from exc
+    for split in ("train", "test"):
+        if not cohort.select(split):
+            raise MedmmInputError(cfg.data.root, f"no readable {split} case with a label map in "
+                                                 f"{', '.join(cfg.data.modalities)} ({len(cohort.skipped)} skipped)")
     log_context(client, run_id, "segment", cfg, cohort.manifest, cohort.skipped)
     log_metrics(client, run_id, {"data.n_skipped_cases": len(cohort.skipped),
                                  **{metric_key("data", f"n_{split}", m): len(cohort.select(split, m))
@@ -170,7 +183,7 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     # the first test case of each modality, drawn with every variant's prediction (images of the
     # cohort: only where show_cohort_examples allows)
     shown = {m: cases[0] for m in cfg.data.modalities if (cases := cohort.select("test", m))}
-    if not show_cohort_examples(getattr(cfg, "examples_figure", None), cfg.data.root):
+    if not show_cohort_examples(cfg.examples_figure, cfg.data.root):
         shown = {}
     overlays: dict[str, dict[str, np.ndarray]] = {m: {} for m in shown}
     for variant in cfg.variants:

@@ -31,6 +31,9 @@ class SurvivalDataConfig(StrictModel):
     tile_size: int = Field(128, description="tile side in pixels")
     max_tiles: int | None = Field(None, description="tiles embedded per slide (None = all tissue tiles)")
     bag_size: int = Field(32, description="tiles per bag fed to the pathology encoder (sampled each epoch)")
+    gene_groups: Path | None = Field(None, description="gene-group file (long CSV group,gene or a YAML / JSON "
+                                                       "mapping) for a pathology cohort whose manifest lists none; "
+                                                       "neither: one group of every gene")
 
 
 class SurvivalTrainConfig(StrictModel):

@@ -21,6 +21,7 @@ import torch
 
 from medmm.console import Number, headline
 from medmm.data.survival import load_bundled, load_pathology_cohort
+from medmm.io.errors import MedmmInputError
 from medmm.metrics.survival import (
     bootstrap_ci,
     evaluation_times,
@@ -82,7 +83,8 @@ class SurvivalOutcome:
 def load_data(cfg: SurvivalConfig):
     if cfg.data.dataset == "pathology":
         return load_pathology_cohort(cfg.data.root, Path(cfg.output_dir) / "bag_cache", cfg.data.magnification,
-                                     cfg.data.tile_size, cfg.data.max_tiles, cfg.seed, cfg.data.max_rows)
+                                     cfg.data.tile_size, cfg.data.max_tiles, cfg.seed, cfg.data.max_rows,
+                                     cfg.data.gene_groups)
     data = load_bundled(cfg.data.dataset)
     if cfg.data.max_rows is not None and cfg.data.max_rows < len(data):
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(data), cfg.data.max_rows, replace=False))
@@ -127,7 +129,12 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     train_all = split.train_all
     y_train = structured(data.time[train_all], data.event[train_all])
     t_test, e_test = data.time[split.test], data.event[split.test]
-    times = evaluation_times(data.time[train_all], t_test, e_test, n=cfg.eval.n_times)
+    try:
+        times = evaluation_times(data.time[train_all], t_test, e_test, n=cfg.eval.n_times)
+    except ValueError:
+        raise MedmmInputError(cfg.data.root if pathology else cfg.data.dataset,
+                              f"the test split's {int(e_test.sum())} event(s) span no time range inside the "
+                              "training follow-up: IBS and time-dependent AUC cannot be scored") from None
     results: dict[str, dict[str, float]] = {}
     predictions = pd.DataFrame({"row": split.test, "time": t_test, "event": e_test.astype(int)})
     surv_curves = {}
