@@ -19,6 +19,7 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from medmm.console.progress import progress_enabled
 
@@ -49,7 +50,11 @@ QUIET_WARNINGS = (
     # Lightning's own use of a torch API that torch deprecated
     QuietWarning(FutureWarning, "lightning.pytorch.utilities._pytree",
                  r"`isinstance\(treespec, LeafSpec\)` is deprecated"),
+    # Lightning, when an epoch has fewer batches than its logging interval: medmm logs every
+    # step of a short epoch anyway (and says so where it shrank the batch)
+    QuietWarning(UserWarning, "lightning.pytorch.loops.fit_loop", r"The number of training batches \(\d+\) is smaller"),
 )
+PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # medmm/: its own warnings print as log lines
 
 # loggers whose INFO notes say nothing to the user: MLflow's creation of a new store's
 # tables, Lightning's start-up notes (accelerators available, an advertisement, "fit stopped:
@@ -79,8 +84,14 @@ def is_quiet(category: type[Warning], filename: str, message: str) -> bool:
 
 
 def _show_unless_quiet(message, category, filename, lineno, file=None, line=None) -> None:
-    if not is_quiet(category, filename, str(message)):
-        _show_warning(message, category, filename, lineno, file, line)
+    if is_quiet(category, filename, str(message)):
+        return
+    if file is None and str(filename).startswith(PACKAGE_DIR):
+        # medmm's own warnings are for the user: one log line, without the source line
+        module = Path(filename).resolve().relative_to(Path(PACKAGE_DIR).parent).with_suffix("")
+        logging.getLogger(".".join(module.parts)).warning("%s", message)
+        return
+    _show_warning(message, category, filename, lineno, file, line)
 
 
 def configure_console() -> None:

@@ -90,5 +90,7 @@ def per_finding_auroc(scores: Any, labels: Any, names: Sequence[str]) -> AUROCRe
     defined = [v for v in values.values() if v is not None]
     values["macro"] = float(np.mean(defined)) if defined else None
     if reasons:
-        warnings.warn(f"AUROC undefined for {reasons}", UserWarning, stacklevel=2)
+        why = f"one class only among {len(y)} samples" if len(y) else "no samples"
+        warnings.warn(f"AUROC undefined for {len(reasons)} of {len(names)} findings ({why}): {', '.join(reasons)}",
+                      UserWarning, stacklevel=2)
     return AUROCResult(values, reasons)

@@ -27,6 +27,8 @@ QUIET_EXAMPLES = {
     "transformers.modeling_utils": "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
     "lightning.pytorch.utilities._pytree": "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, "
                                            "TreeSpec) and treespec.is_leaf()` instead.",
+    "lightning.pytorch.loops.fit_loop": "The number of training batches (1) is smaller than the logging interval "
+                                        "Trainer(log_every_n_steps=10).",
 }
 
 CONSOLE_PROBE = textwrap.dedent("""
@@ -50,6 +52,8 @@ CONSOLE_PROBE = textwrap.dedent("""
         def predict(self, context, model_input, params=None):
             return model_input
     warnings.warn("a warning of medmm's own", UserWarning)
+    import medmm.metrics.zeroshot as zeroshot  # one raised inside the package: one log line, no source line
+    warnings.warn_explicit("AUROC undefined for 1 of 9 findings", UserWarning, zeroshot.__file__, 93)
 """)
 
 
@@ -66,6 +70,8 @@ def test_each_line_once_and_only_the_idle_warnings_left_out():
     for quiet in QUIET_WARNINGS:
         assert err.count(f"another warning of {quiet.module}") == 1, err
     assert "a warning of medmm's own" in err
+    assert "WARNING medmm.metrics.zeroshot: AUROC undefined for 1 of 9 findings\n" in err
+    assert "warnings.warn(" not in err  # no source line under it
 
 
 def test_the_training_bar_is_drawn_on_stderr_only_where_bars_are_on(monkeypatch):
