@@ -14,7 +14,7 @@ neither torch nor Lightning, so a command may call it before importing its workf
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,9 +49,22 @@ class CohortFacts:
     modalities: tuple[str, ...]  # sorted: the manifest's modalities, plus "labs" where <root>/labs.csv has columns
     studies: dict[str, int] = field(default_factory=dict)  # split -> studies the run reads
     read_by: str | None = None  # the modality those studies were counted by (None: every study)
+    studies_with: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> split -> those studies with it
 
     def describe(self) -> str:
         return ", ".join(self.modalities) or "no files"
+
+    def too_few(self, modalities: Iterable[str], minimum: Mapping[str, int]) -> dict[str, str]:
+        """The ``modalities`` the cohort has in fewer of its read studies than ``minimum`` per
+        split (an ECG in one study of an X-ray export), each with the counts that say why."""
+        sparse = {}
+        for m in modalities:
+            counts = self.studies_with.get(m)
+            if counts is not None and any(counts.get(split, 0) < n for split, n in minimum.items()):
+                have = ", ".join(f"{counts.get(split, 0)} {split}" for split in minimum)
+                need = " / ".join(str(n) for n in minimum.values())
+                sparse[m] = f"{have} studies; pairing needs {need}"
+        return sparse
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,11 @@ def read_cohort(root: str | Path, study_modality: str | None = BY_ANCHOR, limit_
         column = studies[study_modality] if study_modality in studies.columns else None
         studies = studies[column.notna() & (column != "")] if column is not None else studies.iloc[:0]
     counts = studies["split"].value_counts()
+    with_modality = {m: {s: int(n) for s, n in studies.loc[studies[m].notna() & (studies[m] != ""), "split"]
+                         .value_counts().items()}
+                     for m in modalities if m in studies.columns}
     return CohortFacts(manifest, tuple(sorted(modalities)), {s: int(counts.get(s, 0)) for s in SPLITS},
-                       study_modality)
+                       study_modality, with_modality)
 
 
 def check_cohort(needs: CohortNeeds) -> CohortFacts:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -139,13 +139,20 @@ class PretrainConfig(StrictModel):
             raise ValueError(f"the loss uses {unbuilt}, which model.modalities {self.model.modalities} lacks")
         return self
 
-    def for_cohort(self, cohort_modalities: Iterable[str]) -> "PretrainConfig":
+    def for_cohort(self, cohort_modalities: Iterable[str], too_few: Mapping[str, str] | None = None
+                   ) -> "PretrainConfig":
         """This config narrowed to the modalities of a cohort that holds ``cohort_modalities``
         (the ``modalities`` field's rule): ``modalities`` resolved, and the loss's pairs and
         modalities, its same-label modalities and the model's encoders restricted to them.
         Raises :class:`ConfigError` for an asked-for modality the cohort lacks, or where no
-        pair (no two Symile modalities) is left to contrast. Idempotent."""
-        cohort = [m for m in MODALITIES if m in set(cohort_modalities)]
+        pair (no two Symile modalities) is left to contrast. ``too_few``: modalities the cohort
+        has in too few studies to pair (modality -> why), treated as absent. Idempotent."""
+        too_few = dict(too_few or {})
+        asked_sparse = [m for m in (self.modalities or []) if m in too_few]
+        if asked_sparse:
+            reasons = "; ".join(f"{m} is in too few studies ({too_few[m]})" for m in asked_sparse)
+            raise ConfigError(f"modalities: {reasons}")
+        cohort = [m for m in MODALITIES if m in set(cohort_modalities) and m not in too_few]
         has = ", ".join(cohort) or "none of " + ", ".join(MODALITIES)
         used = set(self.loss.used_modalities())
         if self.modalities is not None:
@@ -173,9 +180,12 @@ class PretrainConfig(StrictModel):
             resolved = [m for m in MODALITIES if any(m in pair for pair in pairs)]
             symile = [m for m in self.loss.modalities if m in resolved]
             symile = symile if len(symile) >= 2 else []
-        missing, unpaired = sorted(used - set(cohort)), sorted((used & set(cohort)) - set(resolved))
-        if (missing or unpaired) and self.modalities is None:
+        sparse = sorted(m for m in used - set(cohort) if m in too_few)
+        missing = sorted(m for m in used - set(cohort) if m not in too_few)
+        unpaired = sorted((used & set(cohort)) - set(resolved))
+        if (missing or unpaired or sparse) and self.modalities is None:
             why = [f"not in the cohort: {', '.join(missing)}"] if missing else []
+            why += [f"in too few studies to pair: {'; '.join(f'{m} ({too_few[m]})' for m in sparse)}"] if sparse else []
             why += [f"in no pair with another of them: {', '.join(unpaired)}"] if unpaired else []
             log.warning("modalities of this run: %s (left out with their pairs and evaluation, %s)",
                         ", ".join(resolved), "; ".join(why))
@@ -195,4 +205,4 @@ def preflight(cfg: PretrainConfig) -> PretrainConfig:
                         why="contrastive pretraining")
     facts = check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
                              cohort=needs)
-    return cfg.for_cohort(facts.modalities)
+    return cfg.for_cohort(facts.modalities, too_few=facts.too_few(MODALITIES, PAIRED_TRAINING_MINIMUM))

@@ -9,6 +9,7 @@ import pytest
 
 from medmm.config.core import ConfigError, build_config
 from medmm.workflows.contrastive.config import PretrainConfig
+from medmm.workflows.preflight import PAIRED_TRAINING_MINIMUM, CohortFacts
 from tests.conftest import REPO, TINY_CONFIG
 
 DEFAULT_CONFIG = REPO / "configs/pretrain/default.yaml"
@@ -63,3 +64,20 @@ def test_symile_keeps_its_modalities_in_the_cohort():
     assert cfg.loss.modalities == ["xray", "labs"] and cfg.model.modalities == ["xray", "labs"]
     with pytest.raises(ConfigError, match="the Symile loss needs two of its modalities"):
         config(*base).for_cohort(["xray", "report"])
+
+
+def test_a_modality_in_too_few_studies_to_pair_is_left_out_or_refused(caplog):
+    facts = CohortFacts(manifest=None, modalities=("ecg", "report", "xray"),
+                        studies={"train": 6, "val": 2, "test": 4},
+                        studies_with={"xray": {"train": 6, "val": 2, "test": 4},
+                                      "report": {"train": 6, "val": 2, "test": 4}, "ecg": {"train": 1}})
+    too_few = facts.too_few(("xray", "ecg", "report"), PAIRED_TRAINING_MINIMUM)
+    assert too_few == {"ecg": "1 train, 0 val, 0 test studies; pairing needs 2 / 1 / 2"}
+    cfg = config()
+    with caplog.at_level(logging.WARNING, logger="medmm.pretrain"):
+        narrowed = cfg.for_cohort(facts.modalities, too_few=too_few)
+    assert narrowed.model.modalities == ["xray", "report"] and narrowed.loss.pairs == [("xray", "report")]
+    assert "in too few studies to pair: ecg (1 train, 0 val, 0 test studies; pairing needs 2 / 1 / 2)" in caplog.text
+    asked = config("modalities=[xray,ecg]")
+    with pytest.raises(ConfigError, match=r"^modalities: ecg is in too few studies \(1 train, 0 val, 0 test"):
+        asked.for_cohort(facts.modalities, too_few=too_few)
