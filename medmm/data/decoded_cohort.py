@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from medmm.cohort.manifest import Manifest, entry_sha256, hashed_files, resolve_under
+from medmm.console import progress
 from medmm.data.ecg_transforms import preprocess_ecg
 from medmm.io.dicom import read_dicom
 from medmm.io.ecg import read_ecg
@@ -198,8 +199,9 @@ def _changed_entries(manifest: Manifest, rows: list[dict], workers: int) -> list
 def _decode(jobs: list[tuple], workers: int) -> list[tuple[dict | None, dict | None]]:
     if workers > 1 and len(jobs) > 32:
         with mp.get_context("fork").Pool(workers) as pool:
-            return pool.map(_decode_study, jobs, chunksize=32)
-    return [_decode_study(j) for j in jobs]
+            # imap keeps the studies' order, and lets the bar advance as chunks come back
+            return list(progress(pool.imap(_decode_study, jobs, chunksize=32), "decode studies", total=len(jobs)))
+    return [_decode_study(j) for j in progress(jobs, "decode studies")]
 
 
 def _cached_record(cache: DecodedCohort, i: int) -> dict:
