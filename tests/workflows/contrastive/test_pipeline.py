@@ -184,7 +184,9 @@ def test_resume_after_kill_continues_the_same_run(tiny_cohort, tmp_path):
     assert "test.xray_to_report.P_at_5" in client.get_run(run_id).data.metrics
 
 
-def test_resume_without_a_run_is_a_clear_error(tmp_path):
-    out = run_cli("--config", str(TINY_CONFIG), f"output_dir={tmp_path / 'nothing'}", "--resume", timeout=120)
+def test_resume_without_a_run_is_a_clear_error(tiny_cohort, tmp_path):
+    # a cohort that exists, so that the missing run is what the checks find
+    out = run_cli("--config", str(TINY_CONFIG), f"data.root={tiny_cohort}", f"data.cache_dir={tmp_path / 'cache'}",
+                  f"output_dir={tmp_path / 'nothing'}", "--resume", timeout=120)
     assert out.returncode == 2
     assert "no run to resume" in out.stderr
