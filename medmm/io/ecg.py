@@ -17,6 +17,7 @@ leads are kept as given (stripped).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, replace
@@ -123,6 +124,7 @@ class ECGRecord:
             raise KeyError(f"lead {name!r} not in {self.lead_names}") from None
 
 
+@functools.lru_cache(maxsize=1024)  # a cohort spells its leads a few ways, every record alike
 def normalize_lead_name(name: str) -> str:
     """Standard spelling of a lead name: ``"Lead I (Einthoven)"`` -> ``"I"``,
     ``"Lead aVR"`` / ``"AVR"`` -> ``"aVR"``, ``"v1"`` -> ``"V1"``; anything else is
@@ -145,7 +147,7 @@ def _light_layout(hea: Path) -> dict | None:
         text = hea.read_text(encoding="latin-1")
     except OSError:
         return None
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("#")]
     if not lines:
         return None
     m = _RECORD_LINE.match(lines[0])
@@ -162,11 +164,18 @@ def _light_layout(hea: Path) -> dict | None:
     layout: dict = {"n_sig": n_sig, "sig_len": None if m.group(4) is None else int(m.group(4)), "fs": fs,
                     "file_name": [], "fmt": [], "spf": [], "offset": []}
     for line in lines[1:1 + n_sig]:
-        tokens = line.split()
-        f = _FORMAT_FIELD.match(tokens[1]) if len(tokens) > 1 else None
-        if f is None:
+        tokens = line.split(None, 2)
+        if len(tokens) < 2:
             return None
         layout["file_name"].append(tokens[0])
+        if tokens[1].isdigit():  # the usual plain format: one sample per frame, no offset
+            layout["fmt"].append(tokens[1])
+            layout["spf"].append(1)
+            layout["offset"].append(0)
+            continue
+        f = _FORMAT_FIELD.match(tokens[1])
+        if f is None:
+            return None
         layout["fmt"].append(f.group(1))
         layout["spf"].append(int(f.group(2) or 1))
         layout["offset"].append(int(f.group(4) or 0))
@@ -275,7 +284,7 @@ def read_wfdb(
     fs = _positive_rate(rec.fs)
     if fs is None:
         raise InconsistentDataError(hea, f"WFDB header gives no valid sampling frequency ({rec.fs!r})")
-    if layout.get("fs") is not None and not np.isclose(fs, layout["fs"]):
+    if layout.get("fs") is not None and abs(fs - layout["fs"]) > 1e-8 + 1e-5 * abs(layout["fs"]):  # np.isclose
         raise InconsistentDataError(hea, f"WFDB header's sampling frequency is ambiguous ({layout['fs']} or {fs})")
     return _finish(signal, fs, names, units, hea, to_millivolts, allow_nan)
 
@@ -438,7 +447,6 @@ def _finish(
         raise InconsistentDataError(path, "record has zero leads")
     if signal.shape[1] == 0:
         raise InconsistentDataError(path, "record has zero samples")
-    _check_finite(signal, names, path, allow_nan)
     factors = np.ones(len(names))
     if to_millivolts:
         for i, (name, unit) in enumerate(zip(names, units)):
@@ -453,10 +461,17 @@ def _finish(
     # scale and cast in one pass; handed over read-only so ECGRecord need not copy it
     out = np.empty(signal.shape, dtype=np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        np.multiply(signal, factors[:, None], out=out, casting="same_kind")
-    # checked again on the float32 result: a gain of 1e-300 gives samples finite in
-    # float64 and infinite once stored
-    _check_finite(out, names, path, allow_nan, "after conversion to float32 millivolts")
+        if np.all(factors == 1.0):  # already in mV (or not converted): a cast alone
+            np.copyto(out, signal, casting="same_kind")
+        else:
+            np.multiply(signal, factors[:, None], out=out, casting="same_kind")
+    # one pass over the float32 result when it is clean (NaN and infinity survive the
+    # cast); the record itself is looked at only to say what is wrong: missing samples or
+    # infinite values in the file, or a gain of 1e-300 giving samples finite in float64
+    # and infinite once stored
+    if not np.isfinite(out).all():
+        _check_finite(signal, names, path, allow_nan)
+        _check_finite(out, names, path, allow_nan, "after conversion to float32 millivolts")
     out.flags.writeable = False
     return ECGRecord(out, fs, names, units, str(path))
 

@@ -275,3 +275,23 @@ def test_monai_loads_the_same_geometry(tmp_path):
     np.testing.assert_allclose(monai_affine, nib.load(nii).affine, atol=1e-6)
     np.testing.assert_allclose(monai_affine, vol.affine, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(img, dtype=np.float32), vol.array)
+
+
+def test_slices_with_their_own_rescale_are_each_rescaled(axial):
+    """The series reader rescales once for the volume where every slice shares its rescale
+    and slice by slice where one differs: both give each slice its own slope and intercept."""
+    folder, paths = axial
+    before = read_dicom_series(folder).array
+    by_position = sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))
+    changed = {1: (2.0, None), 3: (0.75, -1000.0)}  # slice index -> new slope, new intercept (None: kept)
+    expected = before.copy()
+    for k, (slope, intercept) in changed.items():
+        ds = pydicom.dcmread(by_position[k])
+        old_slope, old_intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        new_intercept = old_intercept if intercept is None else intercept
+        stored = (before[:, :, k].astype(np.float64) - old_intercept) / old_slope
+        expected[:, :, k] = (stored * slope + new_intercept).astype(np.float32)
+        _edit(by_position[k], RescaleSlope=slope, RescaleIntercept=new_intercept)
+    after = read_dicom_series(folder).array
+    np.testing.assert_allclose(after, expected, rtol=0, atol=1e-3)
+    assert not np.array_equal(after, before)
