@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed._functional_collectives import all_gather_single
 
 from medmm.losses.contrastive import _log_scale_tensor, _zero_with_grad, known_label_targets, pair_key
 from medmm.losses.symile import Negatives, symile_logits
@@ -36,12 +37,13 @@ def world() -> tuple[int, int]:
 
 
 def gather_with_grad(x: Tensor) -> Tensor:
-    """Concatenate every process's ``x`` along dim 0; gradients flow back to each owner."""
+    """Concatenate every process's ``x`` along dim 0; gradients flow back to each owner (the
+    backward sums every process's gradient for a rank's rows and scatters it to that rank).
+    PyTorch's functional collective, which it names as the replacement of the deprecated
+    ``torch.distributed.nn.functional.all_gather``."""
     if world()[1] == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), 0)
+    return all_gather_single(x.contiguous(), 0, dist.group.WORLD)
 
 
 def gather_no_grad(x: Tensor) -> Tensor:

@@ -132,7 +132,9 @@ class Command:
             if not (isinstance(exc, SystemExit) and exc.code in (0, None)):  # --help exits 0
                 end_open_runs_failed(exc)
             raise
-        print(outcome)
+        text = str(outcome)
+        if text:  # the other processes of a multi-process run print nothing
+            print(text)
         return getattr(outcome, "exit_code", 0)
 
 

@@ -11,13 +11,20 @@ A FINISHED run is not resumed (``--resume-new`` continues it in a new run); a re
 config differs from the stored one, or that finds no readable checkpoint, is an error.
 The config needs ``seed``, ``output_dir``, ``trainer`` (:class:`medmm.training.config.TrainerConfig`)
 and ``tracking`` (:class:`medmm.tracking.config.RunTrackingConfig`).
+
+Several processes (torchrun, srun: :func:`join_launched_processes`) make one run: the first
+opens the MLflow run, writes the run state, checkpoints and logs; the others get the run's id
+from it and log nothing. Each draws its share of the training studies from the permutation a
+single process draws (:class:`SingleProcessOrder`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,17 +33,21 @@ import lightning as L
 import mlflow
 import numpy as np
 import torch
+import torch.distributed as dist
+from lightning.fabric import Fabric
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
 from mlflow.tracking import MlflowClient
+from torch.utils.data import DistributedSampler
 
 from medmm.config.core import ConfigError, flatten
 from medmm.console import Number, adopt_library_loggers, headline, progress_enabled
 from medmm.tracking.pipeline_run import ensure_experiment, remember_open_run, run_name
 from medmm.tracking.run_context import artifact_location
 from medmm.tracking.store import default_tracking_uri, prepare_store
-from medmm.training.epoch_seeding import EpochSeededRandomness
+from medmm.training.epoch_seeding import EpochSeededRandomness, epoch_seed
 from medmm.training.precision import PrecisionChoice, rule_choice
 
 RUN_STATE = "run_state.json"
@@ -99,6 +110,18 @@ class PretrainOutcome:
             notes.append(f"skipped studies with unreadable files: {self.n_skipped}")
         return headline("test split (held-out patients)", self.numbers(), run_id=self.run_id,
                         tracking_uri=self.tracking_uri, table="results/test_metrics.json", notes=notes)
+
+
+@dataclass
+class WorkerOutcome:
+    """What a process other than the first of a multi-process run returns: the first one
+    evaluates, logs and reports the run, so this one has nothing to print (``str`` is empty)."""
+
+    run_id: str
+    rank: int
+
+    def __str__(self) -> str:
+        return ""
 
 
 class TrainingBar(RichProgressBar):
@@ -197,18 +220,43 @@ class NoRepeatClient(MlflowClient):
 class TrackedRunLogger(MLFlowLogger):
     """Lightning's MLflow logger through a :class:`NoRepeatClient`, which leaves the run open
     when training ends: the workflow evaluates and then finishes it (or a failure ends it
-    FAILED), so a kill during evaluation leaves a run that ``--resume`` continues."""
+    FAILED), so a kill during evaluation leaves a run that ``--resume`` continues. In a
+    process other than the first of a multi-process run it never touches the store (Lightning
+    logs from the first process only) and ``run_id`` names the first process's run."""
 
     def __init__(self, tracking_uri: str, experiment: str, run_name: str | None = None,
                  run_id: str | None = None):
         adopt_library_loggers()  # Lightning, imported by now, added its own log handlers
-        ensure_experiment(MlflowClient(tracking_uri), experiment, tracking_uri)
+        first = rank_zero_only.rank == 0
+        if first:
+            ensure_experiment(MlflowClient(tracking_uri), experiment, tracking_uri)
         super().__init__(experiment_name=experiment, run_name=run_name, tracking_uri=tracking_uri,
                          run_id=run_id, artifact_location=artifact_location(tracking_uri))
-        self._mlflow_client = NoRepeatClient(tracking_uri, run_id)
+        self._mlflow_client = NoRepeatClient(tracking_uri, run_id if first else None)
 
     def finalize(self, status: str = "success") -> None:
         pass  # the workflow ends the run
+
+
+class SingleProcessOrder(Callback):
+    """Under DDP Lightning replaces the training sampler by a ``DistributedSampler``, which
+    draws a permutation of its own (seeded with seed + epoch); this has it draw the one a single
+    process draws in that epoch (``randperm`` seeded with :func:`epoch_seed`, as
+    :class:`EpochSeededRandomness` seeds the single process's sampler), of which process r of W
+    takes every W-th study from the r-th on. A step's global batch then holds the same studies
+    whatever the number of processes: W processes with ``data.batch_size`` B / W train on the
+    batches of one process with B."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        loaders = trainer.train_dataloader
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            sampler = getattr(loader, "sampler", None)
+            if isinstance(sampler, DistributedSampler) and sampler.shuffle:
+                # its permutation's seed is seed + epoch, the epoch set by Lightning before this hook
+                sampler.seed = epoch_seed(self.seed, trainer.current_epoch) - sampler.epoch
 
 
 def log_precision_choice(logger, choice: PrecisionChoice) -> None:
@@ -236,7 +284,7 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path, precision: PrecisionChoic
     return L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes, precision=choice.precision, logger=logger,
-        **progress_callbacks([best, newest, EpochSeededRandomness(cfg.seed)]),
+        **progress_callbacks([best, newest, EpochSeededRandomness(cfg.seed), SingleProcessOrder(cfg.seed)]),
         plugins=[AtomicCheckpointIO()],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
@@ -272,17 +320,44 @@ def _resume_point(cfg, state: dict, tracking_uri: str, new_run: bool) -> str:
     return ckpt_path
 
 
-def start_or_resume_run(cfg, resume: bool | str):
-    """Seed, threads and the MLflow run of a training run: a new run, or with ``resume`` the
-    run and newest readable checkpoint that ``output_dir``'s run state names (``resume="new"``:
-    that checkpoint in a new MLflow run). A new run is named ``tracking.run_name``, else after
-    the workflow (``pretrain``, or ``ptunifier`` for a ``kind: ptunifier`` config), the cohort
-    and the time (:func:`medmm.tracking.pipeline_run.run_name`). Returns (logger, tracking_uri,
-    checkpoint to resume from or None, run folder)."""
-    name = run_name(cfg, "ptunifier" if getattr(cfg, "kind", None) == "ptunifier" else "pretrain")
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+def join_launched_processes(trainer_cfg) -> Fabric:
+    """This process's place among the run's processes (``.global_rank``, ``.world_size``) for
+    the trainer config's accelerator, devices and nodes. Where a launcher started every process
+    (torchrun, or srun under SLURM: Lightning's TorchElastic and SLURM environments), the process
+    group is joined here rather than at ``trainer.fit``, so that the first process alone opens
+    the MLflow run and decodes the cohort before the others read it
+    (``.rank_zero_first()``); the trainer's strategy then finds the group joined and uses it.
+    The other processes print errors only: their warnings and log lines repeat the first's.
+    More processes than one without such a launcher is a config error: Lightning would start
+    the others itself, after the first had opened its run."""
+    processes = Fabric(accelerator=trainer_cfg.accelerator, devices=trainer_cfg.devices,
+                       num_nodes=trainer_cfg.num_nodes)
+    if processes.world_size == 1 or (dist.is_available() and dist.is_initialized()):
+        return processes
+    if not processes.strategy.cluster_environment.creates_processes_externally:
+        raise ConfigError(f"trainer.devices={trainer_cfg.devices} with trainer.num_nodes={trainer_cfg.num_nodes} "
+                          f"makes {processes.world_size} processes: start them with pipelines/torchrun_pretrain.sh "
+                          "(torchrun) or pipelines/slurm_pretrain.sbatch (srun), or set trainer.devices=1")
+    if processes.global_rank != 0:
+        logging.disable(logging.WARNING)
+        warnings.simplefilter("ignore")
+    adopt_library_loggers()  # Lightning's notes on joining print once, through medmm's handler
+    processes.launch()
+    return processes
+
+
+def from_first_process(value):
+    """``value`` as the first process has it; every process of the run calls this (the
+    others' ``value`` is not read). Outside a multi-process run, ``value``."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _open_run(cfg, name: str, resume: bool | str) -> tuple[TrackedRunLogger, str, str | None]:
+    """The first process's part of :func:`start_or_resume_run`: the MLflow run and the run state."""
     tracking_uri = prepare_store(cfg.tracking.uri or default_tracking_uri())
     mlflow.set_tracking_uri(tracking_uri)
     output_dir = Path(cfg.output_dir)
@@ -304,8 +379,39 @@ def start_or_resume_run(cfg, resume: bool | str):
     else:
         logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, name)
     remember_open_run(tracking_uri, logger.run_id)
-    run_dir = output_dir / logger.run_id
     output_dir.mkdir(parents=True, exist_ok=True)
-    state = {"run_id": logger.run_id, "ckpt_dir": str(run_dir / "checkpoints"), "config": stored_config(cfg)}
+    state = {"run_id": logger.run_id, "ckpt_dir": str(output_dir / logger.run_id / "checkpoints"),
+             "config": stored_config(cfg)}
     state_path.write_text(json.dumps(state))
-    return logger, tracking_uri, ckpt_path, run_dir
+    return logger, tracking_uri, ckpt_path
+
+
+def start_or_resume_run(cfg, resume: bool | str):
+    """Seed, threads and the MLflow run of a training run: a new run, or with ``resume`` the
+    run and newest readable checkpoint that ``output_dir``'s run state names (``resume="new"``:
+    that checkpoint in a new MLflow run). A new run is named ``tracking.run_name``, else after
+    the workflow (``pretrain``, or ``ptunifier`` for a ``kind: ptunifier`` config), the cohort
+    and the time (:func:`medmm.tracking.pipeline_run.run_name`). Returns (logger, tracking_uri,
+    checkpoint to resume from or None, run folder)."""
+    name = run_name(cfg, "ptunifier" if getattr(cfg, "kind", None) == "ptunifier" else "pretrain")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    first = join_launched_processes(cfg.trainer).global_rank == 0
+    opened = None
+    if first:
+        try:
+            logger, tracking_uri, ckpt_path = _open_run(cfg, name, resume)
+            opened = (logger.run_id, tracking_uri, ckpt_path)
+        finally:
+            opened = from_first_process(opened)  # the others learn of a failure too, and stop
+    else:
+        opened = from_first_process(None)
+        if opened is None:
+            # the first process failed: it reports why and exits with the failure's status; this one
+            # ends quietly, so that the launcher (torchrun, srun) names the first as the failure
+            raise SystemExit(0)
+        run_id, tracking_uri, ckpt_path = opened
+        logger = TrackedRunLogger(tracking_uri, cfg.tracking.experiment, run_id=run_id)
+        remember_open_run(tracking_uri, run_id)  # a failure in this process ends the run FAILED too
+    return logger, tracking_uri, ckpt_path, Path(cfg.output_dir) / logger.run_id

@@ -34,8 +34,10 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
         self.automatic_optimization = cfg.trainer.grad_cache_chunk is None
 
     def _loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
-        """The configured loss (plus the within-modality same-label term, if any); in
-        training under DDP the cross-modal part runs over the gathered global batch."""
+        """The configured loss (plus the within-modality same-label term, if any); under DDP
+        with ``loss.gather`` the cross-modal part runs over the gathered global batch, in
+        validation too, so that ``val/loss`` (which selects checkpoints and the registered
+        champion) scores the batches a single process would."""
         # The loss runs in float32 outside any autocast: a softmax over the batch in bf16
         # blurs the small logit differences it learns from, and the encoders' outputs
         # arrive in mixed dtypes (bf16 from autocast, float32 from GradCache's cache).
@@ -55,7 +57,7 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
 
     def _cross_modal_loss(self, emb: dict, batch: dict, stage: str) -> tuple[torch.Tensor, dict]:
         cfg = self.cfg.loss
-        gather = stage == "train" and cfg.gather and world()[1] > 1
+        gather = cfg.gather and world()[1] > 1
         if cfg.name == "symile":
             # The same O(N) shuffles on every process: seeded by the step, not the rank.
             generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + int(self.global_step))
@@ -95,9 +97,12 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
         else:
             loss, parts = self._loss(self.model(batch, self.modalities), batch, stage)
         n = len(batch["index"])
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, on_step=stage == "train", on_epoch=True)
+        # Under DDP each process holds its share of the global batch's loss (medmm.losses.distributed):
+        # their mean (sync_dist) is the loss of the global batch.
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=n, on_step=stage == "train", on_epoch=True,
+                 sync_dist=True)
         for name, value in parts.items():
-            self.log(f"{stage}/loss_{name}", value, batch_size=n, on_step=False, on_epoch=True)
+            self.log(f"{stage}/loss_{name}", value, batch_size=n, on_step=False, on_epoch=True, sync_dist=True)
         if stage == "train":
             self.log("train/temperature", 1.0 / self.model.logit_scale().exp(), batch_size=n, on_step=True,
                      on_epoch=False)

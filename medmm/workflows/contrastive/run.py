@@ -22,7 +22,10 @@ from medmm.tracking.pipeline_run import finish, log_context, log_figure, registe
 from medmm.tracking.run_context import log_json_artifact
 from medmm.training.lightning_run import (
     PretrainOutcome,
+    WorkerOutcome,
     checkpointing_trainer,
+    from_first_process,
+    join_launched_processes,
     start_or_resume_run,
 )
 from medmm.training.precision import (
@@ -57,40 +60,41 @@ def precision_fingerprint(cfg: PretrainConfig) -> str:
     return step_fingerprint(cfg.model, cfg.loss, cfg.data.batch_size, cfg.data.image_size, cfg.data.ecg_fs)
 
 
-def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
+def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome | WorkerOutcome:
     """Train, evaluate and register; the modalities are the cohort's (``PretrainConfig.modalities``).
-    Every input is checked first (:func:`preflight`): a wrong one fails before a run is opened."""
+    Every input is checked first (:func:`preflight`): a wrong one fails before a run is opened.
+
+    Started as several processes (torchrun, srun) the run is one MLflow run: the first process
+    opens it, decodes the cohort before the others read its cache, picks the precision, logs,
+    checkpoints, evaluates on the test split and reports; every process trains its share of
+    each global batch, and the others return a :class:`WorkerOutcome` after training."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = preflight(cfg)
     # The text encoder's frozen, cached lower layers stay in eval mode on purpose.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     clock = {"start": time.perf_counter()}
     logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
+    processes = join_launched_processes(cfg.trainer)  # joined by start_or_resume_run
+    first = processes.global_rank == 0
     run_id = logger.run_id
     ckpt_dir = run_dir / "checkpoints"
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=cfg.model.text.model_path, min_studies=PAIRED_TRAINING_MINIMUM)
-    dm.setup()
+    with processes.rank_zero_first():  # one process writes the decoded-cohort cache
+        dm.setup()
     clock["data"] = time.perf_counter()
-    if dm.cohort.skipped:
-        print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
-        for s in dm.cohort.skipped:
-            print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
-    client = logger.experiment  # logs each metric step once, also across a resume
-    log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
-    client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
-    client.log_metric(run_id, "data.train_batch_size", dm.train_batch_size)
-    for split in ("train", "val", "test"):
-        client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
-
     task = ContrastivePretrainTask(cfg)
-    precision = choose_precision(cfg.trainer.precision, lambda: precision_probe_step(task, dm),
-                                 precision_fingerprint(cfg))
+    precision = from_first_process(choose_precision(cfg.trainer.precision, lambda: precision_probe_step(task, dm),
+                                                    precision_fingerprint(cfg)) if first else None)
     trainer = checkpointing_trainer(cfg, logger, ckpt_dir, precision)
+    if first:
+        _log_data(logger.experiment, run_id, cfg, dm)
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     clock["train"] = time.perf_counter()
-
+    if not first:
+        return WorkerOutcome(run_id, processes.global_rank)
+    client = logger.experiment  # logs each metric step once, also across a resume
     tokenizer = load_tokenizer(cfg.model.text.model_path)
     reference = cohort_reference_levels(Path(dm.cfg.root), dm.cohort.labels[dm.cohort.indices("test")])
     result = evaluate_contrastive(task.model, dm.test_dataloader(), tokenizer, reference,
@@ -133,3 +137,16 @@ def run(cfg: PretrainConfig, resume: bool = False) -> PretrainOutcome:
     timing = ", ".join(f"{k[5:-2]} {v:.0f} s" for k, v in timings.items())
     return PretrainOutcome(run_id, tracking_uri, result.metrics, f"{table}\n\ntime: {timing}", model_uri,
                            len(dm.cohort.skipped), cfg.tracking.registered_name, rows=result.rows)
+
+
+def _log_data(client, run_id: str, cfg: PretrainConfig, dm: PretrainDataModule) -> None:
+    """The run's context and data counts (``data.train_batch_size``: studies per process and step)."""
+    if dm.cohort.skipped:
+        print(f"WARNING: skipped {len(dm.cohort.skipped)} stud(ies) with unreadable files:", file=sys.stderr)
+        for s in dm.cohort.skipped:
+            print(f"  {s['path']}: {s['problem']}", file=sys.stderr)
+    log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
+    client.log_metric(run_id, "data.n_skipped_studies", len(dm.cohort.skipped))
+    client.log_metric(run_id, "data.train_batch_size", dm.train_batch_size)
+    for split in ("train", "val", "test"):
+        client.log_metric(run_id, f"data.n_{split}_studies", len(dm.cohort.indices(split)))
