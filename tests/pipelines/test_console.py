@@ -100,7 +100,7 @@ def test_a_tiny_run_prints_its_headline_and_nothing_twice(tiny_cohort, tmp_path)
     # stdout: the headline, ending with how to open the run
     lines = out.stdout.strip().splitlines()
     assert lines[0] == f"Run {run.info.run_name} - test split (held-out patients):"
-    assert re.match(r"\s+X-ray -> report P@5 \(findings match\)\s+\d\.\d{3}", lines[1])
+    assert re.match(r"\s+X-ray -> report P@5 \(findings match, plain similarity\)\s+\d\.\d{3}", lines[1])
     assert any(line.startswith("exported model: ") for line in lines)
     assert lines[-2].endswith(f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}")
     assert lines[-1] == f"MLflow run id: {run.info.run_id} (store sqlite:///{tmp_path / 'mlflow.db'})"

@@ -68,6 +68,7 @@ def test_every_workflow_outcome_ends_with_the_shared_headline(run):
     common = {"run_id": run_id, "tracking_uri": uri}
     contrastive = PretrainOutcome(
         metrics={"xray_to_report.P@5": 0.62, "xray_to_report.prior_corrected.P@5": 0.7, "report_to_xray.P@5": 0.5,
+                 "xray_to_report.val_chosen.P@5": 0.7, "xray_to_report.val_chosen_method": 1.0,
                  "zeroshot_xray.cardiomegaly": 0.7, "zeroshot_xray.edema": 0.9},
         table="long table\n\ntime: data 2 s, train 4 s", model_uri=None, n_skipped=2,
         rows=[{"metric": "xray->report P@5", "value": 0.62, "chance": 0.57, "oracle": 0.82}], **common)
@@ -92,11 +93,14 @@ def test_every_workflow_outcome_ends_with_the_shared_headline(run):
     built = BuildOutcome(index_path=Path("/runs/index"), metrics={"index.n_studies": 60.0, "time.embed_s": 9.0,
                                                                   "test.xray_to_report.R_at_5": 0.45}, **common)
     expected = [  # (outcome, lines its headline holds, its full table)
-        (contrastive, ["X-ray -> report P@5 (findings match)  0.620   chance 0.570   oracle 0.820",
-                       "zero-shot X-ray AUROC (mean of 2 findings)  0.800   chance 0.500",
+        (contrastive, ["X-ray -> report P@5 (findings match, plain similarity)        0.620   chance 0.570   "
+                       "oracle 0.820",
+                       "X-ray -> report P@5 (prior-corrected, chosen on validation)   0.700   chance 0.570   "
+                       "oracle 0.820",
+                       "zero-shot X-ray AUROC (mean of 2 findings)                    0.800   chance 0.500",
                        "time: data 2 s, train 4 s", "skipped studies with unreadable files: 2"],
          "results/test_metrics.json"),
-        (ptunifier, ["X-ray -> report P@5 (findings match)   0.560", "exported model: /runs/x/export",
+        (ptunifier, ["X-ray -> report P@5 (findings match, plain similarity)   0.560", "exported model: /runs/x/export",
                      "registered model: medmm-ptunifier (models:/m-1)"], "results/test_metrics.json"),
         (finetune, ["macro AUROC over findings   0.710   chance 0.500"], "results/test_metrics.json"),
         (report, ["BLEU-4 (greedy)        0.020   nearest-report baseline 0.050   most-frequent baseline 0.070",
@@ -118,7 +122,9 @@ def test_every_workflow_outcome_ends_with_the_shared_headline(run):
         assert f"Full table:    {table}" in text
         assert text.rstrip().endswith(f"MLflow run id: {run_id} (store {uri})")
         assert f"/#/experiments/{experiment_id}/runs/{run_id}" in text
-        assert "long table" not in text and "prior" not in text  # the full table stays in MLflow
+        assert "long table" not in text  # the full table stays in MLflow
+        # of the re-rankers, only the one validation chose, beside plain similarity
+        assert text.count("prior-corrected") == (outcome is contrastive) and "memory" not in text
     # only the directions into the report where there are some; no baseline's own line; class means only
     assert "report -> X-ray" not in str(contrastive)
     assert "coxnet" not in str(survival) and "beam" not in str(report) and "liver" not in str(segment)
