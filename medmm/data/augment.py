@@ -18,6 +18,13 @@ def sample_rngs(seed: int, epoch: int, indices: list[int]) -> list[np.random.Gen
     return [np.random.default_rng([seed, epoch, int(i)]) for i in indices]
 
 
+def sample_noise(shape: torch.Size, rngs: list[np.random.Generator]) -> torch.Tensor:
+    """Standard normal noise of ``shape`` ([N, ...]), each sample's from its own generator:
+    a sample gets the same noise in any batch, and in any process of a multi-process run."""
+    return torch.stack([torch.randn(shape[1:], generator=torch.Generator().manual_seed(int(r.integers(2**31))))
+                        for r in rngs]) if rngs else torch.zeros(shape)
+
+
 def augment_xray(images: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Tensor:
     """Small affine (rotation, scale, shift), contrast / gamma and noise: the nuisance a
     real acquisition adds, none of which moves a finding to another side."""
@@ -38,8 +45,7 @@ def augment_xray(images: torch.Tensor, rngs: list[np.random.Generator]) -> torch
     gamma = torch.from_numpy(params[:, 5]).float().view(n, 1, 1, 1)
     out = (out.clamp(0, 1) ** gamma - 0.5) * contrast + 0.5
     noise_sd = torch.from_numpy(params[:, 6]).float().view(n, 1, 1, 1)
-    gen = torch.Generator().manual_seed(int(rngs[0].integers(2**31)) if rngs else 0)
-    return out + noise_sd * torch.randn(out.shape, generator=gen)
+    return out + noise_sd * sample_noise(out.shape, rngs)
 
 
 def normalise_xray(images: torch.Tensor) -> torch.Tensor:
@@ -53,5 +59,4 @@ def augment_ecg(signals: torch.Tensor, rngs: list[np.random.Generator]) -> torch
     out = torch.empty_like(signals)
     for i, r in enumerate(rngs):
         out[i] = torch.roll(signals[i], shifts=int(r.integers(0, t)), dims=-1) * float(r.uniform(0.9, 1.1))
-    gen = torch.Generator().manual_seed(int(rngs[0].integers(2**31)) if rngs else 0)
-    return out + 0.02 * torch.randn(out.shape, generator=gen)
+    return out + 0.02 * sample_noise(out.shape, rngs)

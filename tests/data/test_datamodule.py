@@ -30,6 +30,12 @@ def test_augmentation_is_reproducible_per_sample_and_epoch():
     c = augment_xray(images, sample_rngs(0, 2, [5, 6, 7]))
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, c)
+    # a sample is augmented alike in any batch (noise included): alone, or as another batch's first
+    torch.testing.assert_close(augment_xray(images[1:2], sample_rngs(0, 1, [6])), a[1:2])
+    torch.testing.assert_close(augment_xray(images[[2, 0]], sample_rngs(0, 1, [7, 5])), a[[2, 0]])
+    signals = torch.rand(3, 12, 100)
+    whole = augment_ecg(signals, sample_rngs(0, 1, [5, 6, 7]))
+    torch.testing.assert_close(augment_ecg(signals[2:], sample_rngs(0, 1, [7])), whole[2:])
 
 
 def test_ecg_augmentation_is_a_global_scale_and_circular_shift_plus_noise():
