@@ -37,6 +37,7 @@ from medmm.models.registry import create_model
 from medmm.tracking.run_context import saved_config_yaml
 from medmm.tracking.saved_model import check_model_folder
 from medmm.workflows.contrastive.config import PretrainConfig
+from medmm.workflows.ptunifier.config import MODALITIES as PTUNIFIER_MODALITIES
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 
 
@@ -92,6 +93,11 @@ class PretrainedModel:
     tokenizer: Any
     weights_sha256: str
     source: str
+
+    def backbone(self) -> "Backbone":
+        """The model as downstream tasks read it (:class:`Backbone`), with PTUnifier's ITC
+        temperature of pretraining."""
+        return Backbone(self.kind, self.model, getattr(getattr(self.config, "loss", None), "itc_temperature", 0.1))
 
 
 def file_sha256(path: Path) -> str:
@@ -199,6 +205,11 @@ class Backbone(nn.Module):
     def is_ptunifier(self) -> bool:
         return self.family == "ptunifier"
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The inputs the model encodes (PTUnifier: X-rays and reports)."""
+        return PTUNIFIER_MODALITIES if self.is_ptunifier else self.model.modalities
+
     def feature_dim(self, kind: str) -> int:
         if self.is_ptunifier:
             return self.model.out_dim
@@ -235,6 +246,11 @@ class Backbone(nn.Module):
         if column == "report":
             return itc_text_embeddings(self.model, batch["report_ids"], batch["report_mask"])
         raise ValueError(f"a PTUnifier model embeds xray or report, not {column!r}")
+
+    def encode(self, column: str, batch: dict) -> torch.Tensor:
+        """:meth:`embed` under the contrastive model's name, so that a Backbone of either family
+        goes where that model's embeddings are read (:func:`embed_texts`)."""
+        return self.embed(column, batch)
 
     def retrieval_temperature(self) -> torch.Tensor | float:
         if self.is_ptunifier:

@@ -6,7 +6,9 @@ decoder arrangement PTUnifier uses for report generation.
 
 The encoders keep their pretrained weights; their *tokens* (CNN grid cells, ViT patch
 outputs, ECG transformer outputs) rather than the pooled vector feed the decoder, so the
-decoder can attend to where a finding is.
+decoder can attend to where a finding is. The X-ray encoder comes from either pretraining
+family: the contrastive model's own, or PTUnifier's image path (its ViT, without the text
+encoder, prompts and fusion layers), whose CLS-first outputs are the tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from torch import nn
 from medmm.config.core import StrictModel
 from medmm.data.tokenizer import packaged_minilm_path
 from medmm.models.encoders.xray import XrayCNN, XrayViT
+from medmm.models.ptunifier import PTUnifier
 
 
 class DecoderConfig(StrictModel):
@@ -30,8 +33,38 @@ class DecoderConfig(StrictModel):
     dropout: float = 0.1
 
 
+class PTUnifierImageTower(nn.Module):
+    """PTUnifier's image path alone (patch embedding, CLS, positions, ViT blocks, norm), over
+    the same parameters: the X-ray encoder a report generator takes from a PTUnifier model."""
+
+    # PTUnifier's own image-path methods, run over the submodules this tower holds
+    patch_tokens = PTUnifier.patch_tokens
+    _image_cls = PTUnifier._image_cls
+    _run_image = PTUnifier._run_image
+    encode_image = PTUnifier.encode_image
+
+    def __init__(self, model: PTUnifier):
+        super().__init__()
+        self.patch_embed, self.image_cls, self.image_pos = model.patch_embed, model.image_cls, model.image_pos
+        self.image_blocks, self.image_norm = model.image_blocks, model.image_norm
+        self.out_dim = model.image_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encode_image(x)
+
+
+def pretrained_encoders(model: nn.Module) -> nn.ModuleDict:
+    """The encoders a report generator can take from a pretraining model (sharing its
+    parameters): the contrastive model's own; PTUnifier's image path as the X-ray encoder."""
+    if isinstance(model, PTUnifier):
+        return nn.ModuleDict({"xray": PTUnifierImageTower(model)})
+    return model.encoders
+
+
 def xray_tokens(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """[B, 1, H, W] -> [B, N, C] tokens of a medmm X-ray encoder (before its pooling)."""
+    if isinstance(encoder, PTUnifierImageTower):
+        return encoder(x)  # [B, 1 + N, d], CLS first
     if isinstance(encoder, XrayCNN):
         h = encoder.feature_map(x)  # [B, C, h, w]
         grid = h.flatten(2).transpose(1, 2)

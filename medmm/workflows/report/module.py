@@ -83,11 +83,12 @@ def most_frequent_report(train_texts: list[str]) -> str:
 
 
 @torch.no_grad()
-def nearest_report(pretrained_model, query_batches, train_text_emb: np.ndarray, train_texts: list[str]) -> list[str]:
-    """For each query X-ray, the training report closest to it in the pretrained shared
-    embedding space (X-ray -> report retrieval, cosine)."""
+def nearest_report(backbone, query_batches, train_text_emb: np.ndarray, train_texts: list[str]) -> list[str]:
+    """For each query X-ray, the training report closest to it in the pretrained model's
+    retrieval space (X-ray -> report, cosine): the contrastive model's shared embeddings, or
+    PTUnifier's ITC embeddings (``backbone``: a :class:`medmm.workflows.pretrained.Backbone`)."""
     out = []
     for batch in query_batches:
-        q = pretrained_model.encode("xray", batch).numpy()
+        q = backbone.encode("xray", batch).numpy()
         out.extend(train_texts[j] for j in (q @ train_text_emb.T).argmax(1))
     return out

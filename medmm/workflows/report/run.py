@@ -32,7 +32,7 @@ from medmm.data.datamodule import PretrainDataModule
 from medmm.io.errors import MedmmInputError
 from medmm.io.labeler import label_report
 from medmm.metrics.report_generation import report_generation_metrics
-from medmm.models.heads.report_decoder import ReportGenerator
+from medmm.models.heads.report_decoder import ReportGenerator, pretrained_encoders
 from medmm.tracking.figures import metric_curves_figure, show_cohort_examples
 from medmm.tracking.pipeline_run import (
     finish,
@@ -124,8 +124,9 @@ def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -
                                                 no_repeat_ngram_size=g.no_repeat_ngram_size)
     refs = [str(t) for t in cohort.report_text[index]]
     train_texts = [str(t) for t in cohort.report_text[cohort.indices("train")]]
-    train_emb = _embed_texts(pretrained.model, tok, train_texts, pretrained.config.model.text.max_tokens)
-    outputs["nearest_neighbour"] = nearest_report(pretrained.model, loader, train_emb, train_texts)
+    backbone = pretrained.backbone()  # the retrieval embeddings of either pretraining family
+    train_emb = _embed_texts(backbone, tok, train_texts, pretrained.config.model.text.max_tokens)
+    outputs["nearest_neighbour"] = nearest_report(backbone, loader, train_emb, train_texts)
     outputs["most_frequent"] = [most_frequent_report(train_texts)] * len(refs)
     metrics = {name: report_generation_metrics(hyps, refs) for name, hyps in outputs.items()}
     first = next(iter(outputs))
@@ -184,7 +185,7 @@ def train(cfg: ReportConfig) -> ReportOutcome:
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
                                  tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
-    cfg.check_pretrained_encoders(pretrained.model.modalities)  # before a run is opened
+    cfg.check_pretrained_encoders(pretrained.backbone().modalities)  # before a run is opened
     logger = lightning_logger(cfg.tracking.experiment, run_name(cfg, "report"), tracking_uri)
     run_id = logger.run_id
     client = logger.experiment
@@ -201,7 +202,7 @@ def train(cfg: ReportConfig) -> ReportOutcome:
                                  **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
     clock["data"] = time.perf_counter()
 
-    generator = ReportGenerator.from_pretrained(copy.deepcopy(pretrained.model.encoders), cfg.decoder)
+    generator = ReportGenerator.from_pretrained(copy.deepcopy(pretrained_encoders(pretrained.model)), cfg.decoder)
     task = ReportGenerationTask(cfg, generator)
     ckpt_dir = Path(cfg.output_dir) / run_id / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)

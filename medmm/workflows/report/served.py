@@ -4,6 +4,8 @@ through ``mlflow.pyfunc.load_model`` and writes reports.
 ``predict`` takes a DataFrame with an ``xray`` column (DICOM bytes or paths) and, for a model
 conditioned on ECG too, an ``ecg`` column (DICOM-waveform bytes, WFDB / DICOM-waveform paths); it returns one
 generated report per row. ``params={"num_beams": n}`` picks greedy (1) or beam search.
+Inputs are read as the pretraining run read them (its ``data.image_size``, ``data.ecg_fs``
+and tokenizer), for a generator on either pretraining family's X-ray encoder.
 Weights travel as safetensors (never pickle), configs as YAML / JSON.
 """
 
@@ -22,18 +24,22 @@ from medmm.data.inputs import served_input_batch
 from medmm.data.tokenizer import load_tokenizer
 from medmm.models.encoders.ecg import build_ecg_encoder
 from medmm.models.encoders.xray import build_xray_encoder
-from medmm.models.heads.report_decoder import ReportGenerator
+from medmm.models.heads.report_decoder import PTUnifierImageTower, ReportGenerator
 from medmm.tracking.run_context import saved_config_yaml
 from medmm.tracking.saved_model import log_saved_model
-from medmm.workflows.pretrained import read_pretrain_config
+from medmm.workflows.pretrained import build_model, read_pretrain_config
 from medmm.workflows.report.config import ReportConfig
 
 PIP_REQUIREMENTS = ["medmm", "torch", "transformers", "pydicom", "wfdb", "safetensors"]
 
 
-def build_generator(report_cfg, pretrain_cfg, bert_config):
-    """A ReportGenerator skeleton (random weights) of the saved shapes."""
-    xray = build_xray_encoder(pretrain_cfg.model.xray, pretrain_cfg.data.image_size)
+def build_generator(report_cfg, family: str, pretrain_cfg, bert_config):
+    """A ReportGenerator skeleton (random weights) of the saved shapes, its X-ray encoder that
+    of the pretraining ``family`` (PTUnifier: the image path of a model of its config)."""
+    if family == "ptunifier":
+        xray = PTUnifierImageTower(build_model(family, pretrain_cfg))
+    else:
+        xray = build_xray_encoder(pretrain_cfg.model.xray, pretrain_cfg.data.image_size)
     ecg = build_ecg_encoder(pretrain_cfg.model.ecg) if report_cfg.decoder.use_ecg else None
     return ReportGenerator(xray, ecg, bert_config)
 
@@ -42,9 +48,9 @@ class ReportGeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         a = context.artifacts
         self.cfg = build_config(ReportConfig, a["report_config"])
-        _, self.pretrain_cfg = read_pretrain_config(Path(a["pretrain_config"]), "more")
+        family, self.pretrain_cfg = read_pretrain_config(Path(a["pretrain_config"]))
         bert = BertConfig.from_dict(json.loads(Path(a["decoder_config"]).read_text()))
-        self.model = build_generator(self.cfg, self.pretrain_cfg, bert)
+        self.model = build_generator(self.cfg, family, self.pretrain_cfg, bert)
         load_model(self.model, a["weights"])
         self.model.eval()
         self.tokenizer = load_tokenizer(self.pretrain_cfg.model.text.model_path)
