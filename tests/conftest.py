@@ -13,6 +13,7 @@ from medmm.data.tokenizer import load_tokenizer
 from medmm.demo.pathology import build_pathology_cohort, he_wheel_path
 from medmm.models.registry import create_model
 from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
+from tests.cohort import replicas
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -51,6 +52,15 @@ def iu_source() -> Path:
     if not path.exists():
         pytest.skip(f"IU reports not found at {path}: run `make data-cache` (make test does it)")
     return path
+
+
+@pytest.fixture
+def hospital_export(tmp_path) -> Path:
+    """The hospital-style PACS export replica (tests/cohort/replicas.py), written afresh."""
+    root = tmp_path / "export"
+    root.mkdir()
+    replicas.hospital_export(root)
+    return root
 
 
 @pytest.fixture(scope="session")

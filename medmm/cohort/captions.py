@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 
+from medmm.cohort.scan import cell_text
+
 POSITIVE = ("{Finding}.", "There is {finding}.", "Findings consistent with {finding}.")
 NEGATIVE = ("No {finding}.", "No evidence of {finding}.", "{Finding} is not seen.")
 UNCERTAIN = ("Possible {finding}.", "{Finding} cannot be excluded.", "Findings may represent {finding}.")
@@ -20,10 +22,8 @@ NO_FINDING_COLUMN = "no finding"
 
 def _label(value) -> int | None:
     """1, 0 or -1 from a label cell; None for blank / not mentioned."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    if not text or text.lower() == "nan":
+    text = cell_text(value)
+    if text is None:
         return None
     try:
         number = float(text)

@@ -52,6 +52,7 @@ from medmm.cohort.scan import (
     RECORD_FIELDS,
     CompiledRule,
     candidate_rules,
+    cell_text,
     init_worker,
     inspect_batch,
     shown_value,
@@ -191,10 +192,8 @@ def rules_fingerprint(spec: CohortSpec) -> str:
 
 def _clean_id(value) -> str | None:
     """Identifiers as text: '15709.0' (a float column) -> '15709'; '' -> None."""
-    if value is None:
-        return None
-    s = str(value).strip()
-    if not s or s.lower() == "nan":
+    s = cell_text(value)
+    if s is None:
         return None
     return s[:-2] if re.fullmatch(r"\d+\.0", s) else s
 
@@ -511,8 +510,7 @@ def _row_text(row: dict, spec: TableSpec, key: str) -> str | None:
     sentences of its finding labels (None for an item table that is not a report table)."""
     if not (spec.text_columns or spec.label_columns):
         return None
-    lines = [str(row[c]).strip() for c in spec.text_columns if row[c] is not None and str(row[c]).strip()
-             and str(row[c]).strip().lower() != "nan"]
+    lines = [text for text in (cell_text(row[c]) for c in spec.text_columns) if text]
     if spec.label_columns:
         try:
             lines.append(caption_from_labels({c: row[c] for c in spec.label_columns}, key))

@@ -147,6 +147,15 @@ def header_values(ds, keyword: str) -> list[str]:
     return values
 
 
+def cell_text(value) -> str | None:
+    """A table cell as stripped text; None for an empty or missing one (pandas reads a
+    blank cell of a number column as NaN)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return None if not text or text.lower() == "nan" else text
+
+
 def shown_value(keyword: str, value: str) -> str:
     """A tag or column value as the ingest summary may print it: technical DICOM fields
     (medmm.io.dicom.METADATA_KEYS, a SOP class by its name) and short words without

@@ -50,9 +50,12 @@ def run_page(tracking_uri: str, run_id: str, experiment_id: str | None) -> str:
 
 
 def _run_info(tracking_uri: str, run_id: str):
-    """(run name, experiment id) of a run; (None, None) where the store cannot be read."""
+    """(run name, experiment id) of a run; (None, None) where the store cannot be read. A
+    SQLite store that does not exist is not read: MLflow would create it."""
     from mlflow.tracking import MlflowClient
 
+    if tracking_uri.startswith(SQLITE) and not Path(tracking_uri.removeprefix(SQLITE).split("?", 1)[0]).is_file():
+        return None, None
     try:
         info = MlflowClient(tracking_uri).get_run(run_id).info
         return info.run_name, info.experiment_id

@@ -60,10 +60,6 @@ MODALITY_NAMES = {"xray": "X-ray", "ecg": "ECG", "report": "report", "labs": "la
 HEADLINE_K = 5  # the headline's retrieval number: label-match precision at 5 (P@5)
 
 
-# val_chosen_method of the contrastive evaluation: the re-ranker validation chose per direction
-RERANKERS = {1: "prior-corrected", 2: "memory-translated"}
-
-
 @dataclass
 class PretrainOutcome:
     """What a pretraining run leaves: its MLflow run, held-out metrics and their table.
@@ -98,10 +94,12 @@ class PretrainOutcome:
                               self.metrics[f"{direction}.P@{HEADLINE_K}"],
                               (("chance", row.get("chance")), ("oracle", row.get("oracle")))))
             reranked = self.metrics.get(f"{direction}.val_chosen.P@{HEADLINE_K}")
-            method = self.metrics.get(f"{direction}.val_chosen_method")
-            if reranked is not None and method:  # method 0 is plain similarity: nothing more to show
-                label = RERANKERS.get(int(method), "re-ranked")
-                out.append(Number(f"{names} P@{HEADLINE_K} ({label}, chosen on validation)", reranked,
+            # the evaluation's row of that figure names the method: "<q>-><c> P@5 val-chosen: <method>"
+            chosen = f"{query}->{candidate} P@{HEADLINE_K} val-chosen: "
+            method = next((r["metric"].removeprefix(chosen) for r in self.rows if r["metric"].startswith(chosen)),
+                          "re-ranked")
+            if reranked is not None and self.metrics.get(f"{direction}.val_chosen_method"):  # 0: plain, shown
+                out.append(Number(f"{names} P@{HEADLINE_K} ({method}, chosen on validation)", reranked,
                                   (("chance", row.get("chance")), ("oracle", row.get("oracle")))))
         for modality in MODALITY_NAMES:
             planted = self.metrics.get(f"zeroshot_{modality}.planted_mean")

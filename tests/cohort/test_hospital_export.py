@@ -24,28 +24,20 @@ REPO = Path(__file__).resolve().parents[2]
 SPEC = REPO / "cohorts/hospital_export_example.yaml"
 
 
-@pytest.fixture
-def export(tmp_path) -> Path:
-    root = tmp_path / "export"
-    root.mkdir()
-    replicas.hospital_export(root)
-    return root
-
-
 def header(path: Path) -> pydicom.Dataset:
     return pydicom.dcmread(path, stop_before_pixels=True, force=True)
 
 
-def test_hospital_export(export, capsys, monkeypatch):
+def test_hospital_export(hospital_export, capsys, monkeypatch):
     monkeypatch.setenv("MEDMM_PROGRESS", "1")
-    out = export / "manifest.parquet"
-    assert main(["--spec", str(SPEC), "--root", str(export), "--workers", "1"]) == 0
+    out = hospital_export / "manifest.parquet"
+    assert main(["--spec", str(SPEC), "--root", str(hospital_export), "--workers", "1"]) == 0
     printed = capsys.readouterr()
     table = pd.read_parquet(out)
 
     # only chest radiographs are X-rays: CT, MR, NM, the extremity CR and the DICOMDIR are not
     xray = table[table["modality"] == "xray"]
-    headers = {p: header(export / p) for p in xray["path"]}
+    headers = {p: header(hospital_export / p) for p in xray["path"]}
     assert len(xray) == 12 and {h.Modality for h in headers.values()} == {"CR", "DX"}
     assert {h.BodyPartExamined for h in headers.values()} == {"CHEST"}
     assert any("." not in Path(p).name for p in xray["path"])  # the file without extension nor preamble
@@ -61,16 +53,16 @@ def test_hospital_export(export, capsys, monkeypatch):
     # the DICOM waveform ECG is an ecg, joined to its patient's X-ray study taken two hours before
     ecg = table[table["modality"] == "ecg"]
     assert len(ecg) == 1 and Path(ecg["path"].iloc[0]).name == "ECG0001.dcm"
-    ecg_header = header(export / ecg["path"].iloc[0])
+    ecg_header = header(hospital_export / ecg["path"].iloc[0])
     assert ecg["linked_from"].iloc[0] == ecg_header.StudyInstanceUID
     assert ecg["study_id"].iloc[0] == accession_study["ACC1001"] and ecg["patient_id"].iloc[0] == \
         ecg_header.PatientID
-    assert read_ecg(export / ecg["path"].iloc[0]).n_leads == 12
+    assert read_ecg(hospital_export / ecg["path"].iloc[0]).n_leads == 12
 
     # the cut CR is listed as unreadable, with its reason
     listed = pd.read_csv(unreadable_path(out))
     assert listed["reason"].tolist() == ["truncated"] and "compressed frame" in listed["problem"].iloc[0]
-    assert header(export / listed["path"].iloc[0]).Modality == "CR"
+    assert header(hospital_export / listed["path"].iloc[0]).Modality == "CR"
 
     # the summary: counts by category, never an identifier or a path of the export
     assert "12 patients, 12 studies, 25 rows" in printed.out and "links made 13" in printed.out
@@ -82,16 +74,16 @@ def test_hospital_export(export, capsys, monkeypatch):
         assert identifier not in printed.out + printed.err
 
 
-def test_routing_by_sop_class_and_modality(export):
-    spec = CohortSpec(name="routed", root=export, modalities=["xray", "ct", "mr"], files=[
+def test_routing_by_sop_class_and_modality(hospital_export):
+    spec = CohortSpec(name="routed", root=hospital_export, modalities=["xray", "ct", "mr"], files=[
         {"modality": "xray", "format": "dicom", "pattern": "dicom/**",
          "select": {"SOPClassUID": ["Computed Radiography Image Storage",
                                     "Digital X-Ray Image Storage - For Presentation"]}},
         {"modality": "ct", "format": "dicom", "pattern": "dicom/**", "select": {"Modality": "ct"}},
         {"modality": "mr", "format": "dicom", "pattern": "dicom/**", "select": {"Modality": "MR"}}])
-    stats = ingest(spec, export, export / "m.parquet", workers=1)
-    table = pd.read_parquet(export / "m.parquet")
-    routed = {m: {header(export / p).Modality for p in g["path"]} for m, g in table.groupby("modality")}
+    stats = ingest(spec, hospital_export, hospital_export / "m.parquet", workers=1)
+    table = pd.read_parquet(hospital_export / "m.parquet")
+    routed = {m: {header(hospital_export / p).Modality for p in g["path"]} for m, g in table.groupby("modality")}
     assert routed == {"xray": {"CR", "DX"}, "ct": {"CT"}, "mr": {"MR"}}  # the extremity CR is an X-ray here
     # a SOP class is shown by its name, the first rule's reason counts (the NM file is a
     # Secondary Capture, as pydicom's JPEG-lossy.dcm is)

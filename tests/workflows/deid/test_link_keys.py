@@ -25,14 +25,6 @@ SPEC = REPO / "cohorts/hospital_export_example.yaml"
 KEY = b"link-key-test"
 
 
-@pytest.fixture
-def export(tmp_path) -> Path:
-    root = tmp_path / "raw"
-    root.mkdir()
-    replicas.hospital_export(root)
-    return root
-
-
 def _identifiers(root: Path) -> set[str]:
     """Every patient ID, accession number, instance UID and person name in the export's headers
     (of five characters or more: pydicom's files have StudyIDs such as '2')."""
@@ -58,14 +50,14 @@ def _keys(table: pd.DataFrame, modality: str) -> set[tuple[str, str, str]]:
     return set(zip(rows["path"].map(lambda p: Path(p).name.split(".")[0]), rows["study_id"], rows["patient_id"]))
 
 
-def test_the_spec_that_links_the_export_links_its_deidentified_copy(export, tmp_path):
+def test_the_spec_that_links_the_export_links_its_deidentified_copy(hospital_export, tmp_path):
     out = tmp_path / "deid"
-    outcome = run(export, out, KEY, spec=SPEC)
+    outcome = run(hospital_export, out, KEY, spec=SPEC)
     assert outcome.exit_code == 1 and outcome.summary_counts["dicom_unreadable"] == 1  # the cut CR
     assert outcome.summary_counts["dicomdir_left_out"] == 1
 
     spec = load_cohort_spec(SPEC)
-    raw_stats = ingest(spec, export, tmp_path / "raw.parquet", workers=1)
+    raw_stats = ingest(spec, hospital_export, tmp_path / "raw.parquet", workers=1)
     deid_stats = ingest(spec, out, tmp_path / "deid.parquet", workers=1)
     assert raw_stats.n_links == deid_stats.n_links == 13  # 12 reports by accession, the ECG by time
     assert deid_stats.dropped["unlinked"] == raw_stats.dropped["unlinked"] == {"report": 2}
@@ -83,7 +75,7 @@ def test_the_spec_that_links_the_export_links_its_deidentified_copy(export, tmp_
         assert set(deid.loc[deid["modality"] == modality, columns].itertuples(index=False, name=None)) == expected
 
     # no original identifier in any output path or byte (headers, reports, audit log)
-    identifiers = _identifiers(export)
+    identifiers = _identifiers(hospital_export)
     assert {"ACC1001", "HOSP9999"} <= identifiers and len(identifiers) > 60
     outputs = [p for p in out.rglob("*") if p.is_file()]
     assert len(outputs) == 17 + 15 + 1  # DICOM written, reports (and the README), audit log
@@ -128,10 +120,10 @@ def test_names_map_to_the_pseudonyms_their_values_get_in_headers():
     assert pseudonymous_path(KEY, Path("reports/x.txt"), frozenset({"reports"})).parts[0] == "reports"
 
 
-def test_a_spec_literal_that_names_a_patient_is_refused(export, tmp_path):
+def test_a_spec_literal_that_names_a_patient_is_refused(hospital_export, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC.read_text().replace('"reports/*.txt"', '"reports/ACC1001.txt"'))
     with pytest.raises(MedmmInputError, match="holds a patient's name or ID") as caught:
-        run(export, tmp_path / "deid", KEY, spec=spec)
+        run(hospital_export, tmp_path / "deid", KEY, spec=spec)
     assert "ACC1001" not in str(caught.value)
     assert not (tmp_path / "deid").exists()
