@@ -39,6 +39,22 @@ Chance is the same with a constant score (a = 0, g = N):
 ``R@k = k/N``, ``P@k = mean_i m_i / N``, ``Hit@k = mean_i 1 - C(N - m_i, k) / C(N, k)``.
 P@k divides by k (as :func:`medmm.metrics.retrieval.retrieval_metrics`).
 
+Sampling band. The oracle levels are *expected* values: no ranking built from what the
+modalities show has a higher expectation, but on one test split a ranking's realised value
+spreads around its expectation, and how far depends on how its tie-breaking is shared
+across queries. Breaking ties independently per query gives a sum of independent per-query
+terms (Bernoulli for R@k and Hit@k, hypergeometric for P@k), a narrow spread. A dual
+encoder instead ranks the candidates of one findings pattern in nearly the same order for
+every query, so every query with that pattern bets on the same few candidates: one bet per
+pattern, whose outcome varies far more (on the demo's 778 test studies, report -> ECG P@5
+has expectation 0.486 and the highest of 200 shared tie-breakings is 0.65). ``oracle_upper``
+is the higher of two upper edges: the highest of :data:`ORACLE_BAND_DRAWS` random shared
+candidate orders (seeded, so the levels file is reproducible; the expected quantile of that
+maximum is 1 - 1 / 201, about the 99.5th percentile) and the same quantile of independent
+tie-breaking by normal approximation. A model above ``oracle`` but within the band is at the
+oracle within sampling error; above ``oracle_upper`` it uses a signal the ideal observer
+does not have (a leak, or a finding a modality shows that the reference model omits).
+
 Zero-shot AUROC: chance 0.5; oracle 1.0 for a finding the modality shows, 0.5 otherwise
 (None where the test split holds one class only, as in ``per_finding_auroc``).
 
@@ -58,6 +74,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Literal
 
 import numpy as np
@@ -66,6 +83,7 @@ from medmm.metrics.retrieval import as_numpy, row_ids
 from medmm.metrics.zeroshot import binary_auroc
 
 __all__ = [
+    "ORACLE_BAND_QUANTILE",
     "REFERENCE_LEVELS_FILE",
     "REFERENCE_MODEL_FILE",
     "ReferenceModel",
@@ -78,6 +96,8 @@ __all__ = [
 
 REFERENCE_MODEL_FILE = "reference_model.json"  # a cohort's ReferenceModel, at its root
 REFERENCE_LEVELS_FILE = "reference_levels.json"  # levels_from_model of its test split, at its root
+ORACLE_BAND_DRAWS = 200  # shared tie-breakings simulated for the oracle's sampling band
+ORACLE_BAND_QUANTILE = 1 - 1 / (ORACLE_BAND_DRAWS + 1)  # its upper edge: the highest draw's expected quantile
 
 
 @dataclass(frozen=True)
@@ -158,36 +178,128 @@ def expected_topk(above: Any, group: Any, relevant: Any, k: int) -> tuple[np.nda
     return m * r / g, 1.0 - np.maximum(miss, 0.0)
 
 
-def _optimal_hit(cohort: _Cohort, ks: Sequence[int]) -> dict[int, float]:
-    """Best expected Hit@k over all rankings: per query pattern u, allocate the top slots to
-    candidate patterns greedily by marginal gain in ``sum_l w_l (1 - miss_l)`` (module doc)."""
-    kmax = max(ks)
-    hit_at = np.zeros(kmax + 1)  # hit_at[k]: summed over query patterns
+def _allocation_plan(cohort: _Cohort, u: int, kmax: int) -> np.ndarray:
+    """The candidate pattern that the best-Hit@k ranking takes at each of the first ``kmax``
+    slots for query pattern ``u``: greedy by marginal gain in ``sum_l n(l) (1 - miss_l)``
+    (module doc); -1 where no pattern can still gain (the slot goes to a candidate that
+    cannot match)."""
+    mine = np.flatnonzero(cohort.label_q == u)  # label vectors l showing u
+    m = cohort.label_count[mine].astype(np.float64)
+    groups, gi = np.unique(cohort.label_c[mine], return_inverse=True)
+    size = cohort.c_count[groups].astype(np.float64)
+    taken = np.zeros(len(groups))
+    miss = np.ones(len(mine))  # P(no match of l among the slots taken so far)
+    plan = np.full(kmax, -1)
+    for slot in range(kmax):
+        x, n_v = taken[gi], size[gi]
+        factor = np.clip((n_v - m - x) / np.maximum(n_v - x, 1.0), 0.0, 1.0)
+        gain = np.bincount(gi, weights=m * miss * (1.0 - factor), minlength=len(groups))
+        gain[taken >= size] = -1.0
+        best = int(np.argmax(gain))
+        if gain[best] > 0:
+            taken[best] += 1
+            miss[gi == best] *= factor[gi == best]
+            plan[slot] = groups[best]
+    return plan
+
+
+def _optimal_hit_probability(cohort: _Cohort, ks: Sequence[int]) -> dict[int, np.ndarray]:
+    """Per label vector l, P(a match in the top k) under the best-Hit@k ranking
+    (:func:`_allocation_plan`), ties within a pattern broken at random."""
+    found = {k: np.zeros(len(cohort.label_count)) for k in ks}
     for u in range(len(cohort.q_count)):
-        mine = np.flatnonzero(cohort.label_q == u)  # label vectors l showing u
-        m = cohort.label_count[mine].astype(np.float64)
-        w = m / cohort.n  # fraction of all queries that carry l
-        groups, gi = np.unique(cohort.label_c[mine], return_inverse=True)
-        size = cohort.c_count[groups].astype(np.float64)
-        taken = np.zeros(len(groups))
-        miss = np.ones(len(mine))  # P(no match of l among the slots taken so far)
-        for k in range(1, kmax + 1):
-            x, n_v = taken[gi], size[gi]
-            factor = np.clip((n_v - m - x) / np.maximum(n_v - x, 1.0), 0.0, 1.0)
-            gain = np.bincount(gi, weights=w * miss * (1.0 - factor), minlength=len(groups))
-            gain[taken >= size] = -1.0
-            best = int(np.argmax(gain))
-            if gain[best] > 0:  # otherwise the slot goes to a candidate that cannot match
-                taken[best] += 1
-                miss[gi == best] *= factor[gi == best]
-            hit_at[k] += w @ (1.0 - miss)
-    return {k: float(hit_at[k]) for k in ks}
+        plan = _allocation_plan(cohort, u, max(ks))
+        mine = np.flatnonzero(cohort.label_q == u)
+        v = cohort.label_c[mine]
+        for k in ks:
+            taken = (plan[:k, None] == v[None, :]).sum(0)  # slots given to each l's pattern
+            found[k][mine] = expected_topk(0, cohort.c_count[v], cohort.label_count[mine], taken)[1]
+    return found
+
+
+def _independent_sd(cohort: _Cohort, pair_scores: np.ndarray, label_scores: np.ndarray, ks: Sequence[int],
+                    label_ks: Sequence[int], hit_found: Mapping[int, np.ndarray]) -> dict[str, float]:
+    """Standard deviation of the realised metrics when every query breaks the ties of its
+    own ranking independently: a sum over queries of independent Bernoulli (R@k, Hit@k) or
+    hypergeometric (P@k) terms."""
+    u, v, m = cohort.label_q, cohort.label_c, cohort.label_count.astype(np.float64)
+    out: dict[str, float] = {}
+    above, group = _tie_stats(pair_scores, cohort.c_count)
+    for k in ks:
+        p = np.clip(k - above[u, v], 0.0, group[u, v]) / group[u, v]
+        out[f"R@{k}"] = float(np.sqrt(m @ (p * (1 - p)))) / cohort.n
+    above, group = _tie_stats(label_scores, cohort.c_count)
+    for k in label_ks:
+        g = group[u, v]
+        r = np.clip(k - above[u, v], 0.0, g)
+        share = m / g
+        count_var = r * share * (1 - share) * (g - r) / np.maximum(g - 1, 1.0)
+        out[f"P@{k}"] = float(np.sqrt(m @ count_var)) / (k * cohort.n)
+        out[f"Hit@{k}"] = float(np.sqrt(m @ (hit_found[k] * (1 - hit_found[k])))) / cohort.n
+    return out
+
+
+def _shared_order_top(scores: np.ndarray, members: list[np.ndarray], rank: np.ndarray, k: int) -> np.ndarray:
+    """The top ``k`` candidates by pattern ``scores`` [V], ties broken by ``rank``
+    (``members[v]``, the candidates of pattern v, come sorted by it)."""
+    top: list[np.ndarray] = []
+    need = k
+    for level in np.unique(scores)[::-1]:
+        heads = np.concatenate([members[p][:need] for p in np.flatnonzero(scores == level)])
+        top.append(heads[np.argsort(rank[heads], kind="stable")][:need])
+        need -= len(top[-1])
+        if need <= 0:
+            break
+    return np.concatenate(top)
+
+
+def _shared_order_draws(cohort: _Cohort, pair_scores: np.ndarray, label_scores: np.ndarray, ks: Sequence[int],
+                        label_ks: Sequence[int], plans: Mapping[int, np.ndarray] | None, draws: int,
+                        seed: int = 0) -> dict[str, np.ndarray]:
+    """``draws`` realisations of the oracle's metrics on this test split when its ties are
+    broken by one random order of the candidates shared by every query: R@k ranked by
+    ``pair_scores``, P@k by ``label_scores``, Hit@k by ``plans`` (:func:`_allocation_plan`
+    per query pattern) or, if None, by ``label_scores``."""
+    rng = np.random.default_rng(seed)
+    lid = cohort.study_label
+    q_of, c_of = cohort.label_q[lid], cohort.label_c[lid]  # each study's query / candidate pattern
+    queries_like = cohort.label_count[lid].astype(np.float64)  # queries whose labels equal each study's
+    out = {name: np.zeros(draws) for name in
+           [f"R@{k}" for k in ks] + [f"{m}@{k}" for k in label_ks for m in ("Hit", "P")]}
+    for d in range(draws):
+        rank = rng.permutation(cohort.n)
+        by_rank = np.argsort(rank)
+        ordered = by_rank[np.argsort(c_of[by_rank], kind="stable")]  # by pattern, then by rank
+        members = np.split(ordered, np.cumsum(cohort.c_count)[:-1])
+        for u in range(len(cohort.q_count)):
+            if ks:  # candidate j retrieved for query pattern u is a hit of query j if j shows u
+                top = _shared_order_top(pair_scores[u], members, rank, max(ks))
+                for k in ks:
+                    out[f"R@{k}"][d] += np.count_nonzero(q_of[top[:k]] == u)
+            if not label_ks:
+                continue
+            top = _shared_order_top(label_scores[u], members, rank, max(label_ks))
+            matching = np.where(q_of[top] == u, queries_like[top], 0.0)  # queries that candidate matches
+            if plans is None:
+                picks = top
+            else:
+                taken = dict.fromkeys(plans[u].tolist(), 0)
+                picks = np.full(len(plans[u]), -1)
+                for slot, p in enumerate(plans[u]):
+                    if p >= 0:
+                        picks[slot] = members[p][taken[p]]
+                        taken[p] += 1
+            for k in label_ks:
+                out[f"P@{k}"][d] += matching[:k].sum() / k
+                chosen = picks[:k][picks[:k] >= 0]
+                out[f"Hit@{k}"][d] += cohort.label_count[np.unique(lid[chosen[q_of[chosen] == u]])].sum()
+    return {name: values / cohort.n for name, values in out.items()}
 
 
 def _levels(cohort: _Cohort, pair_scores: np.ndarray, label_scores: np.ndarray,
             ks: Sequence[int], label_ks: Sequence[int], optimal_hit: bool = False) -> dict[str, float]:
     """Expected metrics (keys as ``retrieval_metrics``) for rankings by the given [U, V]
-    scores, ties broken at random; Hit@k from :func:`_optimal_hit` if ``optimal_hit``."""
+    scores, ties broken at random; Hit@k that of :func:`_allocation_plan` if ``optimal_hit``."""
     u, v, m = cohort.label_q, cohort.label_c, cohort.label_count
     weight = m / cohort.n  # fraction of queries carrying each label vector
     out: dict[str, float] = {}
@@ -198,10 +310,10 @@ def _levels(cohort: _Cohort, pair_scores: np.ndarray, label_scores: np.ndarray,
     if not label_ks:
         return out
     above, group = _tie_stats(label_scores, cohort.c_count)
-    best_hit = _optimal_hit(cohort, label_ks) if optimal_hit else {}
+    best_hit = _optimal_hit_probability(cohort, label_ks) if optimal_hit else {}
     for k in label_ks:
         found, hit = expected_topk(above[u, v], group[u, v], m, k)
-        out[f"Hit@{k}"] = best_hit.get(k, float(weight @ hit))
+        out[f"Hit@{k}"] = float(weight @ best_hit.get(k, hit))
         out[f"P@{k}"] = float(weight @ found) / k
     return out
 
@@ -213,6 +325,7 @@ def reference_levels(
     ks: Sequence[int] = (1, 5, 10),
     label_ks: Sequence[int] = (1, 5),
     hit: Literal["optimal", "ranked"] = "optimal",
+    band_draws: int = ORACLE_BAND_DRAWS,
 ) -> dict[str, dict[str, float]]:
     """Chance and ideal-observer levels of ``retrieval_metrics`` (module docstring).
 
@@ -221,7 +334,9 @@ def reference_levels(
     ``hit``: oracle Hit@k as the best over rankings ("optimal", an upper bound) or that of
     the P@k-optimal ranking ("ranked"; may be below chance).
     Returns ``{"chance": {"R@k", "Hit@k", "P@k"}, "oracle": {same keys},
-    "contrastive_optimum": {same keys}}``. The last is what a perfectly trained contrastive
+    "oracle_upper": {same keys}, "contrastive_optimum": {same keys}}``. ``oracle_upper`` is
+    the oracle's sampling band on this test split (module doc, ``band_draws`` draws of the
+    shared tie-breaking; 0 gives the independent one alone). The last is what a perfectly trained contrastive
     model reaches: InfoNCE's optimal similarity is the pointwise mutual information of
     query and candidate, i.e. the pair likelihood, which ranks every candidate consistent
     with a low-information query (a normal ECG) alike, whatever its prior; the oracle's
@@ -233,12 +348,37 @@ def reference_levels(
     if hit not in ("optimal", "ranked"):
         raise ValueError(f"hit must be 'optimal' or 'ranked', got {hit!r}")
     cohort = _Cohort.build(labels, q_obs, c_obs)
-    flat = cohort.pattern_scores("chance")
-    oracle = _levels(cohort, cohort.pattern_scores("pair"), cohort.pattern_scores("label"), ks, label_ks,
-                     optimal_hit=hit == "optimal")
-    pair = cohort.pattern_scores("pair")
+    flat, pair, label = (cohort.pattern_scores(kind) for kind in ("chance", "pair", "label"))
+    oracle = _levels(cohort, pair, label, ks, label_ks, optimal_hit=hit == "optimal")
     return {"chance": _levels(cohort, flat, flat, ks, label_ks), "oracle": oracle,
+            "oracle_upper": _oracle_upper(cohort, oracle, ks, label_ks, hit == "optimal", band_draws),
             "contrastive_optimum": _levels(cohort, pair, pair, ks, label_ks)}
+
+
+def _oracle_upper(cohort: _Cohort, oracle: Mapping[str, float], ks: Sequence[int], label_ks: Sequence[int],
+                  optimal_hit: bool, draws: int) -> dict[str, float]:
+    """The upper edge of the oracle's sampling band (module doc): the higher of the highest
+    of ``draws`` shared tie-breakings and the :data:`ORACLE_BAND_QUANTILE` quantile of
+    independent ones (normal approximation), at most 1."""
+    pair, label = cohort.pattern_scores("pair"), cohort.pattern_scores("label")
+    if optimal_hit and label_ks:
+        plans = {u: _allocation_plan(cohort, u, max(label_ks)) for u in range(len(cohort.q_count))}
+        hit_found = _optimal_hit_probability(cohort, label_ks)
+    else:
+        above, group = _tie_stats(label, cohort.c_count)
+        where = (cohort.label_q, cohort.label_c)
+        plans = None
+        hit_found = {k: expected_topk(above[where], group[where], cohort.label_count, k)[1] for k in label_ks}
+    sd = _independent_sd(cohort, pair, label, ks, label_ks, hit_found)
+    shared = _shared_order_draws(cohort, pair, label, ks, label_ks, plans, draws) if draws else {}
+    z = NormalDist().inv_cdf(ORACLE_BAND_QUANTILE)
+    upper = {}
+    for name, expected in oracle.items():
+        bound = expected + z * sd[name]
+        if name in shared:
+            bound = max(bound, float(shared[name].max()))
+        upper[name] = min(bound, 1.0)
+    return upper
 
 
 def oracle_scores(labels: Any, q_obs: Any, c_obs: Any, kind: Literal["pair", "label"] = "pair") -> np.ndarray:

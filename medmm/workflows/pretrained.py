@@ -236,6 +236,13 @@ class Backbone(nn.Module):
         return (self.model.encode("xray", {"xray": image}),
                 self.model.encode("report", {"report_ids": ids, "report_mask": mask}))
 
+    def forward(self, batch: dict, modalities: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Each modality's retrieval embedding of a batch, as the contrastive model's forward
+        gives them: what :func:`embed_loader` reads, for either family."""
+        if not self.is_ptunifier:
+            return self.model(batch, modalities)
+        return {m: self.embed(m, batch) for m in modalities}
+
     def embed(self, column: str, batch: dict) -> torch.Tensor:
         """One side's retrieval embedding (``xray`` or ``report``), as :meth:`retrieval_embeddings`
         gives it for pairs: what a served model returns for one input column."""

@@ -85,12 +85,22 @@ def prompt_embeddings(model, tokenizer, max_tokens: int) -> tuple[np.ndarray, np
 
 
 def _row(name: str, value: float | None, chance: float | None, oracle: float | None,
-         contrastive_optimum: float | None = None) -> dict:
+         contrastive_optimum: float | None = None, oracle_upper: float | None = None) -> dict:
+    """One result row; ``oracle_upper`` is the oracle's sampling band on the test split
+    (:mod:`medmm.metrics.reference_levels`): a value above it uses a signal the ideal
+    observer does not have."""
     gap = None
     if value is not None and chance is not None and oracle is not None and oracle - chance > 1e-9:
         gap = (value - chance) / (oracle - chance)
-    return {"metric": name, "value": value, "chance": chance, "oracle": oracle,
+    return {"metric": name, "value": value, "chance": chance, "oracle": oracle, "oracle_upper": oracle_upper,
             "contrastive_optimum": contrastive_optimum, "gap_closed": gap}
+
+
+def _retrieval_row(label: str, name: str, value: float, levels: dict, with_optimum: bool = False) -> dict:
+    """A retrieval row of metric ``name`` beside the direction's ``levels``."""
+    return _row(label, value, levels["chance"].get(name), levels["oracle"].get(name),
+                levels.get("contrastive_optimum", {}).get(name) if with_optimum else None,
+                levels.get("oracle_upper", {}).get(name))
 
 
 def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tuple[dict[str, float], list[dict]]:
@@ -140,8 +150,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
         values.pop("P@1", None)  # identical to Hit@1
         for name, value in values.items():
             metrics[f"{q}_to_{c}.{name}"] = value
-            rows.append(_row(f"{q}->{c} {name}", value, levels["chance"].get(name), levels["oracle"].get(name),
-                             levels.get("contrastive_optimum", {}).get(name)))
+            rows.append(_retrieval_row(f"{q}->{c} {name}", name, value, levels, with_optimum=True))
         if val is None:
             continue
         val_emb, val_labels = val
@@ -174,8 +183,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
                 continue
             for name, value in test_values.items():
                 metrics[f"{q}_to_{c}.{key}.{name}"] = value
-                rows.append(_row(f"{q}->{c} {name} {label}", value, levels["chance"].get(name),
-                                 levels["oracle"].get(name)))
+                rows.append(_retrieval_row(f"{q}->{c} {name} {label}", name, value, levels))
         # One figure per direction without looking at test: the method best on validation
         # (the first, i.e. the simplest, on a tie).
         chosen = max(range(len(methods)), key=lambda i: methods[i][2])
@@ -183,8 +191,7 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
         metrics[f"{q}_to_{c}.val_chosen_method"] = chosen
         for name, value in test_values.items():
             metrics[f"{q}_to_{c}.val_chosen.{name}"] = value
-            rows.append(_row(f"{q}->{c} {name} val-chosen: {label}", value, levels["chance"].get(name),
-                             levels["oracle"].get(name)))
+            rows.append(_retrieval_row(f"{q}->{c} {name} val-chosen: {label}", name, value, levels))
     extra_metrics, extra_rows = candidate_rows(emb, scoring)
     metrics.update(extra_metrics)
     rows.extend(extra_rows)
@@ -215,10 +222,21 @@ def format_table(rows: list[dict]) -> str:
     def fmt(x):
         return "   -  " if x is None else f"{x:6.3f}"
 
-    lines = [f"{'metric':44s} {'value':>6s} {'chance':>6s} {'oracle':>6s} {'InfoNCE-opt':>11s} {'gap closed':>10s}",
-             f"{'':44s} {'':6s} {'':6s} {'':6s} {'(see docs)':>11s}"]
+    lines = [f"{'metric':44s} {'value':>6s} {'chance':>6s} {'oracle':>6s} {'band':>6s} {'InfoNCE-opt':>11s} "
+             f"{'gap closed':>10s}",
+             f"{'':44s} {'':6s} {'':6s} {'':6s} {'(<=)':>6s} {'(see docs)':>11s}"]
+    beyond = False
     for r in rows:
         gap = "      -" if r["gap_closed"] is None else f"{100 * r['gap_closed']:8.1f} %"
+        flag = ""
+        if r.get("oracle_upper") is not None and r["value"] is not None and r["value"] > r["oracle_upper"] + 1e-9:
+            flag, beyond = "  !", True
         lines.append(f"{r['metric']:44s} {fmt(r['value'])} {fmt(r['chance'])} {fmt(r['oracle'])} "
-                     f"{fmt(r.get('contrastive_optimum')):>11s} {gap}")
+                     f"{fmt(r.get('oracle_upper'))} {fmt(r.get('contrastive_optimum')):>11s} {gap}{flag}")
+    if any(r.get("oracle_upper") is not None for r in rows):
+        lines.append("oracle: the expected value of the best ranking from what each modality shows; band: the "
+                     "upper edge of its spread on this test split (a value between the two is at the oracle "
+                     "within sampling error)")
+    if beyond:
+        lines.append("! above the band: the model uses a signal the cohort's reference model does not describe")
     return "\n".join(lines)

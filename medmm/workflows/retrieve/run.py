@@ -92,8 +92,9 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
                              needs_pretrained=True)
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     pretrained = _load_model(cfg, tracking_uri)
+    backbone = pretrained.backbone()  # the retrieval embeddings of either pretraining family
     # the model's encoders and the cohort's files decide what is indexed, before a run is opened
-    modalities = cfg.index.resolve(pretrained.model.modalities, facts.modalities)
+    modalities = cfg.index.resolve(backbone.modalities, facts.modalities)
     pcfg = pretrained.config
     data = cfg.data.model_copy(update={"image_size": pcfg.data.image_size, "ecg_fs": pcfg.data.ecg_fs,
                                        "augment": False})
@@ -111,7 +112,7 @@ def build(cfg: RetrieveConfig) -> BuildOutcome:
     parts, index_parts = [], []
     for split in ("train", "val", "test"):
         if len(dm.cohort.indices(split)):
-            emb, _, idx = embed_loader(pretrained.model, dm.loader(split), modalities)
+            emb, _, idx = embed_loader(backbone, dm.loader(split), modalities)
             parts.append(emb)
             index_parts.append(idx)
     order = np.concatenate(index_parts)
@@ -196,5 +197,6 @@ def query(cfg: RetrieveConfig, kind: str, value: str, k: int, against: str) -> l
                             manifest_sha256=manifest_sha)
     column = {"xray": "xray", "ecg": "ecg", "text": "report"}[kind]
     with torch.no_grad():
-        emb = pretrained.model.encode(column, input_batch(column, [value], pretrained.config, pretrained.tokenizer))
+        emb = pretrained.backbone().embed(column, input_batch(column, [value], pretrained.config,
+                                                              pretrained.tokenizer))
     return index.search(emb.numpy(), against, k)[0]

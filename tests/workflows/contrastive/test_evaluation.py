@@ -102,3 +102,16 @@ def test_evaluation_without_levels_reports_every_row_with_no_chance_or_oracle():
     table = format_table(plain.rows)
     assert len(table.splitlines()) == len(plain.rows) + 2
     assert "xray->report R@1" in table and "nan" not in table
+
+
+def test_rows_carry_the_oracle_band_and_the_table_flags_a_figure_beyond_it():
+    leveled = evaluate_contrastive(_PairedEmbeddings(), _loader(), _tokenizer, levels_from_model(LABELS, MODEL),
+                                   max_tokens=8)
+    row = next(r for r in leveled.rows if r["metric"] == "xray->report P@5")
+    assert row["oracle"] <= row["oracle_upper"] <= 1
+    inside = dict(row, value=row["oracle_upper"])
+    beyond = dict(row, metric="xray->report P@5 leaked", value=min(1.0, row["oracle_upper"] + 0.01))
+    table = format_table([inside, beyond]).splitlines()
+    assert not table[2].endswith("!") and table[3].endswith("  !")
+    assert table[-1].startswith("! above the band")
+    assert not format_table([inside]).splitlines()[-1].startswith("!")

@@ -93,6 +93,11 @@ def test_tiny_pretraining_is_tracked_in_mlflow_and_registered(tiny_cohort, tmp_p
     assert chosen == val_scores.index(max(val_scores))
     prefix = ("", "prior_corrected.", "memory_translated.")[chosen]
     assert metrics["test.xray_to_report.val_chosen.P_at_5"] == metrics[f"test.xray_to_report.{prefix}P_at_5"]
+    # no retrieval figure beyond the oracle's sampling band: the model sees only what the
+    # cohort's reference model says each modality shows
+    banded = [r for r in outcome.rows if r.get("oracle_upper") is not None]
+    assert len(banded) >= 6 and all(r["oracle"] <= r["oracle_upper"] <= 1 for r in banded)
+    assert [r["metric"] for r in banded if r["value"] > r["oracle_upper"] + 1e-9] == []
     history = client.get_metric_history(outcome.run_id, "train/temperature")
     assert len(history) >= 2 and history[0].value != history[-1].value  # the temperature is learned
     names = {a.path for a in client.list_artifacts(outcome.run_id, "run")}
