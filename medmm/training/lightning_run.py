@@ -89,18 +89,18 @@ class PretrainOutcome:
         for direction in into_report or directions:
             query, _, candidate = direction.partition("_to_")
             row = levels.get(f"{query}->{candidate} P@{HEADLINE_K}", {})
+            # the oracle's expected value and the upper edge of its spread on this test split
+            against = (("chance", row.get("chance")), ("oracle", row.get("oracle")), ("band", row.get("oracle_upper")))
             names = f"{MODALITY_NAMES.get(query, query)} -> {MODALITY_NAMES.get(candidate, candidate)}"
             out.append(Number(f"{names} P@{HEADLINE_K} (findings match, plain similarity)",
-                              self.metrics[f"{direction}.P@{HEADLINE_K}"],
-                              (("chance", row.get("chance")), ("oracle", row.get("oracle")))))
+                              self.metrics[f"{direction}.P@{HEADLINE_K}"], against))
             reranked = self.metrics.get(f"{direction}.val_chosen.P@{HEADLINE_K}")
             # the evaluation's row of that figure names the method: "<q>-><c> P@5 val-chosen: <method>"
             chosen = f"{query}->{candidate} P@{HEADLINE_K} val-chosen: "
             method = next((r["metric"].removeprefix(chosen) for r in self.rows if r["metric"].startswith(chosen)),
                           "re-ranked")
             if reranked is not None and self.metrics.get(f"{direction}.val_chosen_method"):  # 0: plain, shown
-                out.append(Number(f"{names} P@{HEADLINE_K} ({method}, chosen on validation)", reranked,
-                                  (("chance", row.get("chance")), ("oracle", row.get("oracle")))))
+                out.append(Number(f"{names} P@{HEADLINE_K} ({method}, chosen on validation)", reranked, against))
         for modality in MODALITY_NAMES:
             planted = self.metrics.get(f"zeroshot_{modality}.planted_mean")
             findings = [v for k, v in self.metrics.items() if k.startswith(f"zeroshot_{modality}.")
