@@ -4,7 +4,8 @@ seconds, in one line naming it, and before an MLflow run exists.
 :func:`check_before_run` is the first call of each workflow's entry point: the cohort
 folder and its manifest (readable, no patient in two splits), the modalities the run needs,
 the studies of each split it trains and evaluates on, the output folder, the tracking store
-(:func:`medmm.tracking.store.check_store`) and, for a workflow that starts from a pretrained
+(:func:`medmm.tracking.store.check_store`), the local checkpoints its model config names
+(:func:`check_model_checkpoints`) and, for a workflow that starts from a pretrained
 model, that model's source. A problem raises :class:`medmm.io.errors.MedmmInputError` (the
 data) or :class:`medmm.config.ConfigError` (a setting), which the command prints as one line
 with exit code 2. Nothing here decodes a file, builds a model or opens a run; the module loads
@@ -17,6 +18,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from medmm.cohort.manifest import MANIFEST_NAME, SPLITS, Manifest
 from medmm.cohort.splits import verify_before_training
@@ -191,15 +194,35 @@ def check_pretrained_source(source: str | Path | None, tracking_uri: str, settin
         raise MedmmInputError(source, f"no such {what} in {tracking_uri} ({setting}: {reason})") from None
 
 
+CHECKPOINT_FIELDS = ("checkpoint", "model_path")  # model-config fields naming local weights
+
+
+def check_model_checkpoints(section: BaseModel | None, setting: str = "model") -> None:
+    """Every local checkpoint a model config names (``checkpoint`` / ``model_path`` fields at
+    any depth: an encoder's outside weights, a text model folder) exists, so a typo fails in
+    seconds instead of after the cohort is decoded."""
+    if section is None:
+        return
+    for name in type(section).model_fields:
+        value = getattr(section, name)
+        where = f"{setting}.{name}"
+        if isinstance(value, BaseModel):
+            check_model_checkpoints(value, where)
+        elif name in CHECKPOINT_FIELDS and isinstance(value, str) and value and not Path(value).exists():
+            raise MedmmInputError(value, f"no such checkpoint file or folder ({where})")
+
+
 def check_before_run(tracking_uri: str | None, *, output_dirs: Mapping[str, str | Path] | None = None,
                      cohort: CohortNeeds | None = None, pretrained: str | Path | None = None,
                      pretrained_setting: str = "pretrained.source", pretrained_tracking_uri: str | None = None,
-                     needs_pretrained: bool = False) -> CohortFacts | None:
+                     needs_pretrained: bool = False, model: BaseModel | None = None) -> CohortFacts | None:
     """Every check a workflow can make before it builds anything (module docstring), cheapest
-    and most likely first: the cohort, the output folders, the tracking store, the pretrained
-    source (``needs_pretrained``: its absence is an error). ``output_dirs``: setting -> folder
-    the run writes (``{"output_dir": cfg.output_dir}``). Returns the cohort's facts (None
-    without a cohort)."""
+    and most likely first: the model's local checkpoints (``model``: the config's ``model``
+    section; a path's existence), the cohort, the output folders, the tracking store, the
+    pretrained source (``needs_pretrained``: its absence is an error). ``output_dirs``: setting
+    -> folder the run writes (``{"output_dir": cfg.output_dir}``). Returns the cohort's facts
+    (None without a cohort)."""
+    check_model_checkpoints(model)
     facts = check_cohort(cohort) if cohort is not None else None
     for setting, folder in (output_dirs or {}).items():
         check_output_folder(folder, setting)

@@ -1,5 +1,12 @@
 """ECG encoder (MoRE): a 1-D convolutional tokenizer over the 12 leads followed by a
-small transformer; returns the mean of the token outputs concatenated with their max."""
+small transformer; returns the mean of the token outputs concatenated with their max.
+
+It may start from a ``checkpoint``: a medmm pretraining folder (its ``encoders.ecg.*``
+weights) or a plain PyTorch state dict (safetensors or weights-only ``torch.load``) whose
+keys, after the key map (``checkpoint_prefix`` stripped, ``checkpoint_rename`` prefixes
+renamed), are this module's: ``tokenizer.{0,3}`` (convs), ``tokenizer.{1,4}`` (batch norms),
+``pos``, ``transformer.layers.<i>.*`` (``nn.TransformerEncoderLayer``), ``norm``. The
+architecture is the config's; a tensor of another shape is refused, naming the key."""
 
 from __future__ import annotations
 
@@ -10,6 +17,13 @@ from pydantic import Field
 from torch import nn
 
 from medmm.config.core import StrictModel
+from medmm.models.encoders.checkpoints import (
+    freeze_layers,
+    keep_frozen_norms_in_eval,
+    load_medmm_encoder,
+    load_state_dict_file,
+    state_dict_format,
+)
 
 
 class ECGEncoderConfig(StrictModel):
@@ -19,6 +33,17 @@ class ECGEncoderConfig(StrictModel):
     heads: int = Field(4, description="attention heads")
     token_stride: int = Field(2, description="stride of the second tokenizer conv: tokens = samples / (5 * stride)")
     dropout: float = Field(0.0, description="transformer dropout (off by default: on CPU its masks cost ~40% of the step)")
+    checkpoint: str | None = Field(
+        None, description="start from these weights: a medmm pretraining folder or a state-dict file (.safetensors "
+                          "/ .pt) for this architecture")
+    checkpoint_format: Literal["auto", "medmm", "torch"] = Field(
+        "auto", description="medmm (pretraining folder) or torch (state-dict file); auto tells them apart")
+    checkpoint_prefix: str | None = Field(
+        None, description="state-dict files: keep only keys starting with this prefix and strip it (e.g. 'module.')")
+    checkpoint_rename: dict[str, str] = Field(
+        {}, description="state-dict files: key prefixes renamed after the prefix is stripped ({old: new})")
+    freeze_layers: int = Field(
+        0, ge=-1, description="freeze the tokenizer, positions and the first N transformer layers (-1: all)")
 
 
 class ECGConvTransformer(nn.Module):
@@ -38,6 +63,12 @@ class ECGConvTransformer(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.out_dim = 2 * d
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:  # frozen layers' batch norms keep their statistics
+            keep_frozen_norms_in_eval(self)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.tokenizer(x).transpose(1, 2)
         if tokens.shape[1] > self.pos.shape[1]:
@@ -51,4 +82,15 @@ class ECGConvTransformer(nn.Module):
 
 
 def build_ecg_encoder(cfg: ECGEncoderConfig) -> nn.Module:
-    return ECGConvTransformer(cfg)
+    encoder = ECGConvTransformer(cfg)
+    if cfg.checkpoint:
+        fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "torch", ("medmm", "torch"),
+                                "model.ecg.checkpoint")
+        if fmt == "medmm":
+            report = load_medmm_encoder(encoder, cfg.checkpoint, "ecg")
+        else:
+            report = load_state_dict_file(encoder, cfg.checkpoint, cfg.checkpoint_prefix, cfg.checkpoint_rename)
+        report.log("ECG encoder")
+        encoder.load_report = report
+    freeze_layers(encoder, cfg.freeze_layers, "model.ecg.freeze_layers")
+    return encoder

@@ -1,5 +1,7 @@
-"""Report encoder: the packaged pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384-d)
-adapted with LoRA through peft, mean-pooled over the attention mask.
+"""Report encoder: the packaged pretrained all-MiniLM-L6-v2 (BERT, 6 layers, 384-d), or any
+local Hugging Face BERT-family folder (``model_path``, loaded offline with a load report:
+:func:`medmm.models.encoders.checkpoints.load_hf_model`), adapted with LoRA through peft,
+mean-pooled over the attention mask.
 
 MoRE's reference code mean-pools over padding too; here padding never enters the pool.
 
@@ -26,17 +28,20 @@ from torch import nn
 
 from medmm.config.core import StrictModel
 from medmm.data.tokenizer import packaged_minilm_path
+from medmm.models.encoders.checkpoints import load_hf_model
 
 
 class TextEncoderConfig(StrictModel):
     name: Literal["minilm_lora"] = "minilm_lora"
-    model_path: str | None = Field(None, description="local HF model folder; default: the packaged all-MiniLM-L6-v2")
+    model_path: str | None = Field(
+        None, description="local Hugging Face BERT-family folder (weights, config.json and its tokenizer); default: "
+                          "the packaged all-MiniLM-L6-v2")
     lora_r: int = Field(8, description="LoRA rank")
     lora_alpha: int = Field(16, description="LoRA alpha")
     lora_dropout: float = 0.1
     lora_targets: list[str] = Field(["query", "value"], description="attention projections adapted by LoRA")
     lora_layers: list[int] | None = Field(
-        [5], description="transformer layers that get LoRA (None = all); layers below stay frozen"
+        [5], description="transformer layers that get LoRA (None = all; -1 = the last); layers below stay frozen"
     )
     cache_frozen_prefix: bool = Field(
         True, description="cache hidden states of the frozen layers below the first LoRA layer"
@@ -64,12 +69,12 @@ class MiniLMLoRATextEncoder(nn.Module):
     def __init__(self, cfg: TextEncoderConfig):
         super().__init__()
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        bert = AutoModel.from_pretrained(cfg.model_path or packaged_minilm_path(), local_files_only=True)
+        bert, self.load_report = load_hf_model(cfg.model_path or packaged_minilm_path(), what="text encoder")
         n_layers = bert.config.num_hidden_layers
-        layers = list(range(n_layers)) if cfg.lora_layers is None else sorted(set(cfg.lora_layers))
+        layers = list(range(n_layers)) if cfg.lora_layers is None else sorted(
+            {i + n_layers if -n_layers <= i < 0 else i for i in cfg.lora_layers})
         if not layers or layers[0] < 0 or layers[-1] >= n_layers:
             raise ValueError(f"lora_layers {cfg.lora_layers} outside 0..{n_layers - 1}")
         lora = LoraConfig(

@@ -1,7 +1,10 @@
-"""X-ray encoders: a small residual CNN (default, fast on CPU) and a ViT with DropKey (MoRE).
+"""X-ray encoders: a small residual CNN (default, fast on CPU), a ViT with DropKey (MoRE),
+and an outside pretrained backbone (``name: pretrained``, :mod:`.checkpoints`).
 
-Both take [B, 1, H, W] intensities normalised to roughly zero mean / unit variance and
-return one feature vector per image.
+Each takes [B, 1, H, W] intensities normalised as the data path does
+(``medmm.data.augment.normalise_xray``) and returns one feature vector per image. The cnn
+and vit encoders may also start from a ``checkpoint`` (a medmm pretraining folder or a plain
+state dict) whose weights fit the configured architecture.
 """
 
 from __future__ import annotations
@@ -9,20 +12,45 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from medmm.config.core import StrictModel
+from medmm.config.core import ConfigError
+from medmm.data.augment import XRAY_MEAN, XRAY_STD
+from medmm.models.encoders.checkpoints import (
+    CheckpointImageEncoder,
+    ImageCheckpointConfig,
+    add_lora,
+    build_image_encoder_from_checkpoint,
+    freeze_layers,
+    keep_frozen_norms_in_eval,
+    load_medmm_encoder,
+    load_state_dict_file,
+    read_medmm_encoder,
+    state_dict_format,
+)
 
 
-class XrayEncoderConfig(StrictModel):
-    name: Literal["cnn", "vit"] = Field("cnn", description="registry name of the X-ray encoder")
+class XrayEncoderConfig(ImageCheckpointConfig):
+    name: Literal["cnn", "vit", "pretrained"] = Field(
+        "cnn", description="X-ray encoder: cnn, vit, or pretrained (the architecture of `checkpoint`: a Hugging "
+                           "Face folder, a timm state dict or a medmm pretraining folder)")
     widths: list[int] = Field([16, 32, 64, 128], description="CNN stage widths")
     patch_size: int = Field(16, description="ViT patch size")
     vit_dim: int = Field(192, description="ViT width")
     vit_depth: int = Field(4, description="ViT depth")
     vit_heads: int = Field(3, description="ViT attention heads")
     dropkey: float = Field(0.1, description="ViT DropKey rate (MoRE), training only")
+
+    @model_validator(mode="after")
+    def _checkpoint_fits_the_name(self) -> "XrayEncoderConfig":
+        if self.name == "pretrained" and not self.checkpoint:
+            raise ValueError("name 'pretrained' needs a checkpoint (a Hugging Face folder, a timm state dict or a "
+                             "medmm pretraining folder)")
+        if self.name != "pretrained" and self.checkpoint_format in ("hf", "timm"):
+            raise ValueError(f"checkpoint_format {self.checkpoint_format!r} needs name 'pretrained' (the {self.name} "
+                             "encoder loads a medmm folder or a plain state dict)")
+        return self
 
 
 class _ResidualBlock(nn.Module):
@@ -69,6 +97,12 @@ class XrayCNN(nn.Module):
         # Channels-last (NHWC) is oneDNN's and cuDNN's fast layout: a training step of the
         # [32, 64, 128, 256] CNN under CPU bf16 autocast took 0.21 s instead of 0.30 s (measured).
         self.to(memory_format=torch.channels_last)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:  # frozen stages' batch norms keep their statistics (model.xray.freeze_layers)
+            keep_frozen_norms_in_eval(self)
+        return self
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 1, H, W] -> [B, C, H / 32, W / 32], before pooling."""
@@ -132,7 +166,64 @@ class XrayViT(nn.Module):
         return self.norm(self.blocks(tokens))[:, 0]
 
 
-def build_xray_encoder(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
+def _medmm_architecture(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
     if cfg.name == "cnn":
         return XrayCNN(cfg.widths)
     return XrayViT(image_size, cfg.patch_size, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads, cfg.dropkey)
+
+
+def _stored_xray_encoder(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
+    """``name: pretrained`` on a medmm pretraining folder: its X-ray encoder as it was stored."""
+    stored, section, _ = read_medmm_encoder(cfg.checkpoint, "xray")
+    try:
+        stored_cfg = XrayEncoderConfig.model_validate(section)
+    except ValueError as exc:
+        raise ConfigError(f"model.xray.checkpoint: the stored X-ray encoder config is not valid here ({exc})") from None
+    stored_size = int((stored.get("data") or {}).get("image_size") or image_size)
+    if stored_cfg.name == "vit" and stored_size != image_size:
+        raise ConfigError(f"model.xray.checkpoint: its ViT takes {stored_size}-pixel images; data.image_size is "
+                          f"{image_size}")
+    if stored_cfg.name != "pretrained":  # its weights are all in the folder; an outside backbone's
+        stored_cfg = stored_cfg.model_copy(update={"checkpoint": None})  # architecture needs its checkpoint
+    encoder = build_xray_encoder(stored_cfg, stored_size)
+    report = load_medmm_encoder(encoder, cfg.checkpoint, "xray")
+    report.log("X-ray encoder (medmm)")
+    encoder.load_report = report
+    return encoder
+
+
+def _tuned(encoder: nn.Module, cfg: XrayEncoderConfig) -> nn.Module:
+    """LoRA and layer freezing of the config on a medmm architecture."""
+    if cfg.lora_r == 0 and cfg.freeze_layers == 0:
+        return encoder
+    inner = encoder.backbone if isinstance(encoder, CheckpointImageEncoder) else encoder
+    if cfg.lora_r > 0:
+        add_lora(inner, cfg, "model.xray.lora_targets")
+    freeze_layers(inner, cfg.freeze_layers, "model.xray.freeze_layers")
+    return encoder
+
+
+def build_xray_encoder(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
+    """The X-ray encoder of ``cfg`` for ``image_size``-pixel inputs; ``.out_dim`` is its width.
+
+    ``name: pretrained`` builds the checkpoint's own architecture (:mod:`.checkpoints`: an HF
+    folder or a timm state dict behind the checkpoint's normalisation, or a medmm pretraining
+    folder's X-ray encoder); ``cnn`` / ``vit`` with a ``checkpoint`` load a medmm folder's or a
+    plain state dict's weights into the configured architecture."""
+    if cfg.name == "pretrained":
+        fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "timm", ("hf", "timm", "medmm"),
+                                "model.xray.checkpoint")
+        if fmt != "medmm":
+            return build_image_encoder_from_checkpoint(cfg, XRAY_MEAN, XRAY_STD, "model.xray.checkpoint")
+        return _tuned(_stored_xray_encoder(cfg, image_size), cfg)
+    encoder = _medmm_architecture(cfg, image_size)
+    if cfg.checkpoint:
+        fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "torch", ("medmm", "torch"),
+                                "model.xray.checkpoint")
+        if fmt == "medmm":
+            report = load_medmm_encoder(encoder, cfg.checkpoint, "xray")
+        else:
+            report = load_state_dict_file(encoder, cfg.checkpoint, cfg.checkpoint_prefix, cfg.checkpoint_rename)
+        report.log(f"X-ray encoder ({cfg.name})")
+        encoder.load_report = report
+    return _tuned(encoder, cfg)

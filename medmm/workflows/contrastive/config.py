@@ -199,10 +199,10 @@ class PretrainConfig(StrictModel):
 
 def preflight(cfg: PretrainConfig) -> PretrainConfig:
     """Every check before anything is built (:mod:`medmm.workflows.preflight`), in seconds:
-    cohort, modalities, splits, output and cache folders, tracking store; returns the config
-    narrowed to the cohort's modalities (:meth:`PretrainConfig.for_cohort`)."""
+    cohort, modalities, splits, the model's local checkpoints, output and cache folders, tracking
+    store; returns the config narrowed to the cohort's modalities (:meth:`PretrainConfig.for_cohort`)."""
     needs = CohortNeeds(cfg.data.root, (), PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
                         why="contrastive pretraining")
     facts = check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir),
-                             cohort=needs)
+                             cohort=needs, model=cfg.model)
     return cfg.for_cohort(facts.modalities, too_few=facts.too_few(MODALITIES, PAIRED_TRAINING_MINIMUM))

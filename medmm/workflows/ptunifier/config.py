@@ -71,4 +71,5 @@ def preflight(cfg: PTUnifierPretrainConfig) -> None:
     split, the output and cache folders and the tracking store can be written."""
     needs = CohortNeeds(cfg.data.root, MODALITIES, PAIRED_TRAINING_MINIMUM, limit_studies=cfg.data.limit_studies,
                         why="PTUnifier pretraining (X-ray + report pairs)")
-    check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir), cohort=needs)
+    check_before_run(cfg.tracking.uri, output_dirs=decoded_cohort_outputs(cfg.data, cfg.output_dir), cohort=needs,
+                     model=cfg.model)
