@@ -3,6 +3,12 @@ cohorts (slides or precomputed tile-feature bags, genomics by gene group, clinic
 with a manifest: a TCGA project ingested with ``cohorts/tcga.yaml`` or the demo of
 ``python -m medmm.pipelines.make_demo_pathology``.
 
+Feature bags: one ``[tiles, features]`` array per slide, as CLAM writes them (``.pt``,
+``.h5``) or as ``python -m medmm.pipelines.tile_features`` writes them: a safetensors file
+per slide (``features`` [tiles, dim], ``coords`` [tiles, 2] level-0 x, y, string metadata
+naming the encoder and the tiling) in ``<folder>/bags/``, named by the slide's SHA-256, with
+an index ``<folder>/bags.csv`` (slide SHA-256 -> bag, or why the slide gave none).
+
 Preprocessing that learns from data (imputation, scaling) is fitted on training rows
 only (``Standardizer``), so nothing of the test split leaks into the model.
 """
@@ -10,6 +16,8 @@ only (``Standardizer``), so nothing of the test split leaks into the model.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
 
 from medmm.cohort.manifest import Manifest
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
@@ -111,27 +121,50 @@ def _cached_bag(slide_path: Path, sha: str, cache: Path, magnification: float, t
     return bag.features
 
 
-FEATURE_BAG_SUFFIXES = (".pt", ".h5")
+FEATURE_BAG_SUFFIXES = (".pt", ".h5", ".safetensors")
+BAG_INDEX = "bags.csv"  # a tile_features folder's index: slide sha256 -> bag (or the problem)
+BAG_FOLDER = "bags"
+EXTRACTION = "extraction.json"  # the encoder and tiling every bag of a tile_features folder shares
+BAG_INDEX_COLUMNS = ("study_id", "slide_sha256", "status", "bag", "tiles", "problem")
+
+
+def fixed_size_bags(bags: list[np.ndarray], rows, size: int, rng: np.random.Generator | None) -> torch.Tensor:
+    """[len(rows), size, features]: each row's bag brought to ``size`` tiles, a random draw
+    (with replacement only where the bag is smaller) under ``rng`` (training), else an even
+    spread over the bag, cycled where it is smaller (evaluation: the same tiles every time)."""
+    out = []
+    for i in rows:
+        n = len(bags[i])
+        if rng is None:
+            pick = np.resize(np.arange(n), size) if n < size else np.linspace(0, n - 1, size).round().astype(int)
+        else:
+            pick = rng.choice(n, size, replace=n < size)
+        out.append(torch.as_tensor(bags[i][pick]))
+    return torch.stack(out)
 
 
 def read_feature_bag(path: Path) -> np.ndarray:
     """A precomputed tile-feature bag, ``[tiles, features]``: a tensor saved by torch (the
-    ``pt_files`` of CLAM that MCAT / CMTA read) or the ``features`` dataset of a CLAM
-    ``.h5`` file (needs h5py)."""
+    ``pt_files`` of CLAM that MCAT / CMTA read), the ``features`` dataset of a CLAM ``.h5``
+    file (needs h5py) or the ``features`` tensor of a safetensors bag."""
     try:
-        if path.suffix.lower() == ".h5":
+        suffix = path.suffix.lower()
+        if suffix == ".h5":
             try:
                 import h5py  # optional: only CLAM's .h5 bags need it
             except ImportError:
                 raise InconsistentDataError(path, "reading .h5 feature bags needs h5py (pip install h5py)") from None
             with h5py.File(path, "r") as f:
                 array = np.asarray(f["features"]) if "features" in f else None
+        elif suffix == ".safetensors":
+            with safe_open(str(path), framework="np") as f:
+                array = f.get_tensor("features") if "features" in f.keys() else None
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
             array = obj.numpy() if isinstance(obj, torch.Tensor) else None
     except MedmmInputError:
         raise
-    except Exception as exc:  # noqa: BLE001 - torch and h5py raise many types for a broken file
+    except Exception as exc:  # noqa: BLE001 - torch, safetensors and h5py raise many types for a broken file
         raise CorruptFileError(path, f"not a readable feature bag ({type(exc).__name__})") from None
     if array is None or array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
         shape = "no array" if array is None else f"shape {tuple(array.shape)}"
@@ -139,6 +172,71 @@ def read_feature_bag(path: Path) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InconsistentDataError(path, "the feature bag holds NaN or infinite values")
     return array.astype(np.float32)
+
+
+def write_feature_bag(path: Path, features: np.ndarray, coords: np.ndarray, metadata: dict[str, str]) -> None:
+    """Write a safetensors bag atomically: a reader (or a resumed extraction) sees the whole
+    file or none, never a half-written one (written to ``.<name>.partial``, then renamed)."""
+    if features.ndim != 2 or coords.shape != (len(features), 2):
+        raise ValueError(f"features {features.shape} and coords {coords.shape} do not describe one bag")
+    payload = safetensors_bytes({"features": np.ascontiguousarray(features, np.float32),
+                                 "coords": np.ascontiguousarray(coords, np.int64)},
+                                metadata={k: str(v) for k, v in metadata.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    with open(partial, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
+def feature_bag_header(path: Path) -> tuple[dict[str, str], tuple[int, ...], tuple[int, ...]]:
+    """A safetensors bag's metadata and the shapes of its ``features`` and ``coords``, read
+    from the header only (no tile data)."""
+    try:
+        with safe_open(str(path), framework="np") as f:
+            metadata = f.metadata() or {}
+            shapes = tuple(tuple(f.get_slice(name).get_shape()) for name in ("features", "coords"))
+    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+        raise CorruptFileError(path, f"not a readable feature bag ({type(exc).__name__})") from None
+    return metadata, shapes[0], shapes[1]
+
+
+def read_bag_index(folder: str | Path) -> pd.DataFrame:
+    """The index of a ``tile_features`` folder (:data:`BAG_INDEX_COLUMNS`, one row per slide)."""
+    path = Path(folder) / BAG_INDEX
+    if not path.is_file():
+        raise MedmmInputError(path, "no feature-bag index: write the bags with python -m medmm.pipelines.tile_features "
+                                    "(data.feature_bags names its output_dir)")
+    try:
+        index = pd.read_csv(path, dtype={"study_id": str, "slide_sha256": str, "bag": str, "problem": str})
+    except (OSError, ValueError) as exc:
+        raise CorruptFileError(path, f"unreadable feature-bag index ({type(exc).__name__})") from None
+    missing = set(BAG_INDEX_COLUMNS) - set(index.columns)
+    if missing:
+        raise InconsistentDataError(path, f"the feature-bag index lacks columns {sorted(missing)}")
+    return index
+
+
+def tile_encoder_of(folder: str | Path) -> str:
+    """The encoder a ``tile_features`` folder's bags come from (its ``extraction.json``)."""
+    try:
+        return str(json.loads((Path(folder) / EXTRACTION).read_text())["encoder"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unknown"
+
+
+def _indexed_bag(index: dict[str, dict], folder: Path, row) -> np.ndarray:
+    """The bag a ``tile_features`` folder holds for a manifest's slide row (matched by the
+    slide's SHA-256, so a bag of another version of the file is never read)."""
+    entry = index.get(str(row.sha256))
+    if entry is None:
+        raise InconsistentDataError(row.path, "no tile-feature bag for the slide in data.feature_bags (run python -m "
+                                              "medmm.pipelines.tile_features on this cohort)")
+    if entry["status"] != "ok":
+        raise InconsistentDataError(row.path, f"its tile features could not be extracted ({entry['problem']})")
+    return read_feature_bag(folder / str(entry["bag"]))
 
 
 def _row_keys(table: pd.DataFrame, modality: str) -> dict[str, str]:
@@ -152,13 +250,16 @@ def _row_keys(table: pd.DataFrame, modality: str) -> dict[str, str]:
 
 def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification: float = 20, tile_size: int = 128,
                           max_tiles: int | None = None, seed: int = 0, max_rows: int | None = None,
-                          gene_groups: str | Path | None = None) -> SurvivalData:
+                          gene_groups: str | Path | None = None,
+                          feature_bags: str | Path | None = None) -> SurvivalData:
     """One row per patient of a cohort folder with a manifest (modalities ``wsi``,
     ``genomics``, ``clinical`` and optionally ``gene_groups``): the tile features of the
     patient's slides (embedded by :class:`ColorTextureEncoder`) or precomputed feature bags
-    (``.pt`` / ``.h5``) pooled into one bag, the genomics row and the outcome ingest linked
-    to the slide's study. Gene groups: the manifest's, else the ``gene_groups`` file, else
-    one group of every gene. A bag that cannot be read is skipped and counted (a patient
+    (``.pt`` / ``.h5`` / ``.safetensors``) pooled into one bag, the genomics row and the
+    outcome ingest linked to the slide's study. ``feature_bags``: a folder written by
+    ``python -m medmm.pipelines.tile_features`` whose bags replace the hand-made tile
+    features (matched to slides by SHA-256). Gene groups: the manifest's, else the
+    ``gene_groups`` file, else one group of every gene. A bag that cannot be read is skipped and counted (a patient
     left without one dropped), never the end of the run."""
 
     manifest = Manifest.load(root)
@@ -184,11 +285,15 @@ def load_pathology_cohort(root: str | Path, cache_dir: str | Path, magnification
         chosen = set(patients.sample(n=min(max_rows, len(patients)), random_state=seed))
         slides = slides[slides["patient_id"].isin(chosen)]
     per_patient: dict[str, dict] = {}
-    skipped, from_files, width = [], False, 0
+    skipped, from_files, width = [], feature_bags is not None, 0
+    bag_index = {} if feature_bags is None else (read_bag_index(feature_bags).drop_duplicates("slide_sha256")
+                                                 .set_index("slide_sha256", drop=False).to_dict("index"))
     for row in slides.itertuples():
         try:
             path = manifest.resolve(row.path)
-            if path.suffix.lower() in FEATURE_BAG_SUFFIXES:
+            if feature_bags is not None:
+                bag = _indexed_bag(bag_index, Path(feature_bags), row)
+            elif path.suffix.lower() in FEATURE_BAG_SUFFIXES:
                 bag, from_files = read_feature_bag(path), True
             else:
                 bag = _cached_bag(path, row.sha256, Path(cache_dir), magnification, tile_size, max_tiles, seed)

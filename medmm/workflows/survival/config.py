@@ -30,6 +30,10 @@ class SurvivalDataConfig(StrictModel):
     magnification: float = Field(20, description="tile magnification for the slides")
     tile_size: int = Field(128, description="tile side in pixels")
     max_tiles: int | None = Field(None, description="tiles embedded per slide (None = all tissue tiles)")
+    feature_bags: Path | None = Field(None, description="folder written by python -m medmm.pipelines.tile_features "
+                                                        "(bags.csv + bags/): the slides' tile features are read from "
+                                                        "its bags (magnification / tile_size / max_tiles are then "
+                                                        "the extraction's); None: the hand-made tile encoder")
     bag_size: int = Field(32, description="tiles per bag fed to the pathology encoder (sampled each epoch)")
     gene_groups: Path | None = Field(None, description="gene-group file (long CSV group,gene or a YAML / JSON "
                                                        "mapping) for a pathology cohort whose manifest lists none; "
@@ -90,6 +94,8 @@ class SurvivalConfig(StrictModel):
     @model_validator(mode="after")
     def _models_fit_data(self) -> "SurvivalConfig":
         if self.data.dataset != "pathology":
+            if self.data.feature_bags is not None:
+                raise ValueError("data.feature_bags holds slide tile features: it needs data.dataset=pathology")
             wrong = [m for m in self.models if m in PATHOLOGY_MODELS]
             if wrong:
                 raise ValueError(f"models {wrong} need slides and gene groups: use data.dataset=pathology")

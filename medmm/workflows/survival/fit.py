@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from medmm.data.survival import Standardizer, SurvivalData
+from medmm.data.survival import Standardizer, SurvivalData, fixed_size_bags
 from medmm.data.survival_bins import discrete_survival_at, quantile_bins, time_to_bin
 from medmm.losses import alignment_l1, cox_partial_nll, discrete_time_nll
 from medmm.metrics.survival import harrell_c, structured
@@ -97,16 +97,7 @@ class _Inputs:
 
     def bag_batch(self, rows: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
         """Fixed-size bags: a random draw of tiles each epoch (training) or a fixed cycle (eval)."""
-        out = []
-        for i in rows:
-            n = len(self.bags[i])
-            if rng is None:
-                pick = np.resize(np.arange(n), self.bag_size) if n < self.bag_size else \
-                    np.linspace(0, n - 1, self.bag_size).round().astype(int)
-            else:
-                pick = rng.choice(n, self.bag_size, replace=n < self.bag_size)
-            out.append(self.bags[i][pick])
-        return torch.stack(out)
+        return fixed_size_bags(self.bags, rows, self.bag_size, rng)
 
 
 def model_dims(data: SurvivalData) -> dict:

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from medmm.console import Number, headline
-from medmm.data.survival import load_bundled, load_pathology_cohort
+from medmm.data.survival import load_bundled, load_pathology_cohort, read_bag_index, tile_encoder_of
 from medmm.io.errors import MedmmInputError
 from medmm.metrics.survival import (
     bootstrap_ci,
@@ -84,7 +84,7 @@ def load_data(cfg: SurvivalConfig):
     if cfg.data.dataset == "pathology":
         return load_pathology_cohort(cfg.data.root, Path(cfg.output_dir) / "bag_cache", cfg.data.magnification,
                                      cfg.data.tile_size, cfg.data.max_tiles, cfg.seed, cfg.data.max_rows,
-                                     cfg.data.gene_groups)
+                                     cfg.data.gene_groups, cfg.data.feature_bags)
     data = load_bundled(cfg.data.dataset)
     if cfg.data.max_rows is not None and cfg.data.max_rows < len(data):
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(data), cfg.data.max_rows, replace=False))
@@ -109,6 +109,8 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
                      cohort=CohortNeeds(cfg.data.root, study_modality=None, why="pathology survival") if pathology
                      else None)
+    if pathology and cfg.data.feature_bags is not None:
+        read_bag_index(cfg.data.feature_bags)  # a missing or broken index fails before the run opens
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     client, run_id, tracking_uri = start_run(cfg.tracking.uri, cfg.tracking.experiment, run_name(cfg, "survival"),
@@ -120,6 +122,9 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
     # a pathology cohort's content hash is its manifest's; a bundled table's is the hash of its arrays
     log_context(client, run_id, "survival", cfg, data.manifest, data.skipped, content_hash=data.content_hash)
     client.set_tag(run_id, "dataset", cfg.data.dataset)
+    if pathology:
+        client.set_tag(run_id, "tile_encoder", "handmade" if cfg.data.feature_bags is None
+                       else tile_encoder_of(cfg.data.feature_bags))
     counts = {"data.n_skipped": len(data.skipped)}
     for name, rows in (("train", split.train), ("val", split.val), ("test", split.test)):
         counts[f"data.n_{name}"] = len(rows)
