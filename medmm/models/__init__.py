@@ -4,7 +4,7 @@ Importing the model modules here runs their ``@register_model`` decorators, so e
 built-in model is registered once ``medmm.models`` is imported.
 """
 
-from medmm.models import cmta, more, ptunifier, segmentation  # noqa: F401  (registers the models)
+from medmm.models import cmta, mmlego, more, ptunifier, segmentation  # noqa: F401  (registers the models)
 from medmm.models.heads import survival  # noqa: F401  (registers the survival heads)
 from medmm.models.registry import (
     ModelExample,
