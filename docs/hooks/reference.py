@@ -33,7 +33,7 @@ from medmm.config.core import options_help
 
 # reading order on the pages; a command not listed here follows, alphabetically
 ORDER = ("make_demo", "make_demo_pathology", "make_demo_volumes", "ingest", "deid", "pretrain",
-         "ptunifier_pretrain", "finetune", "report", "retrieve", "survival", "segment")
+         "ptunifier_pretrain", "finetune", "report", "retrieve", "tile_features", "survival", "mmlego", "segment")
 NOT_COMMANDS = {"command", "__main__"}
 OPTION_LINE = re.compile(r"^  (?P<name>\S+) \((?P<type>.*?), default (?P<default>.*?)\)(?:  (?P<desc>.*))?$")
 CODE_SPAN = re.compile(r"(`+).+?\1")

@@ -39,7 +39,7 @@ def section(text: str, title: str) -> list[str]:
 
 def test_the_commands_are_found():
     assert {"pretrain", "ptunifier_pretrain", "finetune", "report", "retrieve", "segment", "survival", "ingest",
-            "deid", "make_demo", "make_demo_pathology", "make_demo_volumes"} <= set(COMMANDS)
+            "deid", "make_demo", "make_demo_pathology", "make_demo_volumes", "tile_features", "mmlego"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("name", COMMANDS)
