@@ -18,8 +18,10 @@ INPUTS = ["the IU X-ray reports (--iu-source: the torchxrayvision wheel that `ma
           "a cohort spec giving the split fractions and seed (--spec, default cohorts/demo.yaml)"]
 OUTPUTS = ["the cohort under --out: patients/<patient>/<study>/ with xray.dcm, ecg.hea/.dat, report.txt; labs.csv",
            "manifest.parquet (files, hashes, split), reference_model.json and reference_levels.json",
+           "with --structure higher_order: interaction.csv (per study: ECG pattern, lab value, X-ray finding)",
            "on the console: the counts per split and the X-ray -> report chance and oracle levels"]
-EXAMPLES = ["--out data/demo", "--out data/demo_small --n-studies 200 --missing ecg=0.3,report=0.3"]
+EXAMPLES = ["--out data/demo", "--out data/demo_small --n-studies 200 --missing ecg=0.3,report=0.3",
+            "--out data/demo_higher_order --n-studies 780 --structure higher_order"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--missing", type=str, default=None,
                         help="drop modalities at random from train/val studies, e.g. ecg=0.3,report=0.3 "
                              "(default: the spec's `missing`; droppable: ecg, report, labs)")
+    parser.add_argument("--structure", choices=["pairwise", "higher_order"], default="pairwise",
+                        help="pairwise (default): ECG and labs follow the report's findings; higher_order: the "
+                             "X-ray's cardiomegaly is an ECG pattern XOR a lab value, each independent of the X-ray "
+                             "(half the studies have cardiomegaly; writes interaction.csv)")
     args = parser.parse_args(argv)
 
     # imported here so that --help and argument errors skip their ~1.5 s of imports (scipy, pydicom, pandas)
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     manifest = build_demo_cohort(args.out, n_studies=args.n_studies, seed=seed, workers=args.workers,
                                  iu_source=args.iu_source, split_fractions=spec.split.as_tuple(),
-                                 missing=missing)
+                                 missing=missing, structure=args.structure)
     studies = manifest.studies()
     counts = studies["split"].value_counts().to_dict()
     levels = json.loads((args.out / REFERENCE_LEVELS_FILE).read_text())

@@ -26,7 +26,7 @@ from medmm.metrics.reference_levels import (
     levels_from_model,
 )
 from medmm.metrics.retrieval import retrieval_metrics
-from medmm.metrics.zeroshot import per_finding_auroc, zero_shot_scores
+from medmm.metrics.zeroshot import binary_auroc, per_finding_auroc, zero_shot_scores
 from medmm.retrieval.gallery_prior import fit_prior_correction
 from medmm.retrieval.memory_retrieval import PairedMemory, fit_memory_translation
 from medmm.workflows.pretrained import embed_loader, embed_texts
@@ -121,6 +121,36 @@ def candidate_rows(emb: dict[str, np.ndarray], scoring: str, k: int = 10) -> tup
     return metrics, rows
 
 
+def query_zero_shot_rows(emb: dict[str, np.ndarray], labels: np.ndarray, val_xray: np.ndarray,
+                         val_labels: np.ndarray, scoring: str) -> tuple[dict[str, float], list[dict]]:
+    """Zero-shot AUROC of each X-ray finding from a query of two or more other modalities
+    (e.g. ECG + labs), with no classifier and no text: the query is scored, as in
+    :func:`candidate_rows`, against the mean validation X-ray embedding with and without the
+    finding, and the difference ranks the test studies. What a Symile model learns from an
+    interaction of the query modalities (a finding neither carries alone) shows here; a
+    finding without both classes in validation or test is skipped."""
+    metrics, rows = {}, []
+    others = [m for m in ("ecg", "labs", "report") if m in emb]
+    score = symile_scores if scoring == "symile" else clip_scores
+    for r in range(2, len(others) + 1):
+        for query in itertools.combinations(others, r):
+            found = {}
+            for j, finding in enumerate(FINDINGS):
+                has = val_labels[:, j].astype(bool)
+                if has.all() or not has.any() or len(np.unique(labels[:, j])) < 2:
+                    continue
+                prototypes = torch.from_numpy(np.stack([val_xray[~has].mean(0), val_xray[has].mean(0)]))
+                s = score([torch.from_numpy(emb[m]) for m in query], prototypes).numpy()
+                found[finding] = binary_auroc(s[:, 1] - s[:, 0], labels[:, j])
+                metrics[f"xray_from_{'-'.join(query)}.zeroshot_{finding}"] = found[finding]
+            if found:
+                mean = float(np.mean(list(found.values())))
+                metrics[f"xray_from_{'-'.join(query)}.zeroshot_mean"] = mean
+                rows.append(_row(f"zero-shot X-ray AUROC from {'+'.join(query)}, mean of {len(found)}", mean,
+                                 0.5, None))
+    return metrics, rows
+
+
 def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_tokens: int,
                          ks=(1, 5, 10), label_ks=(1, 5), scoring: str = "clip", val_loader=None,
                          memory_loader=None) -> EvalResult:
@@ -195,9 +225,14 @@ def evaluate_contrastive(model, loader, tokenizer, reference: dict, *, max_token
     extra_metrics, extra_rows = candidate_rows(emb, scoring)
     metrics.update(extra_metrics)
     rows.extend(extra_rows)
-    pos, neg = prompt_embeddings(model, tokenizer, max_tokens)
+    if val is not None and "xray" in val[0]:
+        extra_metrics, extra_rows = query_zero_shot_rows(emb, labels, val[0]["xray"], val[1], scoring)
+        metrics.update(extra_metrics)
+        rows.extend(extra_rows)
     scores_of: dict[str, np.ndarray] = {}
-    for modality in ZERO_SHOT_MODALITIES:
+    # text-prompt zero-shot needs the report encoder (an X-ray + ECG + labs model has none)
+    pos, neg = prompt_embeddings(model, tokenizer, max_tokens) if "report" in modalities else (None, None)
+    for modality in ZERO_SHOT_MODALITIES if "report" in modalities else ():
         if modality not in emb:
             continue
         scores_of[modality] = zero_shot_scores(emb[modality], pos, neg)

@@ -115,3 +115,29 @@ def test_rows_carry_the_oracle_band_and_the_table_flags_a_figure_beyond_it():
     assert not table[2].endswith("!") and table[3].endswith("  !")
     assert table[-1].startswith("! above the band")
     assert not format_table([inside]).splitlines()[-1].startswith("!")
+
+
+@pytest.mark.parametrize("scoring", ["clip", "symile"])
+def test_query_zero_shot_scores_each_finding_against_validation_xray_prototypes(scoring):
+    from sklearn.metrics import roc_auc_score
+
+    from medmm.workflows.contrastive.evaluation import query_zero_shot_rows
+
+    rng = np.random.default_rng(3)
+    n, d = 30, 4
+    emb = {m: rng.normal(size=(n, d)).astype(np.float32) for m in ("xray", "ecg", "labs")}
+    labels = rng.integers(0, 2, (n, len(FINDINGS)))
+    val_xray, val_labels = rng.normal(size=(12, d)).astype(np.float32), rng.integers(0, 2, (12, len(FINDINGS)))
+    val_labels[:, 1] = 1  # one class in validation: no prototype, finding skipped
+    metrics, rows = query_zero_shot_rows(emb, labels, val_xray, val_labels, scoring)
+    assert f"xray_from_ecg-labs.zeroshot_{FINDINGS[1]}" not in metrics
+    j = 0
+    has = val_labels[:, j].astype(bool)
+    proto = np.stack([val_xray[~has].mean(0), val_xray[has].mean(0)])
+    if scoring == "symile":  # the multilinear inner product <ecg, labs, x>
+        s = np.einsum("nd,nd,pd->np", emb["ecg"], emb["labs"], proto)
+    else:  # the sum of the query's dot products with x
+        s = (emb["ecg"] + emb["labs"]) @ proto.T
+    want = roc_auc_score(labels[:, j], s[:, 1] - s[:, 0])
+    assert metrics[f"xray_from_ecg-labs.zeroshot_{FINDINGS[j]}"] == pytest.approx(want, abs=1e-6)
+    assert [r["metric"] for r in rows][0].startswith("zero-shot X-ray AUROC from ecg+labs, mean of ")
