@@ -69,6 +69,13 @@ class SurvivalEvalConfig(StrictModel):
     n_times: int = Field(20, description="time points of the IBS / AUC grid")
 
 
+class CrossValidationConfig(StrictModel):
+    folds: int = Field(5, ge=2, description="outer folds, stratified by event, over all patients (a cohort's own "
+                                            "train / val / test split is then ignored)")
+    repeats: int = Field(1, ge=1, description="repetitions of the K-fold partition, each with its own shuffle")
+    seed: int = Field(0, description="seed of the outer partitions (repeat r shuffles with seed + r)")
+
+
 class SurvivalTrackingConfig(RunTrackingConfig):
     experiment: str = "medmm-survival"
     register_model: bool = Field(True, description="register a trained torch model in the model registry "
@@ -89,6 +96,12 @@ class SurvivalConfig(StrictModel):
     train: SurvivalTrainConfig = SurvivalTrainConfig()
     baselines: BaselineConfig = BaselineConfig()
     eval: SurvivalEvalConfig = SurvivalEvalConfig()
+    cv: CrossValidationConfig | None = Field(None, description="repeated stratified K-fold cross-validation instead "
+                                                               "of one held-out split: every model is refitted per "
+                                                               "fold, with its selection (early stopping, Coxnet "
+                                                               "alpha, scaling, bins) inside the fold's training "
+                                                               "part; no bootstrap CIs, no model registered; "
+                                                               "None: one held-out split")
     tracking: SurvivalTrackingConfig = SurvivalTrackingConfig()
 
     @model_validator(mode="after")

@@ -1,5 +1,6 @@
 """Survival run (``python -m medmm.pipelines.survival``): survival models and baselines trained
-on the same patient-level splits, scored on a held-out test split, tracked in MLflow.
+on the same patient-level splits, scored on a held-out test split, tracked in MLflow (with
+``cv`` set: cross-validated instead, see ``cv.py``).
 
 Per model: Harrell's and Uno's c-index, integrated Brier score, mean time-dependent AUC
 (scikit-survival) with percentile-bootstrap CIs over test patients; a Kaplan-Meier figure
@@ -42,6 +43,7 @@ from medmm.tracking.pipeline_run import (
 )
 from medmm.workflows.preflight import CohortNeeds, check_before_run
 from medmm.workflows.survival.config import BASELINES, SurvivalConfig
+from medmm.workflows.survival.cv import SurvivalCVOutcome, run_cv
 from medmm.workflows.survival.fit import (
     fit_predict_baseline,
     fit_predict_torch,
@@ -103,7 +105,7 @@ def format_table(results: dict[str, dict[str, float]], level: float) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: SurvivalConfig) -> SurvivalOutcome:
+def run(cfg: SurvivalConfig) -> SurvivalOutcome | SurvivalCVOutcome:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     pathology = cfg.data.dataset == "pathology"
     check_before_run(cfg.tracking.uri, output_dirs={"output_dir": cfg.output_dir},
@@ -118,13 +120,17 @@ def run(cfg: SurvivalConfig) -> SurvivalOutcome:
 
     start = clock.perf_counter()
     data = load_data(cfg)
-    split = make_split(data, cfg)
     # a pathology cohort's content hash is its manifest's; a bundled table's is the hash of its arrays
     log_context(client, run_id, "survival", cfg, data.manifest, data.skipped, content_hash=data.content_hash)
     client.set_tag(run_id, "dataset", cfg.data.dataset)
     if pathology:
         client.set_tag(run_id, "tile_encoder", "handmade" if cfg.data.feature_bags is None
                        else tile_encoder_of(cfg.data.feature_bags))
+    if cfg.cv is not None:
+        client.set_tag(run_id, "protocol", f"cv {cfg.cv.repeats}x{cfg.cv.folds}")
+        log_metrics(client, run_id, {"data.n_skipped": len(data.skipped)})
+        return run_cv(client, run_id, tracking_uri, data, cfg, str(cfg.data.root) if pathology else cfg.data.dataset)
+    split = make_split(data, cfg)
     counts = {"data.n_skipped": len(data.skipped)}
     for name, rows in (("train", split.train), ("val", split.val), ("test", split.test)):
         counts[f"data.n_{name}"] = len(rows)
