@@ -44,18 +44,27 @@ def bleu_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
                              effective_order=False).corpus_score(h, r).score / 100.0 for n in range(1, 5)}
 
 
-def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float:
-    """Mean ROUGE-L F-measure over report pairs (rouge-score, on our tokens)."""
+class _Tokens:  # rouge-score's tokenizer protocol: tokenize(text) -> list[str]
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return tokenize(text)
+
+
+def rouge_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1, ROUGE-2 and ROUGE-L F-measures over pairs (rouge-score, on our tokens):
+    ``{"rouge1", "rouge2", "rouge_l"}``."""
     from rouge_score import rouge_scorer
 
-    class _Tokens:  # rouge-score's tokenizer protocol: tokenize(text) -> list[str]
-        @staticmethod
-        def tokenize(text):
-            return tokenize(text)
-
     _check(hyps, refs)
-    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokens())
-    return float(np.mean([scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)]))
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], tokenizer=_Tokens())
+    scores = [scorer.score(r, h) for h, r in zip(hyps, refs)]
+    return {name: float(np.mean([s[key].fmeasure for s in scores]))
+            for name, key in (("rouge1", "rouge1"), ("rouge2", "rouge2"), ("rouge_l", "rougeL"))}
+
+
+def rouge_l(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Mean ROUGE-L F-measure over report pairs (rouge-score, on our tokens)."""
+    return rouge_scores(hyps, refs)["rouge_l"]
 
 
 def cider(hyps: Sequence[str], refs: Sequence[str]) -> float:

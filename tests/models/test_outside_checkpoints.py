@@ -24,6 +24,7 @@ from medmm.models.encoders.checkpoints import IMAGENET_MEAN, IMAGENET_STD, LoadR
 from medmm.models.encoders.ecg import ECGEncoderConfig, build_ecg_encoder
 from medmm.models.encoders.text import MiniLMLoRATextEncoder, TextEncoderConfig, masked_mean
 from medmm.models.encoders.xray import XrayEncoderConfig, build_xray_encoder
+from medmm.models.heads.report_decoder import xray_token_dim, xray_tokens
 from medmm.models.more import ModelConfig, MultiModalContrastiveModel
 from medmm.workflows.contrastive.config import PretrainConfig
 from medmm.workflows.preflight import check_model_checkpoints
@@ -110,6 +111,8 @@ def test_hf_folder_reproduces_the_saved_model_with_its_normalisation(make, tmp_p
     with torch.no_grad():  # a report decoder's view: the pooled feature first, then the patch tokens
         tokens = encoder.tokens(x)
     assert tokens.shape[-1] == encoder.feature_dim and torch.allclose(tokens[:, 0], got, atol=ATOL)
+    assert torch.equal(xray_tokens(encoder, x), tokens)  # what a report generator reads
+    assert xray_token_dim(encoder) == encoder.feature_dim
     report = encoder.load_report
     assert report.missing == [] and len(report.matched) == len(encoder.backbone.state_dict())
     if make is _clip:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -45,6 +46,10 @@ class ReportTrackingConfig(RunTrackingConfig):
 
 
 class ReportConfig(StrictModel):
+    task: Literal["generate", "summarise"] = Field(
+        "generate", description="generate: reports from the X-ray (and ECG); summarise: the IMPRESSION section from "
+                                "the FINDINGS section, on a PTUnifier model's fused text tokens (pretrained.kind: "
+                                "ptunifier)")
     seed: int = 0
     output_dir: Path = Field(Path("runs/report"), description="checkpoints and local artifacts")
     pretrained: PretrainedConfig = PretrainedConfig()
@@ -60,6 +65,18 @@ class ReportConfig(StrictModel):
         """The pretrained encoders the generator conditions on: the X-ray's, and the ECG's
         under ``decoder.use_ecg``."""
         return ("xray", "ecg") if self.decoder.use_ecg else ("xray",)
+
+    def check_summarise(self, family: str | None) -> None:
+        """A one-line :class:`ConfigError` where ``task: summarise`` cannot run on a pretrained
+        model of ``family`` (None: not known yet), before anything is built."""
+        if self.task != "summarise":
+            return
+        if self.decoder.use_ecg:
+            raise ConfigError("decoder.use_ecg: summarisation reads the FINDINGS text only; set decoder.use_ecg=false")
+        if family is not None and family != "ptunifier":
+            raise ConfigError(f"task=summarise reads PTUnifier's fused text tokens; the {family!r} pretraining "
+                              "model's text encoder gives a pooled vector only: use a PTUnifier model "
+                              "(pretrained.kind=ptunifier)")
 
     def check_pretrained_encoders(self, encodes: Iterable[str]) -> None:
         """A one-line :class:`ConfigError` where the pretrained model (encoding ``encodes``)

@@ -5,7 +5,8 @@ epoch with the lowest validation loss, scores it on the held-out split with gree
 beam search beside two baselines (nearest-neighbour retrieval of a training report
 through the pretrained embedding; the most frequent training report), logs everything to
 MLflow and registers the model. ``evaluate`` scores a registered model again;
-``generate`` writes reports for given files.
+``generate`` writes reports for given files. ``task: summarise`` trains and scores a
+FINDINGS -> IMPRESSION summariser instead (:mod:`medmm.workflows.report.summarise`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
-import numpy as np
 import pandas as pd
-import torch
 import transformers
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Subset
 
 from medmm.config.core import ConfigError
@@ -49,18 +46,22 @@ from medmm.tracking.pipeline_run import (
 from medmm.tracking.run_context import source_tag
 from medmm.tracking.saved_model import load_saved_model, served_model
 from medmm.tracking.store import default_tracking_uri
-from medmm.training.lightning_run import progress_callbacks
 from medmm.workflows.preflight import CohortNeeds, check_before_run, decoded_cohort_outputs
-from medmm.workflows.pretrained import embed_texts, load_pretrained
+from medmm.workflows.pretrained import load_pretrained
+from medmm.workflows.report import summarise
 from medmm.workflows.report.config import ReportConfig
 from medmm.workflows.report.figures import examples_figure, metrics_figure
 from medmm.workflows.report.module import (
     ReportGenerationTask,
+    embed_texts_chunked,
+    fit_best,
     generate_reports,
     most_frequent_report,
     nearest_report,
+    start_task,
 )
 from medmm.workflows.report.served import log_report_model
+from medmm.workflows.report.summarise import SummariseOutcome
 
 HEADLINE = ("bleu1", "bleu4", "rouge_l", "cider", "ce_f1")
 METRIC_ORDER = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider", "ce_precision", "ce_recall", "ce_f1",
@@ -102,11 +103,6 @@ def _data_module(cfg: ReportConfig, pretrain_cfg):
     return dm
 
 
-def _embed_texts(model, tokenizer, texts: list[str], max_tokens: int, chunk: int = 256) -> np.ndarray:
-    return np.concatenate([embed_texts(model, tokenizer, texts[i : i + chunk], max_tokens)
-                           for i in range(0, len(texts), chunk)])
-
-
 def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -> tuple[dict, list[dict]]:
     """Metrics of the model (each decoding) and of both baselines on ``split``, and examples."""
     cohort, tok = dm.cohort, pretrained.tokenizer
@@ -125,7 +121,7 @@ def evaluate_systems(cfg: ReportConfig, generator, pretrained, dm, split: str) -
     refs = [str(t) for t in cohort.report_text[index]]
     train_texts = [str(t) for t in cohort.report_text[cohort.indices("train")]]
     backbone = pretrained.backbone()  # the retrieval embeddings of either pretraining family
-    train_emb = _embed_texts(backbone, tok, train_texts, pretrained.config.model.text.max_tokens)
+    train_emb = embed_texts_chunked(backbone, tok, train_texts, pretrained.config.model.text.max_tokens)
     outputs["nearest_neighbour"] = nearest_report(backbone, loader, train_emb, train_texts)
     outputs["most_frequent"] = [most_frequent_report(train_texts)] * len(refs)
     metrics = {name: report_generation_metrics(hyps, refs) for name, hyps in outputs.items()}
@@ -166,7 +162,9 @@ def _log_evaluation(client, run_id, metrics, examples, split, log_text: bool) ->
     return table
 
 
-def train(cfg: ReportConfig) -> ReportOutcome:
+def train(cfg: ReportConfig) -> ReportOutcome | SummariseOutcome:
+    if cfg.task == "summarise":  # FINDINGS -> IMPRESSION, a workflow of its own
+        return summarise.train(cfg)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     transformers.logging.set_verbosity_error()  # the decoder's new cross-attention weights are expected
@@ -178,13 +176,8 @@ def train(cfg: ReportConfig) -> ReportOutcome:
                                         limit_studies=cfg.data.limit_studies,
                                         why="report generation" + (" (decoder.use_ecg)" if cfg.decoder.use_ecg else "")),
                      pretrained=cfg.pretrained.source, pretrained_tracking_uri=cfg.pretrained.tracking_uri)
-    clock = {"start": time.perf_counter()}
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    tracking_uri = cfg.tracking.uri or default_tracking_uri()
-    pretrained = load_pretrained(cfg.pretrained.source, cfg.pretrained.kind,
-                                 tracking_uri=cfg.pretrained.tracking_uri or tracking_uri)
+    start, tracking_uri, pretrained = start_task(cfg)
+    clock = {"start": start}
     cfg.check_pretrained_encoders(pretrained.backbone().modalities)  # before a run is opened
     logger = lightning_logger(cfg.tracking.experiment, run_name(cfg, "report"), tracking_uri)
     run_id = logger.run_id
@@ -204,20 +197,7 @@ def train(cfg: ReportConfig) -> ReportOutcome:
 
     generator = ReportGenerator.from_pretrained(copy.deepcopy(pretrained_encoders(pretrained.model)), cfg.decoder)
     task = ReportGenerationTask(cfg, generator)
-    ckpt_dir = Path(cfg.output_dir) / run_id / "checkpoints"
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min", save_top_k=1)
-    precision = cfg.trainer.precision or ("16-mixed" if torch.cuda.is_available() else "32-true")
-    trainer = L.Trainer(max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator,
-                        devices=cfg.trainer.devices, precision=precision, logger=logger,
-                        log_every_n_steps=cfg.trainer.log_every_n_steps,
-                        limit_train_batches=cfg.trainer.limit_train_batches,
-                        gradient_clip_val=cfg.trainer.gradient_clip_val, enable_model_summary=False,
-                        num_sanity_val_steps=0, **progress_callbacks([best]))
-    trainer.fit(task, datamodule=dm)
-    if best.best_model_path:  # evaluate and register the epoch with the lowest validation loss
-        state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-        task.load_state_dict(state)
-        log_metrics(client, run_id, {"best_val_loss": float(best.best_model_score)})
+    fit_best(cfg, task, logger, Path(cfg.output_dir) / run_id / "checkpoints", datamodule=dm)
     clock["train"] = time.perf_counter()
 
     metrics, examples = evaluate_systems(cfg, generator, pretrained, dm, cfg.eval.split)
@@ -252,6 +232,8 @@ def _load_report_model(uri: str, tracking_uri: str | None):
 
 def evaluate(cfg: ReportConfig, model_uri: str) -> ReportOutcome:
     """Score a registered report model (and the baselines) again on ``eval.split``, as a new run."""
+    if cfg.task == "summarise":
+        raise ConfigError("evaluate: task=summarise scores its model in train; summarisation models are not registered")
     tracking_uri = cfg.tracking.uri or default_tracking_uri()
     wrapper = served_model(_load_report_model(model_uri, tracking_uri))
     source = cfg.pretrained.source
