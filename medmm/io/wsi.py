@@ -362,6 +362,14 @@ class ColorTextureEncoder:
         ]).astype(np.float32)
 
 
+def tile_order(n: int, max_tiles: int | None, seed: int) -> np.ndarray:
+    """The tiles of a grid of ``n`` that are embedded: all, or a seeded sorted sample of ``max_tiles``."""
+    order = np.arange(n)
+    if max_tiles is not None and n > max_tiles:
+        order = np.sort(np.random.default_rng(seed).choice(order, max_tiles, replace=False))
+    return order
+
+
 def feature_bag(slide: WholeSlide, magnification: float | None = 20, mpp: float | None = None,
                 tile_size: int = 256, min_tissue: float = 0.5, max_tiles: int | None = None,
                 encoder: Callable[[np.ndarray, float], np.ndarray] | None = None, seed: int = 0) -> FeatureBag:
@@ -372,9 +380,7 @@ def feature_bag(slide: WholeSlide, magnification: float | None = 20, mpp: float 
     if len(grid.coords) == 0:
         raise InconsistentDataError(slide.path, f"no tissue tile (of {grid.n_background} grid tiles) at "
                                                 f"{grid.mpp:.2f} um/px")
-    order = np.arange(len(grid.coords))
-    if max_tiles is not None and len(order) > max_tiles:
-        order = np.sort(np.random.default_rng(seed).choice(order, max_tiles, replace=False))
+    order = tile_order(len(grid.coords), max_tiles, seed)
     feats = np.stack([encoder(slide.read_tile(grid, int(i)), grid.mpp) for i in order]).astype(np.float32)
     names = tuple(getattr(encoder, "names", [f"f{i}" for i in range(feats.shape[1])]))
     return FeatureBag(feats, grid.coords[order], names, grid.mpp, tile_size)

@@ -44,7 +44,7 @@ from medmm.data.survival import (
     write_feature_bag,
 )
 from medmm.io.errors import InconsistentDataError, MedmmInputError
-from medmm.io.wsi import read_wsi
+from medmm.io.wsi import read_wsi, tile_order
 from medmm.tracking.store import default_tracking_uri
 from medmm.workflows.preflight import CohortNeeds, check_cohort, check_output_folder, check_pretrained_source
 from medmm.workflows.tile_features.config import TileFeaturesConfig
@@ -99,14 +99,6 @@ def _write_atomic(path: Path, text: str) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
         f.write(text)
     os.replace(f.name, path)
-
-
-def tile_order(n: int, max_tiles: int | None, seed: int) -> np.ndarray:
-    """The tiles embedded: all, or the seeded sample :func:`medmm.io.wsi.feature_bag` draws."""
-    order = np.arange(n)
-    if max_tiles is not None and n > max_tiles:
-        order = np.sort(np.random.default_rng(seed).choice(order, max_tiles, replace=False))
-    return order
 
 
 def embed_slide(path: Path, encoder: TileEncoder, cfg: TileFeaturesConfig) -> tuple[np.ndarray, np.ndarray]:
