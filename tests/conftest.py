@@ -84,7 +84,7 @@ def tiny_overrides(cohort: Path, tmp_path: Path, *extra: str) -> list[str]:
     ]
 
 
-# --- report generation / retrieval / MLflow server (issue 7): one live MLflow server per
+# --- report generation / retrieval / MLflow server: one live MLflow server per
 # session, and one tiny run of each pipeline against it over HTTP, shared by the pipeline,
 # tracking and notebook tests.
 TINY_REPORT_CONFIG = REPO / "configs/report/tiny.yaml"
@@ -135,7 +135,7 @@ def tracked_runs(tiny_cohort, mlflow_server, tmp_path_factory):
 
 
 # --- the tiny tracked runs of the PTUnifier pretraining, finetune, survival and segment
-# pipelines (issue 7: every pipeline leaves one shape), each run once per session and shared
+# pipelines (every pipeline leaves one shape), each run once per session and shared
 # by the pipeline's own tests and tests/tracking/test_pipeline_shape.py.
 FINETUNE_TASKS = ("image_classification", "text_classification", "retrieval", "vqa")
 

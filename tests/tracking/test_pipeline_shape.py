@@ -1,4 +1,4 @@
-"""Issue 7: the PTUnifier pretraining, finetune, survival and segment pipelines leave the one
+"""The PTUnifier pretraining, finetune, survival and segment pipelines leave the one
 shape of :mod:`medmm.tracking.pipeline_run` (the contrastive pretrain, report and retrieve
 runs are checked against a live server in test_mlflow_server.py): the ``medmm.pipeline``
 tag, git commit, manifest hash (survival's bundled table: the cohort's content hash),
