@@ -45,7 +45,9 @@ from medmm.tracking.pipeline_run import (
 )
 from medmm.training.lightning_run import (
     PretrainOutcome,
+    WorkerOutcome,
     checkpointing_trainer,
+    join_launched_processes,
     start_or_resume_run,
 )
 from medmm.workflows.preflight import PAIRED_TRAINING_MINIMUM
@@ -96,30 +98,41 @@ def itc_retrieval(model, loader, ks=(1, 5, 10), label_ks=(1, 5)):
     return metrics, img, txt, lab, np.concatenate(indices)
 
 
-def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome:
+def run(cfg: PTUnifierPretrainConfig, resume: bool = False) -> PretrainOutcome | WorkerOutcome:
+    """Train, evaluate and register a PTUnifier model. Started as several processes
+    (torchrun, srun) the run is one MLflow run: the first process opens it, decodes the cohort
+    before the others read its cache, logs, checkpoints, evaluates and reports; the others
+    train their share of each global batch and return a :class:`WorkerOutcome`."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     preflight(cfg)  # a wrong input fails here, in seconds, before a run is opened
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     start = time.perf_counter()
     logger, tracking_uri, ckpt_path, run_dir = start_or_resume_run(cfg, resume)
+    processes = join_launched_processes(cfg.trainer)  # joined by start_or_resume_run
+    first = processes.global_rank == 0
     run_id = logger.run_id
 
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed,
                             tokenizer_path=cfg.model.text.model_path, min_studies=PAIRED_TRAINING_MINIMUM)
-    dm.setup()
+    with processes.rank_zero_first():  # one process writes the decoded-cohort cache
+        dm.setup()
     data_s = time.perf_counter() - start
-    for s in dm.cohort.skipped:
-        print(f"WARNING: skipped {s['path']}: {s['problem']}", file=sys.stderr)
     client = logger.experiment  # logs each metric step once, also across a resume
-    log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
-    log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
-                                 "data.train_batch_size": dm.train_batch_size,
-                                 **{f"data.n_{s}_studies": len(dm.cohort.indices(s)) for s in ("train", "val", "test")}})
+    if first:
+        for s in dm.cohort.skipped:
+            print(f"WARNING: skipped {s['path']}: {s['problem']}", file=sys.stderr)
+        log_context(client, run_id, "pretrain", cfg, dm.manifest, dm.cohort.skipped)
+        log_metrics(client, run_id, {"data.n_skipped_studies": len(dm.cohort.skipped),
+                                     "data.train_batch_size": dm.train_batch_size,
+                                     **{f"data.n_{s}_studies": len(dm.cohort.indices(s))
+                                        for s in ("train", "val", "test")}})
 
     task = PTUnifierPretrainTask(cfg)
     trainer = checkpointing_trainer(cfg, logger, run_dir / "checkpoints")
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
     train_s = time.perf_counter() - start - data_s
+    if not first:
+        return WorkerOutcome(run_id, processes.global_rank)
 
     export = export_model(task.model, cfg, run_dir / EXPORT_DIR)
     client.log_artifacts(run_id, str(export), artifact_path="model_export")

@@ -178,6 +178,28 @@ def test_two_torchrun_processes_make_one_run_of_the_global_batch(tiny_cohort, tm
 
 
 @pytest.mark.slow
+def test_two_torchrun_processes_make_one_ptunifier_run(tiny_cohort, tmp_path):
+    """PTUnifier through the same launcher: one run, the first process alone evaluates, logs,
+    exports and checkpoints; the decoded cohort cached once."""
+    from tests.conftest import PTU_TINY
+
+    two = tiny_overrides(tiny_cohort, tmp_path, "trainer.max_epochs=1", "trainer.precision=32-true",
+                         "data.batch_size=8")
+    env = {**os.environ, "ACCELERATOR": "cpu", "NPROC": "2", "MASTER_PORT": str(free_port()),
+           "PYTHONPATH": str(REPO)}
+    out = launch(["pipelines/torchrun_pretrain.sh", str(PTU_TINY), *two], env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, ptu_run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert ptu_run.info.status == "FINISHED" and out.stdout.count("MLflow run id:") == 1
+    for key in ("data.n_test_studies", "test.xray_to_report.R_at_5"):
+        history = client.get_metric_history(ptu_run.info.run_id, key)
+        assert len(history) == 1, (key, history)  # logged by one process, once
+    runs_dir = tmp_path / "runs" / ptu_run.info.run_id
+    assert sorted(p.name for p in (runs_dir / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    assert [p.suffixes for p in (tmp_path / "cache").iterdir()] == [[".npz"]]
+
+
+@pytest.mark.slow
 def test_the_slurm_recipe_wires_ranks_and_world_size(tiny_cohort, tmp_path):
     record, bin_dir = tmp_path / "record", tmp_path / "bin"
     record.mkdir()
