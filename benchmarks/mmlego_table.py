@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +23,8 @@ import numpy as np
 from mlflow.tracking import MlflowClient
 
 from medmm.config.core import build_config
+from medmm.tracking.run_context import commit_label
+from medmm.training.precision import cpu_identity
 from medmm.workflows.mmlego.config import MMLegoConfig
 from medmm.workflows.mmlego.run import METRIC_NAMES, run
 
@@ -38,20 +38,8 @@ BUDGET = {"pathology_genomics": ["train.epochs=30", "train.patience=8", "train.f
                        "xray_ecg.max_studies={train: 800, val: 200, test: 600}"]}
 
 
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return f"{sha} (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else sha
-
-
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_identity()["cpu_model"]
     return f"{os.cpu_count()}-core {cpu}, no GPU, torch threads {os.environ.get('MEDMM_THREADS', 1)}"
 
 
@@ -133,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics[task] = r["metric_name"]
             print(f"seed {seed} {task} done ({time.perf_counter() - start:.0f} s)", flush=True)
     if not args.from_store:
-        minutes, commit = (time.perf_counter() - start) / 60, git_commit()
+        minutes, commit = (time.perf_counter() - start) / 60, commit_label()
     command = "python benchmarks/mmlego_table.py " + " ".join(
         [f"--seeds {' '.join(map(str, args.seeds))}", *(["--tasks", *args.tasks] if args.tasks != list(CONFIGS)
                                                           else []), *args.overrides])

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +27,8 @@ from mlflow.tracking import MlflowClient
 
 from medmm.config.core import build_config
 from medmm.demo.pathology import oracle_c_index
+from medmm.tracking.run_context import commit_label
+from medmm.training.precision import cpu_identity
 from medmm.workflows.survival.config import BASELINES, SurvivalConfig
 from medmm.workflows.survival.run import run
 
@@ -44,20 +44,8 @@ TITLES = {"demo_pathology": "Pathology + genomics demo cohort: CMTA against its 
           "breast_cancer": "Breast cancer: the tabular heads"}
 
 
-def git_commit() -> str:
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
-
-    sha = git("rev-parse", "--short", "HEAD") or "unknown"
-    return f"{sha} (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else sha
-
-
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_identity()["cpu_model"]
     return f"{os.cpu_count()}-core {cpu}, no GPU, torch threads {os.environ.get('MEDMM_THREADS', 1)}"
 
 
@@ -181,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines += task_section(client, task, found, tmp) + [""]
     lines += ["- **Command:** `python benchmarks/survival_cv.py` (after `python -m medmm.pipelines.make_demo_pathology "
               "--out data/demo_pathology`)" + (f", overrides `{' '.join(args.overrides)}`" if args.overrides else ""),
-              f"- **Machine:** {machine()}, shared with other jobs.", f"- **Commit:** {git_commit()}."]
+              f"- **Machine:** {machine()}, shared with other jobs.", f"- **Commit:** {commit_label()}."]
     write_section(args.out, lines)
     print("\n".join(lines))
     return 0

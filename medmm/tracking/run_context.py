@@ -56,6 +56,14 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
     return {"git_commit": commit or "unknown", "git_dirty": str(bool(dirty)).lower()}
 
 
+def commit_label(cwd: Path | None = None) -> str:
+    """The short commit of the code that ran, marked where the working tree had local changes:
+    what a results page names as its commit."""
+    state = git_state(cwd)
+    label = state["git_commit"][:7]
+    return f"{label} (with uncommitted changes)" if state["git_dirty"] == "true" else label
+
+
 def _is_path_field(name: str) -> bool:
     return bool(PATH_FIELD.search(name))
 

@@ -227,6 +227,21 @@ def load_medmm_encoder(module: nn.Module, path: str | Path, modality: str) -> Lo
     return load_state_dict_file(module, folder / MEDMM_WEIGHTS, prefix=f"encoders.{modality}.")
 
 
+def load_encoder_checkpoint(encoder: nn.Module, cfg: Any, modality: str, what: str) -> nn.Module:
+    """``cfg.checkpoint`` (a medmm folder, or a plain state dict through ``cfg``'s key map)
+    into the medmm ``encoder`` of ``modality``; the load report is logged as ``what`` and kept
+    as ``encoder.load_report``."""
+    setting = f"model.{modality}.checkpoint"
+    fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "torch", ("medmm", "torch"), setting)
+    if fmt == "medmm":
+        report = load_medmm_encoder(encoder, cfg.checkpoint, modality)
+    else:
+        report = load_state_dict_file(encoder, cfg.checkpoint, cfg.checkpoint_prefix, cfg.checkpoint_rename)
+    report.log(what)
+    encoder.load_report = report
+    return encoder
+
+
 def state_dict_format(path: str | Path, fmt: str, file_format: str, allowed: tuple[str, ...], setting: str) -> str:
     """The format of ``path`` (``fmt`` unless ``auto``): ``hf`` for a folder with
     ``config.json``, ``medmm`` for a medmm pretraining folder, ``file_format`` for a file."""

@@ -20,9 +20,7 @@ from medmm.config.core import StrictModel
 from medmm.models.encoders.checkpoints import (
     freeze_layers,
     keep_frozen_norms_in_eval,
-    load_medmm_encoder,
-    load_state_dict_file,
-    state_dict_format,
+    load_encoder_checkpoint,
 )
 
 
@@ -84,13 +82,6 @@ class ECGConvTransformer(nn.Module):
 def build_ecg_encoder(cfg: ECGEncoderConfig) -> nn.Module:
     encoder = ECGConvTransformer(cfg)
     if cfg.checkpoint:
-        fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "torch", ("medmm", "torch"),
-                                "model.ecg.checkpoint")
-        if fmt == "medmm":
-            report = load_medmm_encoder(encoder, cfg.checkpoint, "ecg")
-        else:
-            report = load_state_dict_file(encoder, cfg.checkpoint, cfg.checkpoint_prefix, cfg.checkpoint_rename)
-        report.log("ECG encoder")
-        encoder.load_report = report
+        load_encoder_checkpoint(encoder, cfg, "ecg", "ECG encoder")
     freeze_layers(encoder, cfg.freeze_layers, "model.ecg.freeze_layers")
     return encoder

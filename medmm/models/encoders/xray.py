@@ -24,8 +24,8 @@ from medmm.models.encoders.checkpoints import (
     build_image_encoder_from_checkpoint,
     freeze_layers,
     keep_frozen_norms_in_eval,
+    load_encoder_checkpoint,
     load_medmm_encoder,
-    load_state_dict_file,
     read_medmm_encoder,
     state_dict_format,
 )
@@ -218,12 +218,5 @@ def build_xray_encoder(cfg: XrayEncoderConfig, image_size: int) -> nn.Module:
         return _tuned(_stored_xray_encoder(cfg, image_size), cfg)
     encoder = _medmm_architecture(cfg, image_size)
     if cfg.checkpoint:
-        fmt = state_dict_format(cfg.checkpoint, cfg.checkpoint_format, "torch", ("medmm", "torch"),
-                                "model.xray.checkpoint")
-        if fmt == "medmm":
-            report = load_medmm_encoder(encoder, cfg.checkpoint, "xray")
-        else:
-            report = load_state_dict_file(encoder, cfg.checkpoint, cfg.checkpoint_prefix, cfg.checkpoint_rename)
-        report.log(f"X-ray encoder ({cfg.name})")
-        encoder.load_report = report
+        load_encoder_checkpoint(encoder, cfg, "xray", f"X-ray encoder ({cfg.name})")
     return _tuned(encoder, cfg)
