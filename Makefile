@@ -88,6 +88,12 @@ $(HE_WHEEL): | $(STAMP)
 	mkdir -p data/cache
 	$(PY) -m pip download -q --no-deps tiatoolbox==2.1.3 -d data/cache
 
+.PHONY: demo-labelled
+demo-labelled: data/demo_labelled/pathology/labels.csv
+
+data/demo_labelled/pathology/labels.csv: | $(STAMP) $(HE_WHEEL)
+	$(PY) -m medmm.pipelines.make_demo_labelled --out data/demo_labelled
+
 .PHONY: demo-pathology survival
 demo-pathology: $(DEMO_PATHOLOGY)/manifest.parquet
 

@@ -513,7 +513,7 @@ def _row_text(row: dict, spec: TableSpec, key: str) -> str | None:
     lines = [text for text in (cell_text(row[c]) for c in spec.text_columns) if text]
     if spec.label_columns:
         try:
-            lines.append(caption_from_labels({c: row[c] for c in spec.label_columns}, key))
+            lines.append(caption_from_labels({c: row[c] for c in spec.label_columns}, key, spec.caption_style))
         except ValueError as exc:
             raise MedmmInputError(spec.path, f"row {shown_value('key', key)}: {exc}") from None
     return "\n".join(line for line in lines if line)

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydicom.datadict import tag_for_keyword
 
+from medmm.cohort.captions import CAPTION_STYLES
 from medmm.config.core import StrictModel, build_config
 
 # Named groups an ``ids`` regex may capture, and what each is: the ids a manifest row gets
@@ -157,6 +158,9 @@ class TableSpec(StrictModel):
     label_columns: list[str] = Field(
         [], description="report table (modality: report): finding columns (1 positive, 0 negative, -1 uncertain, "
                         "blank not mentioned) written as report sentences, e.g. CheXpert's observations")
+    caption_style: Literal[tuple(CAPTION_STYLES)] = Field(
+        "chest_xray", description="the sentence templates of label_columns: chest_xray (CheXpert-style findings), "
+                                  "ct / mr (organs in an axial slice), pathology (one tissue class per tile)")
 
     @field_validator("patient_pattern", "study_pattern")
     @classmethod

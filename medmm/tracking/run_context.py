@@ -86,9 +86,10 @@ def redacted_config(config: BaseModel, key: bytes) -> dict[str, Any]:
                 out[name] = walk(raw, value)
             elif isinstance(raw, Path) or (isinstance(raw, str) and _is_path_field(name) and not _keeps_in_clear(raw)):
                 out[name] = f"{REDACTED_PREFIX}{pseudonym(str(raw), key)}"
-            elif isinstance(raw, (list, tuple)) and any(isinstance(v, Path) for v in raw):
-                out[name] = [f"{REDACTED_PREFIX}{pseudonym(str(v), key)}" if isinstance(v, Path) else d
-                             for v, d in zip(raw, value)]
+            elif isinstance(raw, (list, tuple)) and any(isinstance(v, (Path, BaseModel)) for v in raw):
+                # a list of paths, or of sections that hold paths (image_text's sources)
+                out[name] = [f"{REDACTED_PREFIX}{pseudonym(str(v), key)}" if isinstance(v, Path)
+                             else walk(v, d) if isinstance(v, BaseModel) else d for v, d in zip(raw, value)]
             else:
                 out[name] = value
         return out

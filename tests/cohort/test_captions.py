@@ -41,3 +41,35 @@ def test_the_labeler_reads_the_captions_labels_back(key):
                           ).labels.as_vector()
     found = dict(zip(FINDINGS, labels))
     assert found["cardiomegaly"] == 1 and found["pleural_effusion"] == 1 and found["edema"] == 0
+
+
+def test_each_modality_style_opens_with_the_image_it_describes():
+    from medmm.cohort.captions import CAPTION_STYLES
+
+    ct = caption_from_labels({"liver": 1, "kidney": 0, "spleen": -1, "vertebra": None}, "ct0001_z10", "ct")
+    opening, *sentences = [s.strip() + "." for s in ct.split(".") if s.strip()]
+    assert opening in CAPTION_STYLES["ct"].openings and len(sentences) == 3
+    assert sentences[0] in {t.format(finding="liver") for t in CAPTION_STYLES["ct"].positive}
+    assert sentences[1] in {t.format(finding="kidney") for t in CAPTION_STYLES["ct"].negative}
+    assert sentences[2] in {t.format(finding="spleen") for t in CAPTION_STYLES["ct"].uncertain}
+    # a single-label style writes the class a tile is, not the ones it is not
+    tile = caption_from_labels({"loose stroma": 1, "background": 0}, "tile7", "pathology")
+    assert "background" not in tile and "stroma" in tile and tile.startswith(CAPTION_STYLES["pathology"].openings)
+    # the chest X-ray style (CheXpert's) has no opening and reads as before
+    assert caption_from_labels({"Edema": 1}, "k", "chest_xray") in {t.format(finding="edema", Finding="Edema")
+                                                                      for t in POSITIVE}
+    with pytest.raises(ValueError, match="unknown caption style 'us'"):
+        caption_from_labels({"Edema": 1}, "k", "us")
+
+
+def test_zero_shot_prompts_are_every_opening_with_every_template():
+    from medmm.cohort.captions import CAPTION_STYLES, class_prompts
+
+    pos, neg = class_prompts("support_devices")
+    assert pos == [t.format(finding="support devices", Finding="Support devices") for t in POSITIVE]
+    assert neg == [t.format(finding="support devices", Finding="Support devices") for t in NEGATIVE]
+    pos, neg = class_prompts("liver", "mr")
+    style = CAPTION_STYLES["mr"]
+    assert len(pos) == len(style.openings) * len(style.positive)
+    assert len(neg) == len(style.openings) * len(style.negative)
+    assert pos[0] == f"{style.openings[0]} {style.positive[0].format(finding='liver')}"
