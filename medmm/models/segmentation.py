@@ -10,14 +10,20 @@ concatenated with the image's global feature (from the backbone's bottleneck) an
 per class (background included, so that softmax + one-hot DiceCE applies as in the
 paper). Here the text encoder is the packaged MiniLM (384-d) instead of CLIP's (512-d).
 
-The plain baseline uses the same backbone and a static 1x1x1 convolution head.
+The plain baseline uses the same backbone and a static 1x1x1 convolution head. Its
+capacity-matched form ("none_matched") adds the conditioned head's global image-feature
+branch and a hidden layer that scales and shifts the normalised decoder features, sized so
+that the model has as many trainable parameters as the text-conditioned one: a comparison
+of the two then isolates the text prompts (and the modality they name) from the capacity.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -87,6 +93,16 @@ def _groups(channels: int) -> int:
         if channels % g == 0 and channels >= g:
             return g
     return 1
+
+
+def global_feature_branch(bottleneck_channels: int, hidden: int) -> nn.Sequential:
+    """GN-ReLU-pool-conv: the bottleneck -> one ``hidden``-wide feature per image ``[B, hidden, 1, 1, 1]``."""
+    return nn.Sequential(nn.GroupNorm(_groups(bottleneck_channels), bottleneck_channels), nn.ReLU(inplace=True),
+                         nn.AdaptiveAvgPool3d(1), nn.Conv3d(bottleneck_channels, hidden, kernel_size=1))
+
+
+def trainable_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
 class FeatureBackbone(nn.Module):
@@ -177,9 +193,7 @@ class TextConditionedHeads(nn.Module):
         self.register_buffer("text_embeddings", text_embeddings.float())
         self.head_width = head_width
         self.text_proj = nn.Sequential(nn.Linear(text_embeddings.shape[-1], hidden), nn.ReLU(inplace=True))
-        self.global_feature = nn.Sequential(
-            nn.GroupNorm(_groups(bottleneck_channels), bottleneck_channels), nn.ReLU(inplace=True),
-            nn.AdaptiveAvgPool3d(1), nn.Conv3d(bottleneck_channels, hidden, kernel_size=1))
+        self.global_feature = global_feature_branch(bottleneck_channels, hidden)
         self.controller = nn.Conv3d(2 * hidden, dynamic_head_param_count(head_width), kernel_size=1)
         self.precls = nn.Sequential(
             nn.GroupNorm(_groups(feature_channels), feature_channels), nn.ReLU(inplace=True),
@@ -205,6 +219,49 @@ class PlainHead(nn.Module):
 
     def forward(self, features, bottleneck, modality):
         return self.net(features)
+
+
+class MatchedPlainHead(PlainHead):
+    """The plain head with more capacity and no text or modality: the conditioned head's global
+    image-feature branch feeds a hidden layer (``width`` units) whose output scales and shifts
+    the normalised decoder features, per image and channel, before the plain 1x1x1 convolution.
+    :func:`matched_width` picks ``width`` so that the trainable parameters equal the
+    text-conditioned head's."""
+
+    def __init__(self, feature_channels: int, bottleneck_channels: int, n_classes: int, hidden: int, width: int):
+        super().__init__(feature_channels, n_classes)
+        self.global_feature = global_feature_branch(bottleneck_channels, hidden)
+        self.film = nn.Sequential(nn.Linear(hidden, width), nn.ReLU(inplace=True),
+                                  nn.Linear(width, 2 * feature_channels))
+        # zero scale and shift at the start: the head begins as the plain head and learns what the
+        # global feature adds
+        nn.init.zeros_(self.film[-1].weight)
+        nn.init.zeros_(self.film[-1].bias)
+
+    def forward(self, features, bottleneck, modality):
+        norm, relu, conv = self.net
+        scale, shift = self.film(self.global_feature(bottleneck).flatten(1)).chunk(2, dim=1)
+        scale, shift = scale[:, :, None, None, None], shift[:, :, None, None, None]
+        return conv(relu(norm(features) * (1 + scale) + shift))
+
+
+def matched_width(target: int, feature_channels: int, bottleneck_channels: int, n_classes: int, hidden: int) -> int:
+    """Hidden units of :class:`MatchedPlainHead` whose trainable parameters come nearest ``target``
+    (each unit adds ``hidden + 1 + 2 * feature_channels``); an error where that is over 1% off."""
+    fixed = trainable_parameters(PlainHead(feature_channels, n_classes)) \
+        + trainable_parameters(global_feature_branch(bottleneck_channels, hidden)) + 2 * feature_channels
+    per_unit = hidden + 1 + 2 * feature_channels
+    units = round((target - fixed) / per_unit)
+    if units < 1 or abs(fixed + units * per_unit - target) > 0.01 * target:
+        raise ValueError(f"none_matched: no hidden layer brings the plain head within 1% of the conditioned head's "
+                         f"{target} parameters (model.text_hidden={hidden}, feature width {feature_channels})")
+    return units
+
+
+def text_embedding_width(model_path: str | None) -> int:
+    """Width of the prompt embeddings: the hidden size in the local text model's config.json."""
+    config = Path(model_path or packaged_minilm_path()) / "config.json"
+    return int(json.loads(config.read_text(encoding="utf-8"))["hidden_size"])
 
 
 class Segmenter(nn.Module):
@@ -244,16 +301,24 @@ def tiny_segmenter() -> ModelExample:
 def build_segmenter(cfg: SegModelConfig, *, class_names: Sequence[str] = DEFAULT_CLASSES, conditioning: str = "text",
                     in_channels: int = 1, text_embeddings: torch.Tensor | None = None) -> Segmenter:
     """``class_names``: one output channel each, background included. ``conditioning``: "text"
-    (MulModSeg heads) or "none" (plain head). ``text_embeddings`` skips the MiniLM pass (e.g.
-    when loading saved weights, which carry them)."""
+    (MulModSeg heads), "none" (plain head) or "none_matched" (plain head with as many trainable
+    parameters as "text"). ``text_embeddings`` skips the MiniLM pass (e.g. when loading saved
+    weights, which carry them)."""
     backbone = FeatureBackbone(cfg, in_channels)
+    feature, bottleneck = backbone.out_channels, backbone.bottleneck_channels
     if conditioning == "text":
         if text_embeddings is None:
             text_embeddings = prompt_embeddings(list(class_names), cfg.text_model_path)
-        head = TextConditionedHeads(text_embeddings, backbone.out_channels, backbone.bottleneck_channels,
-                                    cfg.text_hidden, cfg.head_width)
+        head = TextConditionedHeads(text_embeddings, feature, bottleneck, cfg.text_hidden, cfg.head_width)
     elif conditioning == "none":
-        head = PlainHead(backbone.out_channels, len(class_names))
+        head = PlainHead(feature, len(class_names))
+    elif conditioning == "none_matched":
+        # the conditioned head's count depends on the text width only, so zeros stand in for the prompts
+        width = text_embedding_width(cfg.text_model_path) if text_embeddings is None else text_embeddings.shape[-1]
+        text_head = TextConditionedHeads(torch.zeros(len(MODALITY_WORDS), len(class_names), width), feature,
+                                         bottleneck, cfg.text_hidden, cfg.head_width)
+        units = matched_width(trainable_parameters(text_head), feature, bottleneck, len(class_names), cfg.text_hidden)
+        head = MatchedPlainHead(feature, bottleneck, len(class_names), cfg.text_hidden, units)
     else:
-        raise ValueError(f"conditioning must be 'text' or 'none', got {conditioning!r}")
+        raise ValueError(f"conditioning must be 'text', 'none' or 'none_matched', got {conditioning!r}")
     return Segmenter(backbone, head, conditioning, class_names)

@@ -12,12 +12,15 @@ from medmm.models.segmentation import SegModelConfig
 from medmm.tracking.config import RunTrackingConfig
 from medmm.tracking.figures import EXAMPLES_FIGURE_HELP
 
+Variant = Literal["text", "none", "none_matched"]
+
 
 class SegDataConfig(StrictModel):
     root: Path = Field(Path("data/demo_volumes"), description="volume cohort folder (manifest.parquet; class names "
                                                               "in labels.json or a Decathlon-style dataset.json)")
     modalities: list[Literal["ct", "mr"]] | None = Field(
-        None, description="modalities trained and evaluated (None = those of the cohort's manifest: ct and / or mr)")
+        None, description="modalities trained and evaluated (None = those of the cohort's manifest: ct and / or mr; "
+                          "[ct] or [mr] = a model of one modality)")
     roi: list[int] = Field([32, 32, 32], description="training patch = sliding-window size (voxels)")
     samples_per_volume: int = Field(2, description="random patches drawn per volume per visit")
     pos_fraction: float = Field(0.67, description="share of patches centred on a foreground voxel")
@@ -35,7 +38,12 @@ class SegOptimConfig(StrictModel):
 
 
 class SegTrainerConfig(StrictModel):
-    max_steps: int = Field(400, description="optimiser steps in all (CT and MR alternate, one step each)")
+    max_steps: int = Field(400, description="training budget in batches of one modality: alternating takes one "
+                                            "optimiser step per batch, mixed one per CT + MR pair of batches")
+    batching: Literal["alternating", "mixed"] = Field(
+        "alternating", description="alternating = MulModSeg: one CT batch, then one MR batch, each its own step; mixed "
+                                   "= one batch of each modality joined into one step (the same patches, "
+                                   "max_steps / n_modalities steps)")
     log_every_n_steps: int = 10
     val_every_n_steps: int = Field(0, description="log validation Dice every N steps (0 = never)")
     gradient_clip_val: float | None = 1.0
@@ -49,14 +57,14 @@ class SegTrackingConfig(RunTrackingConfig):
     register_model: bool = Field(True, description="register one trained variant in the model registry (alias "
                                                    "newest; no champion: a fixed step budget selects nothing on "
                                                    "validation data)")
-    registered_variant: Literal["text", "none"] | None = Field(
+    registered_variant: Variant | None = Field(
         None, description="the variant registered (default: the first of `variants`)")
     registered_name: str = "medmm-segment"
 
 
 class InferConfig(StrictModel):
     run_id: str | None = Field(None, description="MLflow run whose model weights are used")
-    variant: Literal["text", "none"] = Field("text", description="which trained variant predicts")
+    variant: Variant = Field("text", description="which trained variant predicts")
     inputs: list[str] = Field([], description="NIfTI files or DICOM series folders")
     modality: Literal["ct", "mr"] = Field("ct", description="modality of the inputs")
     output_dir: Path = Field(Path("runs/segment/masks"), description="where the masks are written")
@@ -65,8 +73,11 @@ class InferConfig(StrictModel):
 class SegmentConfig(StrictModel):
     seed: int = 0
     output_dir: Path = Field(Path("runs/segment"), description="local artifacts")
-    variants: list[Literal["text", "none"]] = Field(
-        ["text", "none"], description="text = MulModSeg text-conditioned heads; none = the same backbone, plain head")
+    variants: list[Variant] = Field(
+        ["text", "none"], description="text = MulModSeg text-conditioned heads; none = the same backbone, plain head; "
+                                      "none_matched = the plain head widened by a global image-feature branch and a "
+                                      "hidden layer to the trainable parameter count of text (within 1%; each "
+                                      "variant's count is logged as <variant>.n_trainable_params)")
     model: SegModelConfig = SegModelConfig()
     data: SegDataConfig = SegDataConfig()
     optim: SegOptimConfig = SegOptimConfig()

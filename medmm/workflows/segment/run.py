@@ -1,5 +1,6 @@
 """CT / MR segmentation run (``python -m medmm.pipelines.segment``): MulModSeg text-conditioned
-heads beside a plain head on the same backbone, tracked in MLflow.
+heads beside a plain head (as is, or matched to their parameter count) on the same backbone,
+tracked in MLflow.
 
 ``train`` fits every variant of ``variants`` on the cohort's train split with the same
 seed, data stream and step budget, then scores the held-out test split (Dice / HD95 per
@@ -29,6 +30,7 @@ from medmm.data.segmentation import cohort_classes, load_volume_cohort, model_in
 from medmm.io.errors import MedmmInputError
 from medmm.metrics.segmentation import POLICY, summarise
 from medmm.models.registry import create_model
+from medmm.models.segmentation import trainable_parameters
 from medmm.tracking.figures import (
     grouped_bars_figure,
     metric_curves_figure,
@@ -52,6 +54,7 @@ from medmm.workflows.preflight import CohortNeeds, check_before_run
 from medmm.workflows.segment.config import SegmentConfig
 from medmm.workflows.segment.served import log_segmenter, segmenter_from_files
 from medmm.workflows.segment.training import (
+    MIXED,
     evaluate_cases,
     predict_volume,
     save_mask,
@@ -84,7 +87,8 @@ def metric_key(*parts: str) -> str:
     return ".".join(str(p).replace(" ", "_") for p in parts)
 
 
-VARIANT_NAMES = {"text": "MulModSeg (text-conditioned)", "none": "plain head"}
+VARIANT_NAMES = {"text": "MulModSeg (text-conditioned)", "none": "plain head",
+                 "none_matched": "plain head, matched parameters"}
 VOLUME_MODALITIES = ("ct", "mr")
 
 
@@ -93,7 +97,8 @@ def loss_curve_group(key: str) -> tuple[str, str]:
     modality's training-loss panel, one line per variant."""
     parts = key.split(".")
     if len(parts) == 3 and parts[1] == "train_loss":
-        return f"{parts[2].upper()} training loss", VARIANT_NAMES.get(parts[0], parts[0])
+        panel = "CT + MR (mixed batches)" if parts[2] == MIXED else parts[2].upper()
+        return f"{panel} training loss", VARIANT_NAMES.get(parts[0], parts[0])
     return key, key
 
 
@@ -189,11 +194,10 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
     for variant in cfg.variants:
         _seed(cfg.seed)
         model = create_model(cfg.model.name, cfg.model, class_names=cohort.classes, conditioning=variant)
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log_metrics(client, run_id, {metric_key(variant, "n_trainable_params"): n_params})
+        log_metrics(client, run_id, {metric_key(variant, "n_trainable_params"): trainable_parameters(model)})
 
-        def on_step(step, modality, loss, variant=variant):
-            if step % cfg.trainer.log_every_n_steps == 0 or step == cfg.trainer.max_steps - 1:
+        def on_step(step, modality, loss, last, variant=variant):
+            if step % cfg.trainer.log_every_n_steps == 0 or last:
                 log_metrics(client, run_id, {metric_key(variant, "train_loss", modality): loss}, step=step)
 
         fit = train_variant(model, cohort, cfg, on_step)
@@ -203,7 +207,8 @@ def train(cfg: SegmentConfig) -> SegmentOutcome:
         for modality, case in shown.items():
             overlays[modality][VARIANT_NAMES[variant]] = predict_volume(
                 model, case.image, modality, cfg.data.roi, cfg.trainer.sw_batch_size, cfg.trainer.sw_overlap)
-        log_metrics(client, run_id, {metric_key(variant, "time", "train_s"): fit["train_s"],
+        log_metrics(client, run_id, {metric_key(variant, "n_optimiser_steps"): fit["steps"],
+                                     metric_key(variant, "time", "train_s"): fit["train_s"],
                                      metric_key(variant, "time", "eval_s"): time.perf_counter() - t0})
         if cfg.save_test_masks and mask_dir.exists():
             client.log_artifacts(run_id, str(mask_dir), f"masks/{variant}")

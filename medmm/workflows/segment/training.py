@@ -1,10 +1,11 @@
 """Training and evaluation of one segmentation variant (MulModSeg text-conditioned heads or
-the plain head), with MulModSeg's alternating CT / MR optimiser steps."""
+a plain head), with MulModSeg's alternating CT / MR optimiser steps or mixed CT + MR batches."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -31,16 +32,43 @@ def build_optimizer(model, optim_cfg, total_steps: int):
     return opt, sched
 
 
-def train_steps(model, loaders: dict, loss_fn, opt, sched, n_steps: int, clip: float | None = None,
-                on_step=None) -> list[tuple[str, float]]:
-    """``n_steps`` optimiser steps over the alternating stream; each batch (one modality)
-    gets its own forward, backward and step. Returns (modality, loss) per step."""
-    history = []
+MIXED = "mixed"
+
+
+def mixed_batches(loaders: dict) -> Iterator[tuple[str, dict]]:
+    """Mixed training stream: one batch of every modality with data joined into one, with the
+    modality index of each patch (``modality`` [B]). Drawn from the alternating stream, so it
+    holds the same patches in the same order as alternating training, one batch per modality
+    in each step."""
+    n = sum(loader is not None for loader in loaders.values())
     stream = alternating_batches(loaders)
+    while True:
+        parts = [next(stream) for _ in range(n)]
+        yield MIXED, {"image": torch.cat([b["image"] for _, b in parts]),
+                      "label": torch.cat([b["label"] for _, b in parts]),
+                      "modality": torch.cat([torch.full((len(b["image"]),), MODALITY_INDEX[m], dtype=torch.long)
+                                             for m, b in parts])}
+
+
+BATCH_STREAMS = {"alternating": alternating_batches, "mixed": mixed_batches}
+
+
+def optimiser_steps(max_steps: int, batching: str, n_modalities: int) -> int:
+    """``max_steps`` counts batches of one modality: mixed joins ``n_modalities`` of them per step."""
+    return max_steps if batching == "alternating" else max(1, max_steps // max(1, n_modalities))
+
+
+def train_steps(model, loaders: dict, loss_fn, opt, sched, n_steps: int, clip: float | None = None,
+                on_step=None, batching: str = "alternating") -> list[tuple[str, float]]:
+    """``n_steps`` optimiser steps over the ``batching`` stream (alternating: one modality per
+    batch; mixed: CT and MR in every batch); each batch gets its own forward, backward and
+    step. Returns (modality or "mixed", loss) per step; ``on_step(step, name, loss, last)``."""
+    history = []
+    stream = BATCH_STREAMS[batching](loaders)
     model.train()
     for step in range(n_steps):
-        modality, batch = next(stream)
-        logits = model(batch["image"], MODALITY_INDEX[modality])
+        name, batch = next(stream)
+        logits = model(batch["image"], batch["modality"] if name == MIXED else MODALITY_INDEX[name])
         loss = loss_fn(logits, batch["label"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -48,22 +76,32 @@ def train_steps(model, loaders: dict, loss_fn, opt, sched, n_steps: int, clip: f
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         sched.step()
-        history.append((modality, float(loss.detach())))
+        history.append((name, float(loss.detach())))
         if on_step is not None:
-            on_step(step, modality, float(loss.detach()))
+            on_step(step, name, float(loss.detach()), step == n_steps - 1)
     return history
 
 
-def train_variant(model, cohort: VolumeCohort, cfg, on_step=None) -> dict:
+def train_loaders(cohort: VolumeCohort, cfg) -> dict:
+    """One seeded patch loader per configured modality (None where it has no training case)."""
     loaders = {}
-    for i, m in enumerate(cfg.data.modalities):
+    for m in cfg.data.modalities:
         cases = cohort.select("train", m)
-        loaders[m] = patch_loader(cases, cfg.data, seed=cfg.seed + 101 * i) if cases else None
-    opt, sched = build_optimizer(model, cfg.optim, cfg.trainer.max_steps)
+        # seeded by the modality, not its place in the list: a model of MR alone draws the MR
+        # patches of the joint model
+        loaders[m] = patch_loader(cases, cfg.data, seed=cfg.seed + 101 * MODALITY_INDEX[m]) if cases else None
+    return loaders
+
+
+def train_variant(model, cohort: VolumeCohort, cfg, on_step=None) -> dict:
+    loaders = train_loaders(cohort, cfg)
+    n_steps = optimiser_steps(cfg.trainer.max_steps, cfg.trainer.batching,
+                              sum(loader is not None for loader in loaders.values()))
+    opt, sched = build_optimizer(model, cfg.optim, n_steps)
     start = time.perf_counter()
-    history = train_steps(model, loaders, dice_ce_loss(), opt, sched, cfg.trainer.max_steps,
-                          cfg.trainer.gradient_clip_val, on_step)
-    return {"history": history, "train_s": time.perf_counter() - start}
+    history = train_steps(model, loaders, dice_ce_loss(), opt, sched, n_steps, cfg.trainer.gradient_clip_val,
+                          on_step, cfg.trainer.batching)
+    return {"history": history, "train_s": time.perf_counter() - start, "steps": n_steps}
 
 
 @torch.no_grad()

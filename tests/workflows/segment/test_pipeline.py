@@ -1,7 +1,8 @@
 """``python -m medmm.pipelines.segment`` end to end on the tiny phantom cohort: both
 variants trained and scored in one MLflow run, masks that overlay their source image
 (affine equal to the input's), inference from NIfTI and from a DICOM series, bad input
-skipped and counted, config errors exit 2."""
+skipped and counted, config errors exit 2; one-modality models, mixed batches and the matched
+plain head through the same command."""
 
 import json
 import shutil
@@ -15,7 +16,7 @@ from medmm.config.core import build_config
 from medmm.io.volume import read_dicom_series, read_nifti
 from medmm.pipelines.segment import main
 from medmm.workflows.segment.config import SegmentConfig
-from medmm.workflows.segment.run import infer, train
+from medmm.workflows.segment.run import infer, load_trained, train
 from tests.workflows.segment.conftest import TINY_SEG_CONFIG, seg_overrides
 
 
@@ -83,7 +84,46 @@ def test_a_corrupt_case_is_skipped_and_counted(tiny_volume_cohort, tmp_path):
     assert MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics["data.n_skipped_cases"] == 1
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["ct", "mr"])
+def test_a_one_modality_model_trains_and_is_scored_on_that_modality_only(modality, tiny_volume_cohort, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(
+        tiny_volume_cohort, tmp_path, f"data.modalities=[{modality}]", "variants=[none]", "trainer.max_steps=2",
+        "save_test_masks=false"))
+    outcome = train(cfg)
+    metrics = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics
+    other = "mr" if modality == "ct" else "ct"
+    assert metrics[f"data.n_train.{modality}"] > 0 and f"data.n_train.{other}" not in metrics
+    assert f"none.train_loss.{modality}" in metrics and f"none.train_loss.{other}" not in metrics
+    assert f"test.none.{modality}.mean.dice" in metrics
+    assert not [k for k in metrics if k.startswith(f"test.none.{other}.")]
+    assert {r["modality"] for r in outcome.summary} == {modality}
+
+
+@pytest.mark.slow
+def test_mixed_batches_and_the_matched_plain_head_in_one_run(tiny_volume_cohort, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = build_config(SegmentConfig, TINY_SEG_CONFIG, seg_overrides(
+        tiny_volume_cohort, tmp_path, "variants=[text, none_matched]", "trainer.batching=mixed", "trainer.max_steps=4",
+        "save_test_masks=false"))
+    outcome = train(cfg)
+    metrics = MlflowClient(outcome.tracking_uri).get_run(outcome.run_id).data.metrics
+    text, matched = metrics["text.n_trainable_params"], metrics["none_matched.n_trainable_params"]
+    assert abs(matched - text) <= 0.01 * text
+    for variant in ("text", "none_matched"):
+        assert metrics[f"{variant}.n_optimiser_steps"] == 2  # 4 batches of one modality, a CT + MR pair per step
+        assert f"{variant}.train_loss.mixed" in metrics and f"{variant}.train_loss.ct" not in metrics
+        assert 0.0 <= metrics[f"test.{variant}.mr.mean.dice"] <= 1.0
+    model, _, _ = load_trained(outcome.run_id, "none_matched", outcome.tracking_uri)  # rebuilt to the logged size
+    assert sum(p.numel() for p in model.parameters()) == matched
+
+
 def test_config_errors_exit_2(capsys):
     assert main(["train", "--config", str(TINY_SEG_CONFIG), "model.backbone=vgg"]) == 2
     assert "model.backbone" in capsys.readouterr().err
+    assert main(["train", "--config", str(TINY_SEG_CONFIG), "trainer.batching=shuffled"]) == 2
+    assert "trainer.batching" in capsys.readouterr().err
     assert main(["infer", "--config", str(TINY_SEG_CONFIG), "tracking.uri=sqlite:///:memory:"]) == 2
