@@ -18,7 +18,9 @@ once per mixed-model epoch.
 
 Metrics: ``test.<model>.<modality>.<metric>`` (step = seed), their ``_mean`` / ``_sd`` over
 seeds, ``train.<model>.*``, ``data.<modality>.*``; ``results/image_text_table.md`` and
-``results/image_text.json``.
+``results/image_text.json``. Each seed's mixed model is saved as a medmm pretraining folder
+(``<output_dir>/mixed_seed<seed>``, also the run's ``model/`` artifacts), so its image tower
+can start other work (``model.xray.checkpoint``, ``tile_features``' ``encoder.pretrained``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import torch.nn.functional as F
 
 from medmm.cohort.captions import caption_style, class_prompts
 from medmm.console import Number, headline
+from medmm.data.config import DataConfig
 from medmm.data.tokenizer import load_tokenizer
 from medmm.losses.contrastive import clip_loss, label_aware_targets
 from medmm.metrics.zeroshot import binary_auroc, zero_shot_scores
@@ -43,9 +46,11 @@ from medmm.models.more import ModelConfig
 from medmm.tracking.figures import grouped_bars_figure
 from medmm.tracking.pipeline_run import finish, log_context, log_figure, log_json, log_metrics, run_name, start_run
 from medmm.training.schedule import cosine_with_warmup
+from medmm.workflows.contrastive.config import LossConfig, PretrainConfig
 from medmm.workflows.image_text.config import ImageTextConfig
 from medmm.workflows.image_text.data import LabelledSet, load_labelled_set, read_label_table
 from medmm.workflows.preflight import check_before_run
+from medmm.workflows.pretrained import save_pretrained_folder
 
 TABLE = "results/image_text_table.md"
 MIXED, PER_MODALITY = "mixed", "per_modality"
@@ -94,11 +99,20 @@ class Pool:
         return np.concatenate([s.rows(split) + o for s, o in zip(self.sets, offsets)])
 
 
-def build_model(cfg: ImageTextConfig):
+def pretrain_config(cfg: ImageTextConfig) -> PretrainConfig:
+    """The image-text model as a contrastive pretraining config (image tower = ``xray``,
+    text tower = ``report``), so that its saved folder loads wherever a medmm pretraining
+    model does: an encoder checkpoint, tile features, fine-tuning."""
     m = cfg.model
     model_cfg = ModelConfig(modalities=["xray", "report"], embed_dim=m.embed_dim, proj_hidden=m.proj_hidden,
                             init_temperature=m.init_temperature, xray=m.image, text=m.text)
-    return create_model("more", model_cfg, image_size=cfg.image_size)
+    # the loss as trained: image-caption InfoNCE, identical captions as positives
+    loss = LossConfig(pairs=[("xray", "report")], label_aware_weight=1.0)
+    return PretrainConfig(model=model_cfg, data=DataConfig(image_size=cfg.image_size), loss=loss)
+
+
+def build_model(cfg: ImageTextConfig):
+    return create_model("more", pretrain_config(cfg).model, image_size=cfg.image_size)
 
 
 def _text_embeddings(model, texts: Texts, rows: np.ndarray) -> torch.Tensor:
@@ -272,6 +286,7 @@ def run_seed(cfg: ImageTextConfig, sets: list[LabelledSet], texts: Texts, captio
                        "parameters": float(sum(p.numel() for p in model.parameters()))}
     for s in sets:
         results[MIXED][s.modality] = zero_shot(model, s, s.rows("test"), texts)
+    save_pretrained_folder(model, pretrain_config(cfg), cfg.output_dir / f"mixed_seed{seed}")
     if cfg.per_modality_baselines:
         results[PER_MODALITY] = {}
         for s in sets:
@@ -325,6 +340,8 @@ def run(cfg: ImageTextConfig) -> ImageTextOutcome:
             for name in results[cfg.seeds[0]]}
     log_figure(client, run_id, grouped_bars_figure(bars, [s.modality for s in sets],
                                                    "zero-shot macro AUROC, held-out test images"), "zero_shot")
+    for seed in cfg.seeds:  # the mixed models, safetensors + config.yaml each
+        client.log_artifacts(run_id, str(cfg.output_dir / f"mixed_seed{seed}"), f"model/mixed_seed{seed}")
     log_json(client, run_id, "image_text.json", {str(k): v for k, v in results.items()})
     client.log_text(run_id, table, TABLE)
     log_metrics(client, run_id, {"time.total_s": clock.perf_counter() - start})

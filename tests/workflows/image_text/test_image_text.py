@@ -30,6 +30,7 @@ from medmm.pipelines.image_text import main
 from medmm.workflows.image_text.config import ImageTextConfig, LabelledSetConfig
 from medmm.workflows.image_text.data import load_labelled_set, read_label_table
 from medmm.workflows.image_text.run import Texts, build_model, image_embeddings, zero_shot
+from medmm.workflows.pretrained import load_pretrained
 from tests.conftest import REPO
 
 TINY = REPO / "configs/image_text/tiny.yaml"
@@ -195,6 +196,14 @@ def test_the_pipeline_end_to_end_on_the_tiny_config(labelled, tmp_path, capsys):
     assert 0 < metrics["train.mixed.steps"] <= metrics["train.mixed.budget_steps"]
     table = open(client.download_artifacts(run.info.run_id, "results/image_text_table.md", str(tmp_path))).read()
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == ["xray", "ct", "pathology"]
+    # the saved mixed model loads as a medmm pretraining model and scores as the run logged
+    loaded = load_pretrained(tmp_path / "runs" / "mixed_seed0")
+    cfg = ImageTextConfig.model_validate({"sources": sources, "image_size": 32})
+    lset = load_labelled_set(read_label_table(cfg.sources[1], 0), 32, cfg.split_fractions, 0)
+    again = zero_shot(loaded.model, lset, lset.rows("test"), Texts(loaded.tokenizer, 48))
+    assert again["macro_auroc"] == pytest.approx(metrics["test.mixed.ct.macro_auroc"], abs=1e-6)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "model/mixed_seed0")} == {
+        "model/mixed_seed0/model.safetensors", "model/mixed_seed0/config.yaml"}
     # nothing of the labelled sets' locations reaches the run
     logged = json.dumps(run.data.params) + json.dumps(run.data.tags)
     assert str(labelled) not in logged and "labels.csv" not in logged
