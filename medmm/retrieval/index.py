@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,13 +84,14 @@ class StudyIndex:
     meta: dict
     studies: pd.DataFrame  # study_id, split, report_text (row i = vector i)
     indexes: dict  # modality -> faiss index
-    # The table's hit fields (study_id, split, report_text) as lists of str, built once: a
-    # per-hit DataFrame lookup costs more than the FAISS search itself.
-    hit_fields: tuple[list[str], list[str], list[str]] = field(init=False, repr=False)
+    # The table's hit fields (study_id, split, report_text) as object arrays of str, built
+    # once: a per-hit DataFrame lookup costs more than the FAISS search itself, and one
+    # fancy-indexing step per field attaches them to a whole batch of hits.
+    hit_fields: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.hit_fields = tuple(self.studies[column].astype(str).tolist()
-                                for column in ("study_id", "split", "report_text"))
+        self.hit_fields = tuple(np.array(self.studies[column].astype(str).tolist() + [None], dtype=object)
+                                for column in ("study_id", "split", "report_text"))  # [-1]: no hit
 
     @classmethod
     def build(cls, folder: Path, embeddings: dict[str, np.ndarray], studies: pd.DataFrame, params: IndexParams,
@@ -145,17 +147,42 @@ class StudyIndex:
         studies = pd.read_parquet(folder / STUDIES)
         return cls(folder, meta, studies, indexes)
 
-    def search(self, query: np.ndarray, against: str, k: int) -> list[list[dict]]:
+    def search(self, query: np.ndarray, against: str, k: int) -> "SearchResult":
         """Top-``k`` studies per query vector in the ``against`` modality's index."""
         if against not in self.indexes:
             raise ValueError(f"no {against!r} index here; built: {', '.join(self.indexes)}")
         q = np.ascontiguousarray(np.atleast_2d(query), dtype=np.float32)
         study_ids, splits, reports = self.hit_fields
-        scores, ids = self.indexes[against].search(q, min(k, len(study_ids)))
-        return [[{"rank": rank, "study_id": study_ids[i], "split": splits[i], "score": score, "report": reports[i]}
-                 for rank, (score, i) in enumerate(zip(row_scores, row_ids), start=1)
-                 if i >= 0]  # an approximate index may return fewer than k
-                for row_scores, row_ids in zip(scores.tolist(), ids.tolist())]
+        scores, rows = self.indexes[against].search(q, min(k, len(study_ids) - 1))
+        # FAISS marks a missing hit (an approximate index may find fewer than k) with -1, which
+        # indexes the fields' trailing None
+        return SearchResult(scores, rows, study_ids[rows], splits[rows], reports[rows])
+
+
+@dataclass(frozen=True)
+class SearchResult(Sequence):
+    """The hits of a batch of queries, column by column (``[queries, k]`` arrays: score,
+    table row, study id, split, report text; a row of -1 is no hit, its fields None).
+    ``result[i]`` is query i's hits as JSON-ready dicts (rank, study_id, split, score,
+    report), a missing hit left out but keeping its rank slot."""
+
+    scores: np.ndarray
+    rows: np.ndarray
+    study_ids: np.ndarray
+    splits: np.ndarray
+    reports: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, query):
+        if isinstance(query, slice):
+            return [self[i] for i in range(*query.indices(len(self)))]
+        return [{"rank": rank, "study_id": study_id, "split": split, "score": score, "report": report}
+                for rank, (row, study_id, split, score, report) in enumerate(
+                    zip(self.rows[query].tolist(), self.study_ids[query], self.splits[query],
+                        self.scores[query].tolist(), self.reports[query]), start=1)
+                if row >= 0]
 
 
 def format_hits(hits: list[dict], width: int = 90) -> str:
