@@ -25,6 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from medmm.config.core import build_config  # noqa: E402
 from medmm.pipelines.pretrain import COMMAND as PRETRAIN_COMMAND  # noqa: E402
+from medmm.tracking.store import default_tracking_uri  # noqa: E402
 from medmm.workflows.contrastive.run import run as contrastive_run  # noqa: E402
 from medmm.workflows.ptunifier.run import run as ptunifier_run  # noqa: E402
 
@@ -127,9 +128,6 @@ def main() -> int:
     p.add_argument("--collect", nargs="+", default=None, metavar="URI",
                    help="no runs: build the table from the fine-tuning runs in these MLflow stores")
     args = p.parse_args()
-
-    from medmm.tracking.run_context import default_tracking_uri
-
     uri = args.tracking_uri or default_tracking_uri()
     if args.collect:
         table = collect(args.collect)
