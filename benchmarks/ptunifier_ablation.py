@@ -6,7 +6,8 @@ PTUnifier vs the contrastive dual encoder ("more"), on every downstream task.
 Each pretraining and each fine-tuning is its own MLflow run (experiments
 ``medmm-ptunifier-ablation`` / ``medmm-ptunifier-ablation-finetune``); a summary run holds
 the table (results/ablation.md, results/ablation.json) and one metric per cell. Short runs:
-``--pretrain-steps`` optimiser steps of pretraining, ``--finetune-steps`` per fine-tuning
+``--pretrain-epochs`` epochs of at most ``--pretrain-steps`` optimiser steps each (an epoch
+of the demo cohort is 86 steps of 32), ``--finetune-steps`` per fine-tuning
 (at most one epoch of the labelled studies), evaluation on ``--max-test`` held-out studies.
 The contrastive model is compared where it applies: retrieval, and classification through
 a linear probe on its frozen encoders; it has no fusion, hence no VQA.
@@ -50,7 +51,8 @@ def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
     else:
         path = REPO / "configs/pretrain/ptunifier.yaml"
         extra = [f"model.prompts.mode={variant}"]
-    overrides = [*common, "trainer.max_epochs=1", f"trainer.limit_train_batches={args.pretrain_steps}",
+    overrides = [*common, f"trainer.max_epochs={args.pretrain_epochs}",
+                 f"trainer.limit_train_batches={args.pretrain_steps}",
                  f"output_dir={args.work / 'pretrain' / variant}", "tracking.experiment=medmm-ptunifier-ablation",
                  f"tracking.run_name=ablation-{variant}", *extra]
     cfg = build_config(PRETRAIN_COMMAND.schema_for(path, overrides), path, overrides)
@@ -121,7 +123,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs/ptunifier_ablation")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--variants", default="pool,static,none,more")
-    p.add_argument("--pretrain-steps", type=int, default=40)
+    p.add_argument("--pretrain-steps", type=int, default=40, help="optimiser steps per pretraining epoch (at most "
+                                                                   "the cohort's epoch)")
+    p.add_argument("--pretrain-epochs", type=int, default=1, help="pretraining epochs")
     p.add_argument("--finetune-steps", type=int, default=20)
     p.add_argument("--max-test", type=int, default=300)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/ptunifier_ablation.json")
