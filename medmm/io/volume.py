@@ -45,7 +45,14 @@ from pydicom.dataelem import RawDataElement
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import BaseTag
 
-from medmm.io.dicom import check_pixel_length, decode_pixels, image_from_dataset, linear_rescale, parse_dicom
+from medmm.io.dicom import (
+    check_pixel_length,
+    decode_pixels,
+    image_from_dataset,
+    linear_rescale,
+    native_pixel_layout,
+    parse_dicom,
+)
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 from medmm.io.guard import check_declared_size, reader_boundary
 
@@ -171,6 +178,9 @@ _SHARED_TAGS = tuple(BaseTag(tag) for tag in (
     0x00280011,  # Columns
     0x00280030,  # PixelSpacing
     0x00280100,  # BitsAllocated
+    0x00280101,  # BitsStored
+    0x00280102,  # HighBit
+    0x00280103,  # PixelRepresentation
     0x00281052,  # RescaleIntercept
     0x00281053,  # RescaleSlope
     0x00283000,  # ModalityLUTSequence
@@ -376,7 +386,8 @@ def _stack_pixels(
     Slices are written contiguously and the volume is a transposed view of them: writing
     each slice into the last axis directly is a strided scatter that cost a third of the
     read. A plain monochrome series (:func:`~medmm.io.dicom.linear_rescale`) is stacked
-    from the stored values and rescaled once for the whole volume where float32 gives the
+    from the stored values (the PixelData bytes viewed as integers when uncompressed:
+    :func:`~medmm.io.dicom.native_pixel_layout`) and rescaled once for the whole volume where float32 gives the
     float64 result exactly (slope 1, an integer intercept: a CT in HU); its values are
     finite by construction. Any other slice goes through ``image_from_dataset``."""
     f0, ds0 = slices[0]
@@ -386,6 +397,7 @@ def _stack_pixels(
         length0 = len(ds0.get_item(_PIXEL_DATA_TAG).value)
         slope, intercept = rescale
         in_place = slope == 1.0 and intercept.is_integer() and abs(intercept) <= _FLOAT32_EXACT_INT - 2**16
+        native = native_pixel_layout(ds0)  # shared by every slice stored like the first
     stack = np.empty((len(order),) + size, dtype=np.float32)
     shift = np.zeros(len(order), dtype=bool)  # slices whose intercept is added at the end
     for k, o in enumerate(order):
@@ -394,7 +406,9 @@ def _stack_pixels(
         if pixel_data is not None and pixel_data.value is not None:
             if len(pixel_data.value) != length0:  # same header, other length: check it in full
                 check_pixel_length(ds, str(f), "PixelData", _transfer_syntax(ds))
-            raw = decode_pixels(ds, str(f))
+            raw = native.pixels(pixel_data.value) if native is not None else None
+            if raw is None:
+                raw = decode_pixels(ds, str(f))
             if raw.shape == size and raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2:
                 if in_place:
                     stack[k] = raw

@@ -3,15 +3,17 @@ own decoding (``pixel_array`` + ``apply_modality_lut``) as the independent refer
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut
 
 from medmm.demo.writers import CR_SOP_CLASS_UID, DX_SOP_CLASS_UID, write_cxr_dicom
-from medmm.io.dicom import DicomImage, read_dicom
+from medmm.io.dicom import DicomImage, native_pixel_layout, read_dicom
 from medmm.io.errors import CorruptFileError, InconsistentDataError, MedmmInputError
 
 
@@ -264,3 +266,46 @@ def test_write_rejects_bad_arguments(tmp_path, image01, kwargs):
 def test_write_rejects_bad_images(tmp_path, bad):
     with pytest.raises(ValueError):
         write_cxr_dicom(tmp_path / "x.dcm", bad, **IDS)
+
+
+@pytest.mark.parametrize("allocated", [8, 16])
+@pytest.mark.parametrize("signed", [0, 1])
+def test_native_pixel_view_equals_pixel_array(allocated, signed):
+    """The direct view of uncompressed PixelData equals pydicom's ``pixel_array`` for
+    every Bits Stored, with random garbage in the bits above it (masked or sign-extended
+    by pydicom), in values, dtype and shape; odd 8-bit frames carry their pad byte."""
+    rng = np.random.default_rng(allocated + signed)
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    seen = 0
+    for stored in range(1, allocated + 1):
+        for rows, cols in ((5, 7), (16, 16)):
+            ds = copy.deepcopy(base)
+            ds.Rows, ds.Columns = rows, cols
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, stored, stored - 1, signed
+            data = rng.integers(0, 256, rows * cols * allocated // 8, dtype=np.uint8).tobytes()
+            ds.PixelData = data + b"\0" * (len(data) % 2)
+            layout = native_pixel_layout(ds)
+            assert layout is not None
+            ours = layout.pixels(ds.PixelData)
+            np.testing.assert_array_equal(ours, ds.pixel_array, strict=True)
+            seen += 1
+    assert seen == 2 * allocated
+
+
+def test_native_pixel_view_declines_what_it_does_not_handle():
+    base = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    assert native_pixel_layout(base) is not None
+    for change in (
+        lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.ExplicitVRBigEndian),
+        lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", pydicom.uid.JPEGBaseline8Bit),
+        lambda ds: setattr(ds, "HighBit", 12),
+        lambda ds: setattr(ds, "BitsAllocated", 32),
+        lambda ds: setattr(ds, "NumberOfFrames", 2),
+        lambda ds: setattr(ds, "PhotometricInterpretation", "RGB"),
+    ):
+        ds = copy.deepcopy(base)
+        change(ds)
+        assert native_pixel_layout(ds) is None
+    layout = native_pixel_layout(base)
+    assert layout.pixels(base.PixelData[:-2]) is None  # short: pydicom decides (and raises)
+    assert layout.pixels(base.PixelData + b"\0\0") is None
