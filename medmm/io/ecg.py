@@ -141,13 +141,21 @@ _FORMAT_FIELD = re.compile(r"^(\d+)(?:x(\d+))?(?::(\d+))?(?:\+(\d+))?$")
 
 def _light_layout(hea: Path) -> dict | None:
     """n_sig, sig_len and each signal's file / format / samples per frame / byte offset
-    from a plain single-segment header (PhysioNet's header(5) format); None for anything
-    else (multi-segment, odd syntax), which is then left to wfdb.rdheader."""
+    from a plain single-segment header (PhysioNet's header(5) format), and under
+    ``direct`` the :class:`_Format16` plan of a plain format-16 record (else None); None
+    for anything else (multi-segment, odd syntax), which is then left to wfdb.rdheader."""
     try:
         text = hea.read_text(encoding="latin-1")
     except OSError:
         return None
     lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("#")]
+    layout = _layout_of_lines(lines)
+    if layout is not None and "bad_fs" not in layout and text.isascii():
+        layout["direct"] = _direct_format16(lines, layout)
+    return layout
+
+
+def _layout_of_lines(lines: list[str]) -> dict | None:
     if not lines:
         return None
     m = _RECORD_LINE.match(lines[0])
@@ -180,6 +188,72 @@ def _light_layout(hea: Path) -> dict | None:
         layout["spf"].append(int(f.group(2) or 1))
         layout["offset"].append(int(f.group(4) or 0))
     return layout
+
+
+@dataclass(frozen=True)
+class _Format16:
+    """A record medmm decodes itself: every lead in one format-16 file, one sample per
+    frame, no skew or byte offset; the physical conversion as wfdb reads the header."""
+
+    file_name: str
+    fs: float
+    gain: np.ndarray  # float64 per lead
+    baseline: np.ndarray  # int64 per lead
+    units: tuple[str, ...]
+    names: tuple[str, ...]
+
+
+def _direct_format16(lines: list[str], layout: dict) -> _Format16 | None:
+    """The :class:`_Format16` plan of a plain format-16 record, read with wfdb's own header
+    grammar (``wfdb.io.header.rx_record`` / ``rx_signal``) and its read defaults (gain
+    200 when missing or 0, baseline = ADC zero when missing, else 0, units mV), or None
+    for any other record, which wfdb.rdrecord reads.
+
+    wfdb parses a header through a pandas lookup per field: four fifths of reading a
+    10-s 12-lead record. tests/io/test_ecg.py checks the result against wfdb.rdrecord's
+    ``p_signal`` bit for bit over varied headers."""
+    from wfdb.io.header import rx_record, rx_signal
+
+    n_sig = layout["n_sig"]
+    if len(set(layout["file_name"])) != 1 or layout["file_name"][0] == "~":
+        return None
+    if any(f != "16" for f in layout["fmt"]) or any(x != 1 for x in layout["spf"]) or any(layout["offset"]):
+        return None
+    record = rx_record.match(lines[0])
+    if record is None or record["n_seg"] or not record["sig_len"]:
+        return None
+    fs = float(record["fs"] or 250)  # wfdb's default rate
+    if layout["fs"] is not None and fs != layout["fs"]:
+        return None  # wfdb reads the rate otherwise: read_wfdb reports the ambiguity
+    gain, baseline, units, names = [], [], [], []
+    for line in lines[1:1 + n_sig]:
+        m = rx_signal.match(line)
+        if m is None or m["fmt"] != "16" or m["skew"] or m["byte_offset"] or m["samps_per_frame"] not in ("", "1"):
+            return None
+        if m["file_name"] != layout["file_name"][0] or not m["sig_name"]:
+            return None
+        try:
+            g = float(m["adc_gain"]) if m["adc_gain"] else 200.0
+            b = int(m["baseline"]) if m["baseline"] else int(m["adc_zero"] or 0)
+        except ValueError:
+            return None
+        gain.append(g if g != 0 else 200.0)
+        baseline.append(b)
+        units.append(m["units"] or "mV")
+        names.append(m["sig_name"])
+    return _Format16(layout["file_name"][0], fs, np.array(gain, dtype=np.float64),
+                     np.array(baseline, dtype=np.int64), tuple(units), tuple(names))
+
+
+def _decode_format16(dat: Path, plan: _Format16, sig_len: int) -> np.ndarray:
+    """Physical samples ``[samples, leads]`` in float64, as wfdb's ``dac`` computes them:
+    (stored - baseline) / gain, NaN where the stored value is format 16's invalid -32768."""
+    stored = np.fromfile(dat, dtype="<i2", count=sig_len * len(plan.gain)).reshape(sig_len, len(plan.gain))
+    physical = stored.astype(np.float64)
+    np.subtract(physical, plan.baseline, out=physical)
+    np.divide(physical, plan.gain, out=physical)
+    physical[stored == -32768] = np.nan
+    return physical
 
 
 def _wfdb_record_base(path: str | os.PathLike) -> Path:
@@ -265,6 +339,11 @@ def read_wfdb(
                 f"({sig_len} samples x {len(chans)} leads, formats {'/'.join(sorted(set(fmts)))}), file has {have}",
             )
 
+    plan = layout.get("direct")
+    if plan is not None:
+        signal = _decode_format16(hea.parent / plan.file_name, plan, sig_len).T
+        names = tuple(normalize_lead_name(n) for n in plan.names)
+        return _finish(signal, plan.fs, names, plan.units, hea, to_millivolts, allow_nan)
     try:
         rec = wfdb.rdrecord(str(base), physical=True, return_res=64)
     except Exception as exc:

@@ -71,6 +71,44 @@ def test_wfdb_round_trip_matches_wfdb_reference(tmp_path, fmt, gain):
         assert err <= 0.5 / gain + 4 * np.finfo(np.float32).eps * 4
 
 
+_FORMAT16_HEADERS = [  # (record line, signal lines with {f} for the data file): wfdb's read defaults
+    ("r 3 500 1000", ["{f} 16 200(5)/mV 16 0 0 0 0 I", "{f} 16 0/uV 12 3 0 0 0 II", "{f} 16 1000.5(-3) 16 0 0 0 0 V1"]),
+    ("r 3 500/1000(0) 1000", ["{f} 16 2.5e2(0)/V 16 0 0 0 0 aVR", "{f} 16 100(7)/nV 16 0 0 0 0 v2",
+                              "{f} 16 200 16 -9 0 0 0 Lead III"]),
+    ("r 3 360.5 1000 12:00:00 01/01/2000", ["{f} 16 1e3(-32767)/mV 16 0 0 0 0 V6", "{f} 16 7/mV 16 0 0 0 0 V5",
+                                           "{f}   16   100(0)/mV   16   0   0   0   0   V4"]),
+    ("r\t3\t250\t1000", ["{f}\t16\t200/mV 16 0 0 0 0 I", "{f} 16 200/mV 16 0 0 0 0 II",
+                          "{f} 16 200/mV 16 0 0 0 0 III"]),
+]
+
+
+@pytest.mark.parametrize("record_line,signal_lines", _FORMAT16_HEADERS)
+def test_format16_read_directly_equals_wfdb(tmp_path, monkeypatch, record_line, signal_lines):
+    """A plain format-16 record is decoded without wfdb.rdrecord, and equals what
+    wfdb.rdrecord reads bit for bit (p_signal, missing samples as NaN), in the record's
+    units and converted to mV, with the data file longer than the header's length."""
+    rng = np.random.default_rng(0)
+    stored = rng.integers(-32768, 32768, (1200, 3), dtype=np.int16)
+    stored[::97, 1] = -32768  # format 16's missing sample
+    stored.tofile(tmp_path / "r.dat")
+    (tmp_path / "r.hea").write_text(
+        "\n".join([record_line] + [line.format(f="r.dat") for line in signal_lines]) + "\n# a comment\n")
+    ref = wfdb.rdrecord(str(tmp_path / "r"))
+    factors = np.array([{"mv": 1.0, "uv": 1e-3, "v": 1e3, "nv": 1e-6}[u.lower()] for u in ref.units])
+
+    def _no_wfdb(*args, **kwargs):
+        raise AssertionError("wfdb.rdrecord called on a plain format-16 record")
+
+    monkeypatch.setattr(wfdb, "rdrecord", _no_wfdb)
+    raw = read_ecg(tmp_path / "r.hea", to_millivolts=False, allow_nan=True)
+    np.testing.assert_array_equal(raw.signal, ref.p_signal.T.astype(np.float32), strict=True)
+    assert raw.units == tuple(ref.units) and raw.fs == float(ref.fs)
+    assert raw.lead_names == tuple(normalize_lead_name(n) for n in ref.sig_name)
+    mv = read_ecg(tmp_path / "r.hea", allow_nan=True)
+    np.testing.assert_array_equal(mv.signal, (ref.p_signal * factors).T.astype(np.float32), strict=True)
+    assert np.isnan(mv.signal[1, ::97]).all() and np.isfinite(mv.signal[0]).all()
+
+
 def test_wfdb_lead_names_are_normalised_and_units_converted(tmp_path):
     sig = _signal(4, 1000)
     write_wfdb(tmp_path / "r", sig * 1000.0, 250, ["i", "AVR", "v1", "resp"], units="uV", adc_gain=1.0, fmt="32")
