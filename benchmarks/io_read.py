@@ -19,8 +19,9 @@ rounds). Each read is timed twice over: wall clock, and the CPU time of this pro
 (every reader here runs on one thread, so on a machine shared with other jobs the CPU
 time leaves out the time spent waiting for a core). Target: medmm at most 1.1x the
 library. Then two epochs over all of it through
-medmm.data.read_cache (MONAI PersistentDataset on disk, and CacheDataset in memory):
-target, the second epoch at least 10x faster than the first.
+medmm.data.read_cache (MONAI PersistentDataset on disk, and CacheDataset in memory): the
+second epoch's speed-up over the first (on disk it reads back float32 volumes, twice the
+bytes of int16 sources, so its gain shrinks as the readers get faster).
 
 The CT is the real head CT of Debian's invesalius-examples (``make invesalius-ct``);
 without it, a synthetic volume of the same size. Results: benchmarks/results/io_read.json.
