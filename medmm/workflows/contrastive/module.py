@@ -19,6 +19,7 @@ from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.grad_cache import grad_cache_backward, split_batch
+from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.contrastive.config import PretrainConfig
 
@@ -114,7 +115,10 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._step(batch, "val")
 
-    def configure_optimizers(self):
+    def optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the trainable parameters: the X-ray / ECG / projection weights at ``lr``
+        with weight decay (none on norms, biases and the temperature), the text adapters at
+        ``text_lr``."""
         opt_cfg = self.cfg.optim
         text, decay, no_decay = [], [], []
         for name, param in self.model.named_parameters():
@@ -131,7 +135,11 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
             {"params": no_decay, "lr": opt_cfg.lr, "weight_decay": 0.0},
             {"params": text, "lr": opt_cfg.text_lr, "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+        return adamw([g for g in groups if g["params"]])
+
+    def configure_optimizers(self):
+        opt_cfg = self.cfg.optim
+        optimizer = self.optimizer()
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(opt_cfg.warmup_fraction * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(
