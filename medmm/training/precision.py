@@ -25,8 +25,6 @@ from pathlib import Path
 
 import torch
 
-from medmm.training.optim import adamw
-
 __all__ = [
     "PrecisionChoice",
     "ProbeResult",
@@ -134,7 +132,7 @@ def training_step_probe(model: torch.nn.Module, loss_of: Callable[[torch.nn.Modu
     from moving the run's weights; the global RNG is restored after each step, so the run
     draws what it would have drawn without a probe."""
     probe_model = copy.deepcopy(model).train()
-    optimizer = adamw([p for p in probe_model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = torch.optim.AdamW([p for p in probe_model.parameters() if p.requires_grad], lr=1e-4)
 
     def step(use_bf16: bool) -> None:
         with torch.random.fork_rng(devices=[]):

@@ -19,7 +19,6 @@ from medmm.losses.symile import symile_loss
 from medmm.models.registry import create_model
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.grad_cache import grad_cache_backward, split_batch
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.contrastive.config import PretrainConfig
 
@@ -135,7 +134,7 @@ class ContrastivePretrainTask(EpochSeededData, L.LightningModule):
             {"params": no_decay, "lr": opt_cfg.lr, "weight_decay": 0.0},
             {"params": text, "lr": opt_cfg.text_lr, "weight_decay": 0.0},
         ]
-        return adamw([g for g in groups if g["params"]])
+        return torch.optim.AdamW([g for g in groups if g["params"]])
 
     def configure_optimizers(self):
         opt_cfg = self.cfg.optim

@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from medmm.losses import clip_scores, multi_modal_clip_loss, symile_loss, symile_scores
-from medmm.training.optim import adamw
 
 MISSING_PLACEHOLDER = 0.5
 
@@ -79,7 +78,7 @@ def run_xor(loss: Literal["symile", "clip"], *, n_vars: int = 3, missing: float 
     model = LinearEncoders(n_vars, dim, with_flags=missing > 0, log_scale_init=log_scale_init)
     variables = [f"v{m + 1}" for m in range(n_vars)]
     every_pair = list(combinations(variables, 2))  # CLIP's pairwise loss: the mean over all pairs
-    opt = adamw(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
     last = float("nan")
     for _ in range(epochs):
         order = torch.randperm(n_train, generator=g)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.finetune.config import FinetuneConfig
 from medmm.workflows.pretrained import Backbone
@@ -83,7 +82,7 @@ class FinetuneTask(L.LightningModule):
         body = [p for p in self.parameters() if p.requires_grad and id(p) not in head_ids]
         groups = [g for g in ({"params": body, "lr": self.cfg.lr}, {"params": head_params, "lr": self.cfg.head_lr})
                   if g["params"]]
-        optimizer = adamw(groups, weight_decay=self.cfg.weight_decay)
+        optimizer = torch.optim.AdamW(groups, weight_decay=self.cfg.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, total, int(0.1 * total), 0.0))

@@ -45,7 +45,6 @@ from medmm.models import create_model
 from medmm.models.more import ModelConfig
 from medmm.tracking.figures import grouped_bars_figure
 from medmm.tracking.pipeline_run import finish, log_context, log_figure, log_json, log_metrics, run_name, start_run
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.contrastive.config import LossConfig, PretrainConfig
 from medmm.workflows.image_text.config import ImageTextConfig
@@ -197,7 +196,7 @@ def fit(model, pool: Pool, texts: Texts, cfg: ImageTextConfig, budget: Budget, s
     if len(train) < t.batch_size:
         raise ValueError(f"{label}: {len(train)} training images, fewer than one batch ({t.batch_size})")
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: cosine_with_warmup(s, budget.steps, t.warmup_steps, 0.05))
     best, best_state, best_step, waited, steps = -np.inf, None, 0, 0, 0

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.training.optim import adamw
 from medmm.workflows.mmlego.tasks import Task
 
 Forward = Callable[[nn.Module, np.ndarray, np.random.Generator | None], torch.Tensor]
@@ -43,7 +42,7 @@ def fit(model: nn.Module, task: Task, forward: Forward, train: np.ndarray, val: 
     ``val`` rows. Returns the epoch kept, its validation loss, epochs run and steps taken."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    opt = adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     best, best_state, best_epoch, waited, steps, epoch = float("inf"), None, -1, 0, 0, -1
     for epoch in range(epochs):
         model.train()

@@ -23,7 +23,6 @@ from medmm.losses.ptunifier import (
 from medmm.models.ptunifier import itc_embeddings, no_padding_mask
 from medmm.models.registry import create_model
 from medmm.training.epoch_seeding import EpochSeededData
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.ptunifier.config import (
     PTUnifierLossConfig,
@@ -122,7 +121,7 @@ class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        optimizer = adamw(param_groups(self.model, o.lr, o.head_lr_mult, o.weight_decay))
+        optimizer = torch.optim.AdamW(param_groups(self.model, o.lr, o.head_lr_mult, o.weight_decay))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(o.warmup_fraction * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(

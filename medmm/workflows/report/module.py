@@ -18,7 +18,6 @@ from medmm.tracking.pipeline_run import log_metrics
 from medmm.tracking.store import default_tracking_uri
 from medmm.training.epoch_seeding import EpochSeededData
 from medmm.training.lightning_run import progress_callbacks
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 from medmm.workflows.pretrained import PretrainedModel, embed_texts, load_pretrained
 from medmm.workflows.report.config import ReportConfig
@@ -84,7 +83,7 @@ class ReportGenerationTask(EpochSeededData, L.LightningModule):
         groups = [{"params": decay, "lr": o.lr, "weight_decay": o.weight_decay},
                   {"params": no_decay, "lr": o.lr, "weight_decay": 0.0},
                   {"params": encoder, "lr": o.encoder_lr, "weight_decay": o.weight_decay}]
-        optimizer = adamw([g for g in groups if g["params"]])
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: cosine_with_warmup(s, total, int(o.warmup_fraction * total), o.min_lr_ratio))

@@ -20,14 +20,13 @@ from medmm.data.segmentation import (
 from medmm.losses.segmentation import dice_ce_loss
 from medmm.metrics.segmentation import per_class_scores
 from medmm.models.segmentation import MODALITY_INDEX
-from medmm.training.optim import adamw
 from medmm.training.schedule import cosine_with_warmup
 
 
 def build_optimizer(model, optim_cfg, total_steps: int):
     # Only trainable parameters: the frozen text embeddings are a buffer, never optimised.
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = adamw(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=optim_cfg.lr, weight_decay=optim_cfg.weight_decay)
     warmup = max(1, round(optim_cfg.warmup_fraction * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total_steps, warmup, 0.0))
     return opt, sched
