@@ -48,6 +48,7 @@ from medmm.tracking.pipeline_run import ensure_experiment, remember_open_run, ru
 from medmm.tracking.run_context import artifact_location
 from medmm.tracking.store import default_tracking_uri, prepare_store
 from medmm.training.epoch_seeding import EpochSeededRandomness, epoch_seed
+from medmm.training.global_batchnorm import GlobalBatchNormSync, several_processes
 from medmm.training.precision import PrecisionChoice, rule_choice
 
 RUN_STATE = "run_state.json"
@@ -285,7 +286,8 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path, precision: PrecisionChoic
     the one with the lowest ``val/loss`` as ``epochNNN.ckpt`` in ``ckpt_dir``; randomness seeded
     per epoch, so a resume repeats what an uninterrupted run draws. ``precision``: a measured
     choice (:func:`medmm.training.precision.choose_precision`); without one the config's, else
-    the rule's. The choice is logged to the run."""
+    the rule's. The choice is logged to the run. In a run of several processes BatchNorm
+    layers normalise by the global batch (:mod:`medmm.training.global_batchnorm`)."""
     choice = precision or rule_choice(cfg.trainer.precision)
     log_precision_choice(logger, choice)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="epoch{epoch:03d}", auto_insert_metric_name=False,
@@ -296,7 +298,8 @@ def checkpointing_trainer(cfg, logger, ckpt_dir: Path, precision: PrecisionChoic
         max_epochs=cfg.trainer.max_epochs, accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices,
         num_nodes=cfg.trainer.num_nodes, precision=choice.precision, logger=logger,
         **progress_callbacks([best, newest, EpochSeededRandomness(cfg.seed), SingleProcessOrder(cfg.seed)]),
-        plugins=[AtomicCheckpointIO()],
+        # several processes: BatchNorm over the global batch, as one process would train
+        plugins=[AtomicCheckpointIO(), *([GlobalBatchNormSync()] if several_processes() else [])],
         log_every_n_steps=cfg.trainer.log_every_n_steps, limit_train_batches=cfg.trainer.limit_train_batches,
         # with GradCache the task clips itself (Lightning forbids the option under manual optimisation)
         gradient_clip_val=None if cfg.trainer.grad_cache_chunk else cfg.trainer.gradient_clip_val,
