@@ -49,7 +49,7 @@ def pretrain(variant: str, args, common: list[str]) -> tuple[str, float]:
         extra = ["tracking.register_model=true", "tracking.registered_name=medmm-more-ablation",
                  "eval.examples_figure=false"]
     else:
-        path = REPO / "configs/pretrain/ptunifier.yaml"
+        path = args.ptunifier_config
         extra = [f"model.prompts.mode={variant}"]
     overrides = [*common, f"trainer.max_epochs={args.pretrain_epochs}",
                  f"trainer.limit_train_batches={args.pretrain_steps}",
@@ -123,6 +123,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs/ptunifier_ablation")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--variants", default="pool,static,none,more")
+    p.add_argument("--ptunifier-config", type=Path, default=REPO / "configs/pretrain/ptunifier.yaml",
+                   help="the PTUnifier variants' pretraining config (prompts.mode set per variant)")
     p.add_argument("--pretrain-steps", type=int, default=40, help="optimiser steps per pretraining epoch (at most "
                                                                    "the cohort's epoch)")
     p.add_argument("--pretrain-epochs", type=int, default=1, help="pretraining epochs")

@@ -33,7 +33,7 @@ def main() -> int:
     dm = PretrainDataModule(cfg.data, max_tokens=cfg.model.text.max_tokens, seed=cfg.seed)
     dm.setup()
     task = PTUnifierPretrainTask(cfg)
-    opt = torch.optim.AdamW(param_groups(task.model, cfg.optim.lr, cfg.optim.head_lr_mult, cfg.optim.weight_decay))
+    opt = torch.optim.AdamW(param_groups(task.model, cfg.optim))
     loader = iter(dm.train_dataloader())
     task.model.train()
     walls, cpus = [], []

@@ -33,14 +33,27 @@ from torch import nn
 from medmm.config.core import StrictModel
 from medmm.data.tokenizer import load_tokenizer, packaged_minilm_path
 from medmm.models.encoders.text import masked_mean
+from medmm.models.encoders.xray import XrayCNN
 from medmm.models.registry import ModelExample, register_model
 
 
 class PTUnifierImageConfig(StrictModel):
-    patch_size: int = Field(16, description="ViT patch size")
+    patch_size: int = Field(16, description="ViT patch size (with stem: conv, the CNN's total stride)")
     dim: int = Field(384, description="ViT width (prompt pools need it equal to the text width, 384)")
     depth: int = Field(4, description="ViT depth")
     heads: int = Field(6, description="ViT attention heads")
+    stem: Literal["patch", "conv"] = Field(
+        "patch", description="patch: one linear map per patch (ViT); conv: medmm's X-ray CNN (a strided stem and "
+                             "one residual stage per width) makes the patch tokens, a hybrid ViT")
+    conv_widths: list[int] = Field([32, 64, 128], description="with stem: conv, the CNN's stage widths")
+
+    @model_validator(mode="after")
+    def _conv_stride_is_the_patch(self) -> "PTUnifierImageConfig":
+        stride = 2 ** (len(self.conv_widths) + 1)
+        if self.stem == "conv" and self.patch_size != stride:
+            raise ValueError(f"stem: conv with {len(self.conv_widths)} stages has stride {stride}: "
+                             f"set patch_size: {stride} (got {self.patch_size})")
+        return self
 
 
 class PTUnifierTextConfig(StrictModel):
@@ -142,7 +155,11 @@ class PTUnifier(nn.Module):
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {ic.patch_size}")
         # Image encoder: a ViT (pre-norm blocks from torch), CLS + learned positions.
         self.n_patches = (image_size // ic.patch_size) ** 2
-        self.patch_embed = nn.Conv2d(1, ic.dim, ic.patch_size, ic.patch_size)
+        if ic.stem == "conv":  # hybrid ViT: CNN features as tokens (Dosovitskiy et al. 2021, sec. 3.1)
+            cnn = XrayCNN(ic.conv_widths)
+            self.patch_embed = nn.Sequential(cnn.stem, cnn.stages, nn.Conv2d(ic.conv_widths[-1], ic.dim, 1))
+        else:
+            self.patch_embed = nn.Conv2d(1, ic.dim, ic.patch_size, ic.patch_size)
         self.image_cls = nn.Parameter(torch.zeros(1, 1, ic.dim))
         self.image_pos = nn.Parameter(torch.randn(1, self.n_patches + 1, ic.dim) * 0.02)
         block = nn.TransformerEncoderLayer(ic.dim, ic.heads, 4 * ic.dim, dropout=0.0, activation="gelu",

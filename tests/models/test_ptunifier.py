@@ -107,3 +107,25 @@ def test_pool_needs_one_width_and_k_within_the_pool():
         make_model("model.image.dim=64", "model.image.heads=2")
     with pytest.raises(ConfigError, match="larger than pool_size"):
         make_model("model.prompts.pool_size=2")
+
+
+def test_conv_stem_makes_the_patch_tokens_and_learns_at_its_own_rate(text_batch):
+    """stem: conv (a hybrid ViT): the X-ray CNN's feature map is the token grid, with the
+    patch stem's token count at the same stride; the image encoder gets lr x image_lr_mult."""
+    from medmm.workflows.ptunifier.module import param_groups
+
+    model, cfg = make_model("model.image.stem=conv", "model.image.conv_widths=[8,16]", "optim.image_lr_mult=10")
+    ids, mask = text_batch
+    s = cfg.data.image_size
+    image = torch.randn(len(ids), 1, s, s)
+    model.eval()
+    out = model(image, ids, mask)
+    assert out.image.shape[1] == 1 + (s // 8) ** 2  # stride 2 x 2 x 2 = patch_size 8
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.patch_embed.modules())
+    lrs = {id(p): g["lr"] for g in param_groups(model, cfg.optim) for p in g["params"]}
+    assert lrs[id(model.patch_embed[0][0].weight)] == pytest.approx(10 * cfg.optim.lr)
+    assert lrs[id(model.image_pos)] == pytest.approx(10 * cfg.optim.lr)
+    assert lrs[id(next(model.text_layers.parameters()))] == pytest.approx(cfg.optim.lr)
+    assert lrs[id(model.itm_head.weight)] == pytest.approx(cfg.optim.head_lr_mult * cfg.optim.lr)
+    with pytest.raises(ConfigError, match="stride 16: set patch_size: 16"):
+        make_model("model.image.stem=conv", "model.image.conv_widths=[8,16,32]")

@@ -52,6 +52,10 @@ class FinetuneConfig(StrictModel):
     prompts: Literal["checkpoint", "frozen", "trained"] = Field(
         "checkpoint", description="PTUnifier prompt pools: as the checkpoint's prompts.finetune says, or override")
     head: Literal["mlp", "linear"] = Field("mlp", description="mlp: the paper's 2h -> 2h -> LN -> GELU -> out")
+    vqa_loss: Literal["bce", "balanced"] = Field(
+        "bce", description="vqa: BCE over the answers, or balanced: each answer's positives weighted by its "
+                           "negatives / positives among the training questions (rare yes answers count as much "
+                           "as the common no)")
     threads: int | None = Field(None, description="torch CPU threads (None = all cores)")
     limit_train_batches: int | float | None = None
     data: FinetuneDataConfig = FinetuneDataConfig()

@@ -22,13 +22,24 @@ def head(in_dim: int, out_dim: int, kind: str) -> nn.Module:
     return nn.Sequential(nn.Linear(in_dim, in_dim), nn.LayerNorm(in_dim), nn.GELU(), nn.Linear(in_dim, out_dim))
 
 
+def balanced_pos_weight(targets: np.ndarray) -> torch.Tensor:
+    """Per output, negatives / positives among the training targets ([n, outputs], 0 / 1): with
+    it as BCE's ``pos_weight`` each output's positives weigh as much as its negatives. An
+    output never positive gets 1."""
+    positives = targets.sum(0)
+    weight = np.where(positives > 0, (len(targets) - positives) / np.maximum(positives, 1), 1.0)
+    return torch.as_tensor(weight, dtype=torch.float32)
+
+
 class FinetuneTask(L.LightningModule):
     """One downstream task: classification (BCE, multi-label), retrieval (InfoNCE on pairs)
     or VQA (BCE over the answer vocabulary)."""
 
-    def __init__(self, cfg: FinetuneConfig, backbone: Backbone, n_outputs: int, prompts_trainable: bool):
+    def __init__(self, cfg: FinetuneConfig, backbone: Backbone, n_outputs: int, prompts_trainable: bool,
+                 pos_weight: torch.Tensor | None = None):
         super().__init__()
         self.cfg, self.backbone = cfg, backbone
+        self.register_buffer("pos_weight", pos_weight, persistent=False)  # BCE's weight of each output's positives
         kind = "text" if cfg.task == "text_classification" else "image"
         self.head = head(backbone.feature_dim(kind), n_outputs, cfg.head) if cfg.task != "retrieval" else None
         if cfg.backbone == "frozen":
@@ -64,7 +75,7 @@ class FinetuneTask(L.LightningModule):
             target = torch.arange(len(img), device=img.device)
             return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
         target = batch["labels"].float() if "targets" not in batch else batch["targets"]
-        return F.binary_cross_entropy_with_logits(self(batch), target)
+        return F.binary_cross_entropy_with_logits(self(batch), target, pos_weight=self.pos_weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)

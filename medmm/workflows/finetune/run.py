@@ -51,7 +51,7 @@ from medmm.tracking.run_context import source_tag
 from medmm.tracking.store import default_tracking_uri
 from medmm.training.lightning_run import progress_callbacks
 from medmm.workflows.finetune.config import FinetuneConfig
-from medmm.workflows.finetune.module import FinetuneTask, label_subset
+from medmm.workflows.finetune.module import FinetuneTask, balanced_pos_weight, label_subset
 from medmm.workflows.finetune.served import log_finetuned_model
 from medmm.workflows.preflight import CohortNeeds, check_before_run, decoded_cohort_outputs
 from medmm.workflows.pretrained import Backbone, load_pretrained
@@ -250,7 +250,9 @@ def run(cfg: FinetuneConfig) -> FinetuneOutcome:
         outputs = list(FINDINGS) if cfg.task != "retrieval" else []
 
     itc_t = getattr(getattr(pre, "loss", None), "itc_temperature", 0.1)
-    task = FinetuneTask(cfg, Backbone(family, model, itc_t), len(outputs), prompts_trainable)
+    pos_weight = (balanced_pos_weight(train_loader.collate_fn.targets)
+                  if cfg.task == "vqa" and cfg.vqa_loss == "balanced" else None)
+    task = FinetuneTask(cfg, Backbone(family, model, itc_t), len(outputs), prompts_trainable, pos_weight)
     logger = lightning_logger(cfg.tracking.experiment, run_name(cfg, "finetune"), tracking_uri)
     run_id = logger.run_id
     client = MlflowClient(tracking_uri)

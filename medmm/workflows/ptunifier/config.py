@@ -45,6 +45,8 @@ class PTUnifierLossConfig(StrictModel):
 class PTUnifierOptimConfig(StrictModel):
     lr: float = Field(1e-4, description="learning rate of the uni-modal encoders")
     head_lr_mult: float = Field(5.0, description="fusion, heads and prompts get lr x this (paper x5)")
+    image_lr_mult: float = Field(1.0, description="the image encoder gets lr x this (it starts from random "
+                                                  "weights here, where the paper's starts from CLIP's)")
     weight_decay: float = 0.01
     warmup_fraction: float = Field(0.1, description="linear warm-up, as a fraction of all steps (paper 10%)")
     min_lr_ratio: float = Field(0.0, description="cosine decay floor relative to lr")

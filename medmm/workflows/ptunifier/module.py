@@ -77,20 +77,22 @@ def pretrain_losses(model, batch: dict, loss_cfg: PTUnifierLossConfig, masker: M
     return out
 
 
-def param_groups(model, lr: float, head_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Uni-modal encoders at ``lr``; fusion, heads and prompts at ``lr x head_lr_mult`` (paper x5);
-    no weight decay on norms, biases and prompts."""
-    encoder_prefixes = ("patch_embed", "image_cls", "image_pos", "image_blocks", "image_norm", "text_embeddings",
-                        "text_layers")
-    groups: dict[tuple[bool, bool], list] = {}
+def param_groups(model, optim) -> list[dict]:
+    """Uni-modal encoders at ``optim.lr`` (the image encoder's at ``lr x image_lr_mult``: it
+    starts from random weights, the text encoder from MiniLM's); fusion, heads and prompts at
+    ``lr x head_lr_mult`` (paper x5); no weight decay on norms, biases and prompts."""
+    image_prefixes = ("patch_embed", "image_cls", "image_pos", "image_blocks", "image_norm")
+    text_prefixes = ("text_embeddings", "text_layers")
+    groups: dict[tuple[float, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_head = not name.startswith(encoder_prefixes)
+        mult = optim.image_lr_mult if name.startswith(image_prefixes) else 1.0 if name.startswith(text_prefixes) \
+            else optim.head_lr_mult
         decay = p.ndim > 1 and "prompts" not in name and "image_pos" not in name and "image_cls" not in name
-        groups.setdefault((is_head, decay), []).append(p)
-    return [{"params": ps, "lr": lr * (head_lr_mult if head else 1.0), "weight_decay": weight_decay if d else 0.0}
-            for (head, d), ps in groups.items()]
+        groups.setdefault((mult, decay), []).append(p)
+    return [{"params": ps, "lr": optim.lr * mult, "weight_decay": optim.weight_decay if d else 0.0}
+            for (mult, d), ps in groups.items()]
 
 
 class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
@@ -121,7 +123,7 @@ class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
 
     def configure_optimizers(self):
         o = self.cfg.optim
-        optimizer = torch.optim.AdamW(param_groups(self.model, o.lr, o.head_lr_mult, o.weight_decay))
+        optimizer = torch.optim.AdamW(param_groups(self.model, o))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(o.warmup_fraction * total)
         schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -73,3 +73,27 @@ def test_prompt_pools_frozen_or_trained_through_finetuning(mode, tiny_cohort, tm
         assert not torch.equal(params["text_prompts"], before["text_prompts"])
     # The image encoder itself fine-tuned in both cases.
     assert any(p.requires_grad for p in model.image_blocks.parameters())
+
+
+def test_balanced_vqa_loss_weighs_each_answers_positives_like_its_negatives():
+    """pos_weight = negatives / positives per answer, checked against scikit-learn's
+    'balanced' class weights (their ratio for one binary output), and the loss it gives
+    equals the per-element weighted BCE written out."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from medmm.workflows.finetune.module import balanced_pos_weight
+
+    rng = np.random.default_rng(0)
+    targets = (rng.random((200, 5)) < np.array([0.5, 0.1, 0.02, 0.0, 0.3])).astype(np.float32)
+    weight = balanced_pos_weight(targets)
+    for j in range(targets.shape[1]):
+        if targets[:, j].any():
+            w0, w1 = compute_class_weight("balanced", classes=np.array([0.0, 1.0]), y=targets[:, j])
+            assert float(weight[j]) == pytest.approx(w1 / w0)
+        else:
+            assert float(weight[j]) == 1.0
+    logits = torch.from_numpy(rng.normal(size=targets.shape).astype(np.float32))
+    y = torch.from_numpy(targets)
+    by_hand = -(weight * y * torch.log(torch.sigmoid(logits)) + (1 - y) * torch.log(1 - torch.sigmoid(logits))).mean()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-6)
