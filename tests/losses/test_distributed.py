@@ -4,7 +4,6 @@ parameter gradients of the single-process computation on the concatenated batch.
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from torch import nn
 from medmm.losses.contrastive import known_label_targets, multi_modal_clip_loss
 from medmm.losses.distributed import gathered_clip_loss, gathered_symile_loss
 from medmm.losses.symile import symile_loss
+from tests.live_mlflow import free_port
 
 MODALITIES = ("xray", "ecg", "labs")
 PAIRS = [("xray", "ecg"), ("xray", "labs"), ("ecg", "labs")]
@@ -88,16 +88,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=True)  # raises if a worker fails
+    mp.spawn(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=True)  # raises if a worker fails
     return {r: torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in (0, 1)}
 
 

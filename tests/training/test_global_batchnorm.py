@@ -5,7 +5,6 @@ whole batch; the Lightning plugin swaps the layers in and back without touching 
 from __future__ import annotations
 
 import os
-import socket
 import time
 from datetime import timedelta
 
@@ -16,6 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from medmm.training.global_batchnorm import GlobalBatchNorm, GlobalBatchNormSync
+from tests.live_mlflow import free_port
 
 N = 8  # global batch: 2 processes x 4
 
@@ -67,16 +67,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_results(tmp_path_factory):
     out_dir = tmp_path_factory.mktemp("gbn")
-    workers = mp.start_processes(_worker, args=(2, _free_port(), str(out_dir)), nprocs=2, join=False)
+    workers = mp.start_processes(_worker, args=(2, free_port(), str(out_dir)), nprocs=2, join=False)
     deadline = time.monotonic() + 180
     while not workers.join(timeout=5):  # raises if a worker fails
         if time.monotonic() > deadline:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 
 import lightning as L
@@ -33,6 +32,7 @@ from medmm.workflows.contrastive.module import ContrastivePretrainTask
 from medmm.workflows.contrastive.run import run
 from medmm.workflows.preflight import PAIRED_TRAINING_MINIMUM
 from tests.conftest import REPO, TINY_CONFIG, tiny_overrides
+from tests.live_mlflow import free_port
 
 GLOBAL_BATCH = 16
 RUN = ("trainer.max_epochs=1", "trainer.precision=32-true", "eval.memory_retrieval=false",
@@ -71,12 +71,6 @@ print(json.dumps({"places": places, "world_size": processes.world_size, "backend
                   "environment": type(processes.strategy.cluster_environment).__name__,
                   "trainer": cfg.trainer.model_dump()}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(command: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
