@@ -19,10 +19,12 @@ from torch import nn
 from torch.distributed._functional_collectives import all_reduce
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from medmm.losses.distributed import world
+
 
 def several_processes() -> bool:
     """This process is one of a joined group of more than one."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return world()[1] > 1
 
 
 class GlobalBatchNorm(_BatchNorm):

@@ -363,7 +363,7 @@ def join_launched_processes(trainer_cfg) -> Fabric:
 def from_first_process(value):
     """``value`` as the first process has it; every process of the run calls this (the
     others' ``value`` is not read). Outside a multi-process run, ``value``."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not several_processes():
         return value
     box = [value]
     dist.broadcast_object_list(box, src=0)
