@@ -1,0 +1,36 @@
+"""The seeds table of the report-generation results page comes from ``benchmarks/report_seeds.py``:
+rerun here on the tiny config, so the table cannot drift from the code that makes it."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.conftest import REPO, TINY_REPORT_CONFIG, tiny_overrides
+
+_SPEC = importlib.util.spec_from_file_location("report_seeds_benchmark", REPO / "benchmarks" / "report_seeds.py")
+bench = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(bench)
+
+
+@pytest.mark.slow
+def test_the_seeds_table_is_made_from_tracked_runs(tracked_runs, tmp_path):
+    overrides = tiny_overrides(tracked_runs.cohort, tmp_path, f"pretrained.source={tracked_runs.source}",
+                               f"pretrained.tracking_uri={tracked_runs.uri}", "trainer.max_epochs=1")
+    runs = [bench.one_seed(TINY_REPORT_CONFIG, seed, overrides) for seed in (0, 1)]
+    assert [r["seed"] for r in runs] == [0, 1] and runs[0]["run_id"] != runs[1]["run_id"]
+    assert {r["tracking_uri"] for r in runs} == {f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    for r in runs:
+        assert set(r["systems"]) == {"model_greedy", "model_beam2", "nearest_neighbour", "most_frequent"}
+        for system, values in r["systems"].items():
+            assert set(values) >= set(bench.METRICS), system
+            # CIDEr-D runs 0..10; every other figure is a fraction
+            assert all(0.0 <= v <= (10.0 if m == "cider" else 1.0) for m, v in values.items()), (system, values)
+    table = bench.table(runs).splitlines()
+    assert table[0].startswith("| system, 2 seeds | bleu1 |")
+    line = next(x for x in table if x.startswith("| model_greedy |"))
+    mean = (runs[0]["systems"]["model_greedy"]["rouge_l"] + runs[1]["systems"]["model_greedy"]["rouge_l"]) / 2
+    cell = line.split("|")[2 + bench.METRICS.index("rouge_l")].strip().strip("*")
+    assert cell.startswith(f"{mean:.3f} ± ")
+    assert all(r["run_id"] in table[-1] for r in runs)
