@@ -17,6 +17,13 @@ the ViT is small and starts from random weights (no package ships image weights)
 the fusion layers are pre-norm (stabler from scratch) with widths from the config. The
 ViT's width equals the text width (384) so that a query of one modality can be compared
 with the other modality's pool vectors directly, as in the paper (both 768 there).
+
+Two defaults differ from the paper, each kept as an option, because the paper's form does
+not learn here (measured in docs/results/ptunifier.md): each side is pooled by the mean of its
+fused tokens (``pooling: mean``; the paper reads [CLS], which MiniLM, trained with mean
+pooling, leaves the same for every report), and ITC contrasts the pooled uni-modal encoder
+outputs (``itc_input: unimodal``, ALBEF's align-before-fuse, Li et al. 2021) instead of the
+fused image + pseudo-text and pseudo-image + text features, whose ITC stays at chance.
 """
 
 from __future__ import annotations
@@ -90,6 +97,15 @@ class PTUnifierModelConfig(StrictModel):
     mlp_ratio: int = 4
     dropout: float = Field(0.1, description="fusion dropout")
     itc_dim: int = Field(256, description="ITC projection size (paper: 768)")
+    pooling: Literal["mean", "cls"] = Field(
+        "mean", description="each side's pooled feature: mean: the mean of its fused tokens (padding excluded); "
+                            "cls: its first token, as the paper (MiniLM's [CLS] is the same vector for every "
+                            "report, cosine 0.99999, and the representations collapse: docs/results/ptunifier.md)")
+    itc_input: Literal["unimodal", "fused"] = Field(
+        "unimodal", description="what ITC contrasts: unimodal: the pooled image and text encoder outputs before "
+                                "fusion (ALBEF's align-before-fuse); fused: the fused features of image + pseudo-text "
+                                "and pseudo-image + text, as the paper (it stays at chance on the demo cohort: "
+                                "docs/results/ptunifier.md)")
     prompts: PromptConfig = PromptConfig()
 
 
@@ -122,7 +138,7 @@ class FusionLayer(nn.Module):
 
 @dataclass
 class FusedOutput:
-    cls: torch.Tensor  # [B, 2 * hidden]: concat(pooled text [CLS], pooled image [CLS]) (the paper's feature)
+    cls: torch.Tensor  # [B, 2 * hidden]: concat(pooled text side, pooled image side) (the paper's feature)
     text: torch.Tensor  # [B, Lt, hidden] fused text-side tokens
     image: torch.Tensor  # [B, Li, hidden] fused image-side tokens
     text_pad: torch.Tensor  # [B, Lt] True = padding
@@ -210,8 +226,9 @@ class PTUnifier(nn.Module):
         self.image_pooler = nn.Sequential(nn.Linear(h, h), nn.Tanh())
         self.out_dim = 2 * h
         # Pretraining heads (kept in the checkpoint: retrieval fine-tuning starts from them).
-        self.itc_image_head = nn.Sequential(nn.LayerNorm(2 * h), nn.Linear(2 * h, cfg.itc_dim, bias=False))
-        self.itc_text_head = nn.Sequential(nn.LayerNorm(2 * h), nn.Linear(2 * h, cfg.itc_dim, bias=False))
+        itc_image_in, itc_text_in = (ic.dim, text_dim) if cfg.itc_input == "unimodal" else (2 * h, 2 * h)
+        self.itc_image_head = nn.Sequential(nn.LayerNorm(itc_image_in), nn.Linear(itc_image_in, cfg.itc_dim, bias=False))
+        self.itc_text_head = nn.Sequential(nn.LayerNorm(itc_text_in), nn.Linear(itc_text_in, cfg.itc_dim, bias=False))
         self.itm_head = nn.Linear(2 * h, 2)
         self.mlm_transform = nn.Sequential(nn.Linear(h, text_dim), nn.GELU(), nn.LayerNorm(text_dim))
         self.mlm_bias = nn.Parameter(torch.zeros(bert.config.vocab_size))
@@ -285,8 +302,17 @@ class PTUnifier(nn.Module):
         for text_layer, image_layer in zip(self.text_fusion, self.image_fusion):
             t, v = text_layer(t, text_pad, v, image_pad), image_layer(v, image_pad, t, text_pad)
         t, v = self.text_fusion_norm(t), self.image_fusion_norm(v)
-        cls = torch.cat([self.text_pooler(t[:, 0]), self.image_pooler(v[:, 0])], dim=-1)
+        cls = torch.cat([self.text_pooler(self.pool(t, text_pad)), self.image_pooler(self.pool(v, image_pad))], dim=-1)
         return FusedOutput(cls, t, v, text_pad, image_pad)
+
+    def pool(self, tokens: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """One side's summary: its first token (the paper) or the mean of its non-padding tokens.
+        The paper's RoBERTa and CLIP ViT were trained to summarise at their first token; the
+        packaged MiniLM was trained with mean pooling and the ViT here starts from random weights,
+        so their first token carries almost nothing of the input."""
+        if self.cfg.pooling == "cls":
+            return tokens[:, 0]
+        return masked_mean(tokens, (~pad).long())
 
     def mlm_logits(self, fused_text: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of fused text tokens; the decoder is tied to the word embeddings."""
@@ -369,31 +395,40 @@ def no_padding_mask(x: torch.Tensor) -> torch.Tensor:
     return torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
 
 
-def _image_side(model, img: torch.Tensor, pseudo_txt: torch.Tensor) -> torch.Tensor:
-    cls = model.fuse(img, no_padding_mask(img), pseudo_txt, no_padding_mask(pseudo_txt)).cls
-    return F.normalize(model.itc_image_head(cls), dim=-1)
+def _image_side(model, encoded_image: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    if model.cfg.itc_input == "unimodal":
+        feature = model.pool(encoded_image, no_padding_mask(encoded_image))
+    else:
+        pseudo_txt, _ = model.pseudo_text(model.image_query(image))
+        feature = model.fuse(encoded_image, no_padding_mask(encoded_image), pseudo_txt,
+                             no_padding_mask(pseudo_txt)).cls
+    return F.normalize(model.itc_image_head(feature), dim=-1)
 
 
-def _text_side(model, pseudo_img: torch.Tensor, txt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    cls = model.fuse(pseudo_img, no_padding_mask(pseudo_img), txt, mask == 0).cls
-    return F.normalize(model.itc_text_head(cls), dim=-1)
+def _text_side(model, encoded_text: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if model.cfg.itc_input == "unimodal":
+        feature = model.pool(encoded_text, mask == 0)
+    else:
+        pseudo_img, _ = model.pseudo_image(model.text_query(ids, mask))
+        feature = model.fuse(pseudo_img, no_padding_mask(pseudo_img), encoded_text, mask == 0).cls
+    return F.normalize(model.itc_text_head(feature), dim=-1)
 
 
 def itc_embeddings(model, image: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor,
                    encoded_image: torch.Tensor | None = None, encoded_text: torch.Tensor | None = None):
-    """L2-normalised ITC embeddings of (image + pseudo-text) and (pseudo-image + text)."""
+    """L2-normalised ITC embeddings of the image and of the report: with ``itc_input: fused``
+    the fused (image + pseudo-text) and (pseudo-image + text) features, as the paper; with
+    ``unimodal`` the pooled uni-modal encoder outputs (before fusion)."""
     img = model.encode_image(image) if encoded_image is None else encoded_image
     txt = model.encode_text(ids, mask) if encoded_text is None else encoded_text
-    pseudo_txt, _ = model.pseudo_text(model.image_query(image))
-    pseudo_img, _ = model.pseudo_image(model.text_query(ids, mask))
-    return _image_side(model, img, pseudo_txt), _text_side(model, pseudo_img, txt, mask)
+    return _image_side(model, img, image), _text_side(model, txt, ids, mask)
 
 
 def itc_image_embeddings(model, image: torch.Tensor) -> torch.Tensor:
-    """The image side alone (image + pseudo-text prompts), as :func:`itc_embeddings` gives it."""
-    return _image_side(model, model.encode_image(image), model.pseudo_text(model.image_query(image))[0])
+    """The image side alone, as :func:`itc_embeddings` gives it."""
+    return _image_side(model, model.encode_image(image), image)
 
 
 def itc_text_embeddings(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The text side alone (pseudo-image prompts + text), as :func:`itc_embeddings` gives it."""
-    return _text_side(model, model.pseudo_image(model.text_query(ids, mask))[0], model.encode_text(ids, mask), mask)
+    """The text side alone, as :func:`itc_embeddings` gives it."""
+    return _text_side(model, model.encode_text(ids, mask), ids, mask)

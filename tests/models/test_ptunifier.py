@@ -39,12 +39,11 @@ def test_each_input_kind_through_the_same_model(text_batch):
         model(image, ids, mask, torch.zeros(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
 
 
-def test_one_side_itc_embeddings_equal_the_paired_ones(text_batch):
+@pytest.mark.parametrize("itc_input", ["unimodal", "fused"])
+def test_one_side_itc_embeddings_equal_the_paired_ones(itc_input, text_batch):
     """What a registered PTUnifier model serves for one input column (an X-ray or a report
     alone) is the side that pretraining's ITC compares."""
-
-
-    model, cfg = make_model()
+    model, cfg = make_model(f"model.itc_input={itc_input}")
     model.eval()
     ids, mask = text_batch
     image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
@@ -52,6 +51,52 @@ def test_one_side_itc_embeddings_equal_the_paired_ones(text_batch):
         img, txt = itc_embeddings(model, image, ids, mask)
         torch.testing.assert_close(itc_image_embeddings(model, image), img)
         torch.testing.assert_close(itc_text_embeddings(model, ids, mask), txt)
+
+
+def test_unimodal_itc_reads_the_encoders_and_fused_itc_the_prompts(text_batch):
+    """itc_input: unimodal contrasts the pooled encoder outputs (the prompts play no part);
+    fused contrasts the fused features, which change with the prompt pools."""
+    ids, mask = text_batch
+    for itc_input in ("unimodal", "fused"):
+        model, cfg = make_model(f"model.itc_input={itc_input}")
+        model.eval()
+        image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+        with torch.no_grad():
+            img, txt = itc_embeddings(model, image, ids, mask)
+            if itc_input == "unimodal":  # independent: LayerNorm + bias-free projection of the means
+                enc_img = model.encode_image(image).mean(1)
+                enc_txt = (model.encode_text(ids, mask) * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+                for side, feature, head in ((img, enc_img, model.itc_image_head), (txt, enc_txt, model.itc_text_head)):
+                    norm, proj = head
+                    z = (feature - feature.mean(-1, keepdim=True)) / torch.sqrt(feature.var(-1, unbiased=False,
+                                                                                           keepdim=True) + norm.eps)
+                    expected = (z * norm.weight + norm.bias) @ proj.weight.T
+                    torch.testing.assert_close(side, expected / expected.norm(dim=-1, keepdim=True),
+                                               atol=1e-5, rtol=1e-5)
+            model.text_prompts.mul_(-3.0)
+            model.visual_prompts.mul_(-3.0)
+            img2, txt2 = itc_embeddings(model, image, ids, mask)
+        moved = (img2 - img).abs().max() > 1e-3 and (txt2 - txt).abs().max() > 1e-3
+        assert moved == (itc_input == "fused"), itc_input
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_pooled_feature_is_the_mean_of_the_fused_tokens_or_the_first(pooling, text_batch):
+    """pooling: mean averages each side's fused tokens without its padding (extra padding
+    leaves the feature unchanged); pooling: cls reads the first token."""
+    model, cfg = make_model(f"model.pooling={pooling}")
+    model.eval()
+    ids, mask = text_batch
+    image = torch.randn(len(ids), 1, cfg.data.image_size, cfg.data.image_size)
+    with torch.no_grad():
+        out = model(image, ids, mask)
+        keep = (~out.text_pad).float()[..., None]
+        text_part = out.text[:, 0] if pooling == "cls" else (out.text * keep).sum(1) / keep.sum(1)
+        image_part = out.image[:, 0] if pooling == "cls" else out.image.mean(1)
+        expected = torch.cat([model.text_pooler(text_part), model.image_pooler(image_part)], dim=-1)
+        torch.testing.assert_close(out.cls, expected, atol=1e-5, rtol=1e-5)
+        padded = model(image, torch.nn.functional.pad(ids, (0, 5)), torch.nn.functional.pad(mask, (0, 5)))
+        torch.testing.assert_close(padded.cls, out.cls, atol=1e-4, rtol=1e-4)
 
 
 def test_prompts_are_the_top_k_by_similarity(text_batch):

@@ -1,9 +1,9 @@
 """LightningModule for PTUnifier pretraining: ITC + ITM + MLM on X-ray / report pairs.
 
-Per batch the uni-modal encoders run once each (image, report, masked report) and the
-prompt-filled sides once each (image + pseudo-text, pseudo-image + text); the fusion
-then runs on 6B rows: ITC 2B, ITM 3B (positives, a hard-negative text per image, a
-hard-negative image per text), MLM B.
+Per batch the uni-modal encoders run once each (image, report, masked report); the fusion
+runs on ITM's 3B rows (positives, a hard-negative text per image, a hard-negative image per
+text) and MLM's B, and with ``model.itc_input: fused`` on ITC's 2B prompt-filled rows as well
+(image + pseudo-text, pseudo-image + text).
 """
 
 from __future__ import annotations
