@@ -9,7 +9,7 @@ pipeline does), and every ``--every`` steps scores a fixed batch of held-out stu
 loss (chance = ln of the batch size) and the mean cosine similarity between different studies'
 ITC embeddings (near 1 = collapsed to one vector). Variants (``model.pooling`` /
 ``model.itc_input``): ``paper`` cls / fused, ``mean_fused`` mean / fused, ``mean_unimodal``
-mean / unimodal (the default). Also prints how alike the text encoder's [CLS] and its
+mean / unimodal (configs/pretrain/ptunifier_hybrid.yaml). Also prints how alike the text encoder's [CLS] and its
 mean-pooled tokens are across the held-out reports, before training.
 """
 

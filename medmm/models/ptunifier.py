@@ -18,12 +18,12 @@ the fusion layers are pre-norm (stabler from scratch) with widths from the confi
 ViT's width equals the text width (384) so that a query of one modality can be compared
 with the other modality's pool vectors directly, as in the paper (both 768 there).
 
-Two defaults differ from the paper, each kept as an option, because the paper's form does
-not learn here (measured in docs/results/ptunifier.md): each side is pooled by the mean of its
-fused tokens (``pooling: mean``; the paper reads [CLS], which MiniLM, trained with mean
-pooling, leaves the same for every report), and ITC contrasts the pooled uni-modal encoder
-outputs (``itc_input: unimodal``, ALBEF's align-before-fuse, Li et al. 2021) instead of the
-fused image + pseudo-text and pseudo-image + text features, whose ITC stays at chance.
+Each side is pooled by the mean of its fused tokens (``pooling: mean``; the paper reads
+[CLS], which MiniLM, trained with mean pooling, leaves the same for every report). ITC
+contrasts the fused image + pseudo-text and pseudo-image + text features as the paper
+(``itc_input: fused``), or the pooled uni-modal encoder outputs before fusion (``unimodal``,
+ALBEF's align-before-fuse, Li et al. 2021): on the demo cohort only the second learns
+(docs/results/ptunifier.md), but it leaves the prompt pools untrained in pretraining.
 """
 
 from __future__ import annotations
@@ -101,11 +101,12 @@ class PTUnifierModelConfig(StrictModel):
         "mean", description="each side's pooled feature: mean: the mean of its fused tokens (padding excluded); "
                             "cls: its first token, as the paper (MiniLM's [CLS] is the same vector for every "
                             "report, cosine 0.99999, and the representations collapse: docs/results/ptunifier.md)")
-    itc_input: Literal["unimodal", "fused"] = Field(
-        "unimodal", description="what ITC contrasts: unimodal: the pooled image and text encoder outputs before "
-                                "fusion (ALBEF's align-before-fuse); fused: the fused features of image + pseudo-text "
-                                "and pseudo-image + text, as the paper (it stays at chance on the demo cohort: "
-                                "docs/results/ptunifier.md)")
+    itc_input: Literal["fused", "unimodal"] = Field(
+        "fused", description="what ITC contrasts: fused: the fused features of image + pseudo-text and pseudo-image "
+                             "+ text, as the paper (the only pretraining loss that trains the prompt pools; it stays "
+                             "at chance on the demo cohort: docs/results/ptunifier.md); unimodal: the pooled image and "
+                             "text encoder outputs before fusion (ALBEF's align-before-fuse), the pools then stay as "
+                             "initialised through pretraining")
     prompts: PromptConfig = PromptConfig()
 
 

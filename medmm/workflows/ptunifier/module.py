@@ -100,6 +100,11 @@ class PTUnifierPretrainTask(EpochSeededData, L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.model = create_model(cfg.model.name, cfg.model, image_size=cfg.data.image_size)
+        if cfg.model.itc_input == "unimodal":
+            # every pretraining row is a pair and only the fused ITC fills a side with prompts:
+            # without it no loss reaches the pools, which stay as initialised (and unused
+            # parameters would stop a multi-process run)
+            self.model.set_prompts_trainable(False)
         self.masker = MLMMasker(load_tokenizer(cfg.model.text.model_path), cfg.loss.mlm_probability)
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:

@@ -10,8 +10,8 @@ import torch
 
 from medmm.data.datamodule import PretrainDataModule
 from medmm.workflows.finetune.config import FinetuneConfig
-from medmm.workflows.ptunifier.module import MLMMasker, pretrain_losses
-from tests.conftest import make_model
+from medmm.workflows.ptunifier.module import MLMMasker, PTUnifierPretrainTask, pretrain_losses
+from tests.conftest import make_model, ptu_cfg
 
 
 def _tiny_batch(tiny_cohort, tmp_path, cfg, n=8):
@@ -97,3 +97,22 @@ def test_balanced_vqa_loss_weighs_each_answers_positives_like_its_negatives():
     by_hand = -(weight * y * torch.log(torch.sigmoid(logits)) + (1 - y) * torch.log(1 - torch.sigmoid(logits))).mean()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, pos_weight=weight)
     torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("itc_input", ["fused", "unimodal"])
+def test_pretraining_trains_the_prompt_pools_only_when_a_loss_reaches_them(itc_input, tiny_cohort, tmp_path,
+                                                                             tokenizer):
+    """With the fused ITC the prompt pools get gradients; with ITC before fusion no
+    pretraining loss fills a side with prompts, and the task freezes them (a multi-process run
+    stops on parameters without gradients)."""
+    cfg = ptu_cfg(f"model.itc_input={itc_input}")
+    task = PTUnifierPretrainTask(cfg)
+    _, batch = _tiny_batch(tiny_cohort, tmp_path, cfg)
+    pretrain_losses(task.model, batch, cfg.loss, task.masker, torch.Generator().manual_seed(0))["loss"].backward()
+    pools = (task.model.text_prompts, task.model.visual_prompts)
+    unused = [name for name, p in task.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"trainable parameters without a gradient: {unused}"
+    if itc_input == "fused":
+        assert all(p.requires_grad and p.grad.abs().sum() > 0 for p in pools)
+    else:
+        assert not any(p.requires_grad for p in pools)
