@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(per_seed, seeds, variants, sizes, timings, args, uri) -> int:
-    import mlflow
+    from mlflow.tracking import MlflowClient
 
     table = {v: {c: mean(xs) for c, xs in row.items()} for v, row in per_seed.items()}
     result = {"seeds": seeds, "table": table, "per_seed": per_seed, "sizes": sizes, "timings_s": timings}
@@ -203,17 +203,21 @@ def _write(per_seed, seeds, variants, sizes, timings, args, uri) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(md + "\n")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("medmm-ptunifier-ablation")
-    with mlflow.start_run(run_name="ablation-summary"):
-        mlflow.log_params({**sizes, "seeds": " ".join(map(str, seeds))})
-        for v, row in table.items():
-            for col, value in row.items():
-                if value is not None:
-                    key = "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in f"{v}.{col}")
-                    mlflow.log_metric(key.replace(" ", "_"), value)
-        mlflow.log_text(md, "results/ablation.md")
-        mlflow.log_dict(result, "results/ablation.json")
+    # a client, not mlflow's global active experiment, which would outlive this call
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("medmm-ptunifier-ablation")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("medmm-ptunifier-ablation")
+    run_id = client.create_run(experiment_id, run_name="ablation-summary").info.run_id
+    for key, value in {**sizes, "seeds": " ".join(map(str, seeds))}.items():
+        client.log_param(run_id, key, value)
+    for v, row in table.items():
+        for col, value in row.items():
+            if value is not None:
+                key = "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in f"{v}.{col}")
+                client.log_metric(run_id, key.replace(" ", "_"), value)
+    client.log_text(run_id, md, "results/ablation.md")
+    client.log_dict(run_id, result, "results/ablation.json")
+    client.set_terminated(run_id)
     print(md)
     return 0
 
