@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -16,6 +19,15 @@ from medmm.workflows.ptunifier.config import PTUnifierPretrainConfig
 from tests.cohort import replicas
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module: tests rerun a results page's generator on tiny data."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and pickling look their module up by name
+    spec.loader.exec_module(module)
+    return module
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("MEDMM_IU_REPORTS", str(REPO / "data/cache/torchxrayvision-1.5.7-py3-none-any.whl"))
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -5,7 +5,6 @@ higher_order`` runs it) ends with finite metrics."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -24,12 +23,10 @@ from medmm.demo.generator import (
 )
 from medmm.io.ecg import read_wfdb
 from medmm.io.reports import read_report
-from tests.conftest import iu_source
+from tests.conftest import iu_source, load_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
-_SPEC = importlib.util.spec_from_file_location("symile_benchmark", REPO / "benchmarks" / "symile.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("symile")
 
 
 def cramers_v(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:

@@ -9,21 +9,16 @@ compares the two; this test needs neither."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from collections import Counter
 
 import pytest
 
 from medmm.io.findings import FINDINGS
 from medmm.io.labeler import split_sentences
-from tests.conftest import REPO
+from tests.conftest import load_benchmark
 
-_SPEC = importlib.util.spec_from_file_location("negation_vs_negspacy", REPO / "benchmarks" / "negation_vs_negspacy.py")
-bench = importlib.util.module_from_spec(_SPEC)
-sys.modules[_SPEC.name] = bench
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("negation_vs_negspacy")
 
 GOLD_CLASSES = {"negated", "affirmed", "uncertain", "hypothetical"}
 

@@ -4,19 +4,15 @@ table cannot drift from the code that makes it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import PTU_TINY, REPO
+from tests.conftest import PTU_TINY, load_benchmark
 
-_SPEC = importlib.util.spec_from_file_location("ptunifier_ablation_benchmark",
-                                               REPO / "benchmarks" / "ptunifier_ablation.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("ptunifier_ablation")
 
 
 @pytest.mark.slow

@@ -3,15 +3,11 @@ rerun here on the tiny config, so the table cannot drift from the code that make
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import REPO, TINY_REPORT_CONFIG, tiny_overrides
+from tests.conftest import TINY_REPORT_CONFIG, load_benchmark, tiny_overrides
 
-_SPEC = importlib.util.spec_from_file_location("report_seeds_benchmark", REPO / "benchmarks" / "report_seeds.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("report_seeds")
 
 
 @pytest.mark.slow

@@ -4,17 +4,13 @@ reads the stored runs instead of training again."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import load_benchmark
 from tests.workflows.segment.conftest import TINY_SEG_CONFIG
 
-_SPEC = importlib.util.spec_from_file_location("segment_claims_benchmark", REPO / "benchmarks" / "segment_claims.py")
-bench = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench)
+bench = load_benchmark("segment_claims")
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ scikit-survival's on the logged fold predictions, and the aggregate is the folds
 
 from __future__ import annotations
 
-import importlib.util
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -18,13 +16,11 @@ from medmm.workflows.survival import fit as fit_module
 from medmm.workflows.survival.config import SurvivalConfig
 from medmm.workflows.survival.cv import cv_folds
 from medmm.workflows.survival.run import load_data, run
-from tests.conftest import REPO
+from tests.conftest import REPO, load_benchmark
 from tests.workflows.survival.conftest import TINY_SURVIVAL, survival_overrides
 
 TINY_CV = REPO / "configs/survival/tiny_cv.yaml"
-_SPEC = importlib.util.spec_from_file_location("survival_cv_benchmark", REPO / "benchmarks" / "survival_cv.py")
-BENCH = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(BENCH)
+BENCH = load_benchmark("survival_cv")
 
 
 @pytest.fixture(scope="module")
