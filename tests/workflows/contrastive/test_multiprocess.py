@@ -162,9 +162,13 @@ def test_two_torchrun_processes_make_one_run_of_the_global_batch(tiny_cohort, tm
     losses_two, losses_one = first_losses(client, two_run), first_losses(client_one, one_run)
     steps = len(losses_one)
     assert len(losses_two) == steps == metrics_one["data.n_train_studies"] // GLOBAL_BATCH
-    # every step's loss is the global batch's, to float32 rounding
+    # the first step's loss, before any update, is the global batch's to float32 rounding
     assert losses_one[0] == pytest.approx(whole, abs=1e-5)
-    assert losses_two == pytest.approx(losses_one, abs=1e-5)
+    assert losses_two[0] == pytest.approx(losses_one[0], abs=1e-5)
+    # later steps follow weights that Adam moved by up to the learning rate where the gradient is
+    # rounding noise (below): they agree as closely as the validation losses do (a run measured
+    # 1.4e-4 apart at the second step)
+    assert losses_two[1:] == pytest.approx(losses_one[1:], abs=2e-3)
 
     # the trained weights agree too. Where the gradient is rounding noise (the ECG tokenizer's
     # convolution biases before BatchNorm, the ECG encoder's last LayerNorm bias before a
