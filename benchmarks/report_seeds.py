@@ -1,14 +1,17 @@
-"""Report generation over seeds: each system's figures, mean ± sample sd over seeds, one MLflow run a seed.
+"""Report generation and summarisation over seeds: each system's figures, mean ± sample sd over seeds,
+one MLflow run a seed.
 
-BLEU-1..4, ROUGE-L, CIDEr and clinical precision / recall / F1 of the model's decodings and both
-baselines on the config's held-out split:
+Report generation (``task: generate``): BLEU-1..4, ROUGE-L, CIDEr and clinical precision / recall / F1
+of the model's decodings and both baselines; summarisation (``task: summarise``): ROUGE-1 / 2 / L and
+mean words of the model's decodings and the three baselines; on the config's held-out split:
 
     python benchmarks/report_seeds.py [--config configs/report/default.yaml] [--pretrained models:/medmm-more@champion]
         [--seeds 0 1 2] [--tracking-uri sqlite:///mlflow.db] [--set key=value ...] [--out report_seeds.json]
 
 Each seed is ``python -m medmm.pipelines.report train --config <config> <key=value ...>`` run in process
 with ``seed=<N>`` and ``tracking.run_name=report-seed<N>`` (``tracking.register_model=false`` unless a
-``--set`` turns it on); the figures are read back from each run's ``results/report_metrics.json``.
+``--set`` turns it on); the figures are read back from each run's ``results/report_metrics.json``
+(``results/summarise_metrics.json``).
 ``--pretrained`` sets ``pretrained.source`` (default: the config's); a pretrained model registered in
 another store than ``--tracking-uri`` needs ``--set pretrained.tracking_uri=<its store>``. Writes the
 per-seed figures and the table to ``benchmarks/results/report_seeds.json`` (or ``--out``) and prints
@@ -34,6 +37,13 @@ from benchmarks.readme_tables import METRICS
 from medmm.config.core import build_config
 from medmm.workflows.report.config import ReportConfig
 from medmm.workflows.report.run import train
+from medmm.workflows.report.summarise import ROUGE
+
+# per task: the figures file each run logs and the columns of the table; mean words is a length,
+# shown but not ranked
+FIGURES = {"generate": ("results/report_metrics.json", METRICS),
+           "summarise": ("results/summarise_metrics.json", (*ROUGE, "mean_words"))}
+UNRANKED = {"mean_words"}
 
 # a registered model per seed would move the config's registered name and its champion alias
 LEAN = ["tracking.register_model=false"]
@@ -47,19 +57,22 @@ def one_seed(config: Path, seed: int, overrides: list[str]) -> dict:
     start = time.perf_counter()
     outcome = train(cfg)
     seconds = round(time.perf_counter() - start)
-    path = MlflowClient(outcome.tracking_uri).download_artifacts(outcome.run_id, "results/report_metrics.json")
+    figures, _ = FIGURES[cfg.task]
+    path = MlflowClient(outcome.tracking_uri).download_artifacts(outcome.run_id, figures)
     rows = json.loads(Path(path).read_text())
-    return {"seed": seed, "run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri, "split": outcome.split,
-            "seconds": seconds, "systems": {row.pop("system"): row for row in rows}}
+    return {"seed": seed, "task": cfg.task, "run_id": outcome.run_id, "tracking_uri": outcome.tracking_uri,
+            "split": outcome.split, "seconds": seconds, "systems": {row.pop("system"): row for row in rows}}
 
 
 def table(runs: list[dict]) -> str:
     """A row per system, a column per metric, each cell mean ± sample sd over the runs (the value
-    alone for one run), bold = best mean per column; the run ids below."""
+    alone for one run), bold = best mean per ranked column; the run ids below."""
+    _, columns = FIGURES[runs[0].get("task", "generate")]  # results written before summarisation had no task
     systems = list(runs[0]["systems"])
-    values = {(s, m): np.array([r["systems"][s][m] for r in runs], float) for s in systems for m in METRICS}
-    best = {m: max(values[s, m].mean() for s in systems) for m in METRICS}
-    tied = {m for m in METRICS if len({values[s, m].mean() for s in systems}) == 1}  # nobody wins what all share
+    values = {(s, m): np.array([r["systems"][s][m] for r in runs], float) for s in systems for m in columns}
+    best = {m: max(values[s, m].mean() for s in systems) for m in columns}
+    # nobody wins what all share, nor a length
+    tied = {m for m in columns if len({values[s, m].mean() for s in systems}) == 1} | UNRANKED
 
     def cell(s: str, m: str) -> str:
         v = values[s, m]
@@ -67,11 +80,12 @@ def table(runs: list[dict]) -> str:
         return f"**{text}**" if v.mean() == best[m] and m not in tied else text
 
     n = len(runs)
-    lines = [f"| system, {n} seed{'s' if n > 1 else ''} | " + " | ".join(METRICS) + " |",
-             "|---|" + "---:|" * len(METRICS),
-             *(f"| {s} | " + " | ".join(cell(s, m) for m in METRICS) + " |" for s in systems),
+    lines = [f"| system, {n} seed{'s' if n > 1 else ''} | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns),
+             *(f"| {s} | " + " | ".join(cell(s, m) for m in columns) + " |" for s in systems),
              "",
-             f"Split `{runs[0]['split']}`; mean ± sample sd (ddof = 1) over seeds; **bold** = best mean per column.",
+             f"Split `{runs[0]['split']}`; mean ± sample sd (ddof = 1) over seeds; **bold** = best mean per column"
+             + ("" if UNRANKED.isdisjoint(columns) else " (mean words not ranked)") + ".",
              "MLflow runs: " + ", ".join(f"seed {r['seed']} `{r['run_id']}`" for r in runs) + "."]
     return "\n".join(lines)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import TINY_REPORT_CONFIG, load_benchmark, tiny_overrides
+from tests.conftest import REPO, TINY_REPORT_CONFIG, load_benchmark, tiny_overrides
 
 bench = load_benchmark("report_seeds")
 
@@ -30,3 +30,25 @@ def test_the_seeds_table_is_made_from_tracked_runs(tracked_runs, tmp_path):
     cell = line.split("|")[2 + bench.METRICS.index("rouge_l")].strip().strip("*")
     assert cell.startswith(f"{mean:.3f} ± ")
     assert all(r["run_id"] in table[-1] for r in runs)
+
+
+@pytest.mark.slow
+def test_the_summarisation_table_is_made_from_tracked_runs(ptunifier_pretrained, tiny_cohort, tmp_path):
+    overrides = tiny_overrides(tiny_cohort, tmp_path, f"pretrained.source=models:/{ptunifier_pretrained['registered']}"
+                               "@champion", f"pretrained.tracking_uri={ptunifier_pretrained['uri']}",
+                               "trainer.max_epochs=1", "pretrained.freeze=true", "generation.max_new_tokens=16")
+    runs = [bench.one_seed(REPO / "configs/report/summarise_tiny.yaml", seed, overrides) for seed in (0, 1)]
+    assert [r["task"] for r in runs] == ["summarise", "summarise"] and runs[0]["run_id"] != runs[1]["run_id"]
+    for r in runs:
+        assert set(r["systems"]) == {"model_greedy", "model_beam2", "lead", "extractive", "nearest_impression"}
+        for system, values in r["systems"].items():
+            assert all(0.0 <= values[m] <= 1.0 for m in ("rouge1", "rouge2", "rouge_l")), (system, values)
+            assert values["mean_words"] >= 0.0
+    table = bench.table(runs).splitlines()
+    assert table[0] == "| system, 2 seeds | rouge1 | rouge2 | rouge_l | mean_words |"
+    line = next(x for x in table if x.startswith("| lead |"))
+    mean = (runs[0]["systems"]["lead"]["rouge_l"] + runs[1]["systems"]["lead"]["rouge_l"]) / 2
+    assert line.split("|")[4].strip().strip("*").startswith(f"{mean:.3f}")
+    # a length is shown, never marked best
+    assert not any("**" in x.split("|")[5] for x in table[2:7])
+    assert "(mean words not ranked)" in table[-2] and all(r["run_id"] in table[-1] for r in runs)
