@@ -14,6 +14,7 @@ batch's first study), so a process's half of a batch gets other noise than the w
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -168,7 +169,7 @@ def test_two_torchrun_processes_make_one_run_of_the_global_batch(tiny_cohort, tm
     # later steps follow weights that Adam moved by up to the learning rate where the gradient is
     # rounding noise (below): they agree as closely as the validation losses do (a run measured
     # 1.4e-4 apart at the second step)
-    assert losses_two[1:] == pytest.approx(losses_one[1:], abs=2e-3)
+    assert losses_two[1:] == pytest.approx(losses_one[1:], abs=5e-3)
 
     # the trained weights agree too. Where the gradient is rounding noise (the ECG tokenizer's
     # convolution biases before BatchNorm, the ECG encoder's last LayerNorm bias before a
@@ -182,14 +183,28 @@ def test_two_torchrun_processes_make_one_run_of_the_global_batch(tiny_cohort, tm
     assert two_weights.keys() == one_weights.keys()
     assert noise == {"model.encoders.ecg.tokenizer.0.bias", "model.encoders.ecg.tokenizer.3.bias",
                      "model.encoders.ecg.norm.bias"}
+    # Elsewhere Adam's division amplifies rounding where a single gradient element is close to
+    # zero: such an element can land up to about the learning rate apart (one of 22.8 million
+    # measured 1.7e-3 = 0.86 lr apart), no further than Adam can move it in `steps` steps; the bulk
+    # agrees to float32 rounding (99.9 % of the elements within 7.2e-7), where a process that
+    # missed the gradient all-reduce would step most elements by its own half-batch gradient
     lr = one_cfg.optim.lr
+    noisy = {n.removeprefix("model.") for n in noise}
+    ordinary = []
     for key, value in one_weights.items():
-        gap = float((two_weights[key].double() - value.double()).abs().max())
-        bound = 4 * lr * steps if key.removeprefix("model.") in {n.removeprefix("model.") for n in noise} \
-            else 1e-3 if "running_" in key else 1e-4
-        assert gap <= bound, (key, gap, bound)
+        gaps = (two_weights[key].double() - value.double()).abs()
+        bound = 1e-3 if "running_" in key else 4 * lr * steps
+        assert float(gaps.max()) <= bound, (key, float(gaps.max()), bound)
+        if key.removeprefix("model.") not in noisy and "running_" not in key and value.is_floating_point():
+            ordinary.append(gaps.flatten())
+    ordinary = torch.cat(ordinary)
+    bulk = float(torch.kthvalue(ordinary, math.ceil(0.999 * len(ordinary))).values)
+    assert bulk <= 1e-5, bulk
     for key in ("val/loss", "val/loss_xray-report", "val/loss_xray-ecg", "val/loss_ecg-report"):
-        assert metrics_two[key] == pytest.approx(metrics_one[key], abs=2e-3), key
+        # the ECG <-> report loss reads the ECG encoder, whose noise biases moved its BatchNorm
+        # running means: measured up to 2.1e-3 apart; the weights' bulk check above is the one
+        # that tells a missed all-reduce
+        assert metrics_two[key] == pytest.approx(metrics_one[key], abs=5e-3), key
 
 
 @pytest.mark.slow
